@@ -1,0 +1,22 @@
+# receiver: one uvicorn worker, the database on a volume.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    RECEIVER_HOST=0.0.0.0 \
+    RECEIVER_PORT=8000 \
+    RECEIVER_DB=/data/receiver.db
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY receiver ./receiver
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /data receiver \
+    && mkdir -p /data && chown receiver /data
+
+USER receiver
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+CMD ["receiver", "serve"]

@@ -1,0 +1,231 @@
+"""The HTTP service: the webhook the PBX calls, and the read API."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from receiver.event import RawRequest, Reject, Source, event_json, reject_json
+from receiver.parse import MYID, Rejected, parse_request, parse_urlencoded, strip_token
+from receiver.settings import Settings
+from receiver.store import SCHEMA_VERSION, Store, parse_cursor
+
+log = logging.getLogger("receiver")
+
+MAX_LIMIT = 1000
+
+
+def now_us() -> int:
+    """Now, in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of the whole HTTP API."""
+    body = {"ok": False, "error": message, "status": status}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, cap: int) -> tuple[bytes, int]:
+    """Up to `cap` bytes of the body, and how many bytes it had (at least cap + 1 if more)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return b"", int(declared)  # refuse without reading what will not be kept anyway
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks), size
+
+
+async def refuse(
+    request: Request, received: int, raw: RawRequest, size: int, why: Rejected
+) -> Response:
+    """Answer a refused delivery with an error, after keeping it in the rejects store."""
+    store: Store = request.app.state.store
+    query = strip_token(raw.query)
+    reject = Reject(
+        received_at_us=received,
+        status=why.status,
+        reason=why.reason,
+        raw=RawRequest(raw.method, query, raw.body, raw.content_type),
+        myid=parse_urlencoded(query).get(MYID),
+        client=request.client.host if request.client else None,
+        body_size=size,
+    )
+    try:
+        await store.add_reject(reject)
+    except Exception as failure:  # the answer stays the refusal; the log keeps the request
+        log.error("could not keep a refused delivery (%s): %r", failure, reject)
+    headers = {"Allow": "GET, POST"} if why.status == 405 else None
+    return error(why.status, why.reason, headers)
+
+
+async def webhook(request: Request) -> Response:
+    """Receive one PBX event: 200 only once it is committed to the database."""
+    settings: Settings = request.app.state.settings
+    store: Store = request.app.state.store
+    received = now_us()
+    method = request.method
+    content_type = request.headers.get("content-type")
+    body, size = await read_body(request, settings.max_body)
+    raw = RawRequest(method, request.scope["query_string"], body, content_type)
+    if size > settings.max_body:
+        why = Rejected(413, f"the body is {size} bytes, over the {settings.max_body}-byte limit")
+        return await refuse(request, received, raw, size, why)
+    if method not in ("GET", "POST"):
+        why = Rejected(405, f"method {method} is not allowed: the PBX delivers by GET or POST")
+        return await refuse(request, received, raw, size, why)
+    source = Source.HTTP_GET if method == "GET" else Source.HTTP_POST
+    try:
+        event, token = parse_request(
+            raw, received_at_us=received, source=source, default_myid=settings.default_myid
+        )
+    except Rejected as why:
+        return await refuse(request, received, raw, size, why)
+    if not settings.token_accepts(event.myid, token):
+        why = Rejected(
+            403,
+            f"token is missing or wrong for myid {event.myid}: "
+            "add token=<secret> to the URL registered with the PBX",
+        )
+        return await refuse(request, received, raw, size, why)
+    try:
+        stored = await store.add_event(event)
+    except Exception as failure:
+        log.error("event NOT stored, answering 503 (%s): %r", failure, event.raw)
+        return error(503, f"the event could not be stored: {failure}")
+    return JSONResponse({"ok": True, "id": stored.id, "duplicate": stored.duplicate})
+
+
+def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; HTTP 400 naming it otherwise."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise HTTPException(400, f"parameter {name} must be a whole number from {low} to {high}")
+    return int(value)
+
+
+async def list_events(request: Request) -> Response:
+    """GET /api/events: events in time order, keyset-paginated."""
+    store: Store = request.app.state.store
+    after = request.query_params.get("after")
+    if after is not None:
+        try:
+            parse_cursor(after)
+        except ValueError:
+            raise HTTPException(
+                400, "parameter after must be a 'next' value from an earlier page"
+            ) from None
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    assert limit is not None
+    page = await store.list_events(myid=request.query_params.get("myid"), limit=limit, after=after)
+    return JSONResponse({"events": [event_json(e) for e in page.items], "next": page.next})
+
+
+async def get_event(request: Request) -> Response:
+    """GET /api/events/{id}: one event with its raw request."""
+    store: Store = request.app.state.store
+    event = await store.get_event(request.path_params["id"])
+    if event is None:
+        raise HTTPException(404, f"no event with id {request.path_params['id']}")
+    return JSONResponse(event_json(event, with_raw=True))
+
+
+async def list_rejects(request: Request) -> Response:
+    """GET /api/rejects: refused deliveries, newest first."""
+    store: Store = request.app.state.store
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    before = int_param(request, "before", None, 1, 2**63 - 1)
+    assert limit is not None
+    page = await store.list_rejects(limit=limit, before=before)
+    return JSONResponse({"rejects": [reject_json(r) for r in page.items], "next": page.next})
+
+
+async def healthz(request: Request) -> Response:
+    """GET /healthz: 200 when the database answers."""
+    store: Store = request.app.state.store
+    try:
+        version = await store.check()
+    except Exception as failure:
+        return error(503, f"the database does not answer: {failure}")
+    return JSONResponse({"ok": True, "schema_version": version, "expected": SCHEMA_VERSION})
+
+
+class BearerAuth:
+    """ASGI middleware: requests need `Authorization: Bearer <token>` (401 otherwise)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is not None and scope["type"] == "http":
+            headers = dict(scope["headers"])
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                response = error(
+                    401,
+                    "this API needs the header 'Authorization: Bearer <api token>'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, exc.detail, exc.headers)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error(500, f"internal error: {type(exc).__name__}")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.settings = settings
+        async with Store(settings.db, rejects_max=settings.rejects_max) as store:
+            app.state.store = store
+            yield
+
+    api = Mount(
+        "/api",
+        routes=[
+            Route("/events", list_events),
+            Route("/events/{id:int}", get_event),
+            Route("/rejects", list_rejects),
+        ],
+        middleware=[Middleware(BearerAuth, token=settings.api_token)],
+    )
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        HTTPException: http_error,
+        Exception: server_error,
+    }
+    return Starlette(
+        routes=[Route("/webhook", webhook, methods=methods), Route("/healthz", healthz), api],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )

@@ -1,0 +1,207 @@
+"""The normalised call-event record and its JSON form."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EventType(enum.StrEnum):
+    """Event types the PBX documents (EVENT_SPEC §2); others are stored too, flagged."""
+
+    DIAL_IN = "dial-in"
+    DIAL_OUT = "dial-out"
+    ANSWER = "answer"
+    HANGUP = "hangup"
+    MESSAGE_IN = "message-in"
+    MESSAGE_OUT = "message-out"
+    VOICEMAIL = "voicemail"
+
+
+class Source(enum.StrEnum):
+    """How an event reached the store."""
+
+    HTTP_GET = "http-get"
+    HTTP_POST = "http-post"
+    REPLAY_ACCESS_LOG = "replay:access-log"
+    REPLAY_QUERY_LINES = "replay:query-lines"
+    REPLAY_NDJSON = "replay:ndjson"
+
+
+class Flag(enum.StrEnum):
+    """Marks on an event saying how its delivery differed from the documented form."""
+
+    CP1251 = "cp1251"  # some bytes were not UTF-8 and were decoded as cp1251 (EVENT_SPEC §7)
+    NO_EVENT_TIME = "no_event_time"  # ordered by the time of receipt instead (EVENT_SPEC §7)
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    FIELD_CONFLICT = "field_conflict"  # a POST's query and body disagreed; the body won
+    REPEATED_FIELD = "repeated_field"  # one field was sent twice; the last value won
+    PLUS_RESTORED = "plus_restored"  # a raw '+' decoded to a space and was put back
+    BAD_VALUE = "bad_value"  # a typed field did not parse; its text is kept in extra
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawRequest:
+    """The delivery exactly as received (the token removed), kept so it can be parsed again."""
+
+    method: str
+    query: bytes
+    body: bytes = b""
+    content_type: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One PBX call event, typed. Times are integer microseconds since the epoch, UTC."""
+
+    myid: str
+    event_type: str
+    event_time_us: int | None
+    received_at_us: int
+    source: str
+    raw: RawRequest
+    call_id: str | None = None
+    sub_call_id: str | None = None
+    call_api_id: str | None = None
+    callback_id: str | None = None
+    caller_id_num: str | None = None
+    caller_id_name: str | None = None
+    called_did: str | None = None
+    called_number: str | None = None
+    caller_extension: str | None = None
+    caller_extension_id: int | None = None
+    called_extension: str | None = None
+    called_extension_id: int | None = None
+    call_status: str | None = None
+    call_flow: str | None = None
+    duration_us: int | None = None
+    rec_id: str | None = None
+    transferred: bool = False
+    bridged: bool | None = None
+    diversion: str | None = None
+    remote_number: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    id: int | None = None
+    duplicates: int = 0
+
+    @property
+    def order_us(self) -> int:
+        """The time events are ordered by: EventTime, or the time of receipt without one."""
+        return self.event_time_us if self.event_time_us is not None else self.received_at_us
+
+    def dedup_key(self) -> bytes:
+        """Identity of a delivery (EVENT_SPEC §7): a repeat has the same key."""
+        parts: tuple[Any, ...] = (self.call_id, self.sub_call_id, self.event_time_us)
+        if all(part is None for part in parts):
+            parts = ("raw", self.raw.query, self.raw.body)
+        else:
+            parts = ("event", self.event_type, *parts)
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(self.myid.encode())
+        for part in parts:
+            digest.update(b"\x1f" + (part if isinstance(part, bytes) else str(part).encode()))
+        return digest.digest()
+
+
+def iso_time(us: int | None) -> str | None:
+    """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats)."""
+    if us is None:
+        return None
+    moment = EPOCH + timedelta(microseconds=us)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
+
+
+def seconds(us: int | None) -> float | None:
+    """Microseconds as seconds; a float keeps µs precision for any realistic duration."""
+    return None if us is None else us / 1_000_000
+
+
+def text_or_base64(data: bytes, name: str) -> dict[str, str]:
+    """Bytes for JSON: as text when they are UTF-8, else base64 under `<name>_base64`."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def event_json(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
+    """The event's public JSON form (field names fixed by the API contract)."""
+    out: dict[str, Any] = {
+        "id": event.id,
+        "myid": event.myid,
+        "event_type": event.event_type,
+        "event_time": iso_time(event.event_time_us),
+        "call_id": event.call_id,
+        "sub_call_id": event.sub_call_id,
+        "call_api_id": event.call_api_id,
+        "callback_id": event.callback_id,
+        "caller_id_num": event.caller_id_num,
+        "caller_id_name": event.caller_id_name,
+        "called_did": event.called_did,
+        "called_number": event.called_number,
+        "caller_extension": event.caller_extension,
+        "caller_extension_id": event.caller_extension_id,
+        "called_extension": event.called_extension,
+        "called_extension_id": event.called_extension_id,
+        "call_status": event.call_status,
+        "call_flow": event.call_flow,
+        "duration": seconds(event.duration_us),
+        "rec_id": event.rec_id,
+        "transferred": event.transferred,
+        "bridged": event.bridged,
+        "diversion": event.diversion,
+        "remote_number": event.remote_number,
+        "extra": event.extra,
+        "flags": list(event.flags),
+        "received_at": iso_time(event.received_at_us),
+        "source": event.source,
+        "event_time_us": event.event_time_us,
+        "duplicates": event.duplicates,
+    }
+    if with_raw:
+        raw = event.raw
+        out["raw"] = {
+            "method": raw.method,
+            **text_or_base64(raw.query, "query"),
+            **text_or_base64(raw.body, "body"),
+            "content_type": raw.content_type,
+        }
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reject:
+    """A delivery the receiver refused, kept so an operator can see it and ingest it later."""
+
+    received_at_us: int
+    status: int
+    reason: str
+    raw: RawRequest  # token removed, body truncated
+    myid: str | None = None
+    client: str | None = None
+    body_size: int = 0  # before truncation
+    id: int | None = None
+
+
+def reject_json(reject: Reject) -> dict[str, Any]:
+    """The reject's public JSON form."""
+    return {
+        "id": reject.id,
+        "received_at": iso_time(reject.received_at_us),
+        "status": reject.status,
+        "reason": reject.reason,
+        "myid": reject.myid,
+        "client": reject.client,
+        "method": reject.raw.method,
+        **text_or_base64(reject.raw.query, "query"),
+        **text_or_base64(reject.raw.body, "body"),
+        "body_size": reject.body_size,
+        "content_type": reject.raw.content_type,
+    }

@@ -1,0 +1,81 @@
+"""Every setting of the receiver, declared once: name, default and one-line help.
+
+Each is a `receiver serve` flag (`--max-body`) and an environment variable (`RECEIVER_MAX_BODY`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hmac
+from pathlib import Path
+from typing import Any
+
+
+def setting(default: Any, help: str) -> Any:
+    """A settings field with its help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How one receiver runs."""
+
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(8000, "Port to listen on.")
+    db: Path = setting(Path("receiver.db"), "SQLite database file (created if missing).")
+    default_myid: str | None = setting(
+        None, "myid for deliveries whose URL has none (otherwise they get 400)."
+    )
+    token: str | None = setting(
+        None, "Shared secret: deliveries must carry ?token=<secret> in the URL (else 403)."
+    )
+    tokens: str | None = setting(
+        None, "Per-myid secrets as 'myid=secret,myid=secret'; they beat --token for those myids."
+    )
+    api_token: str | None = setting(
+        None, "Bearer token required for everything under /api/ (else 401)."
+    )
+    max_body: int = setting(65536, "Largest POST body accepted, in bytes (else 413).")
+    rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
+    log_level: str = setting("info", "Log level: debug, info, warning, error.")
+    access_log: bool = setting(False, "Log every request (tokens are masked).")
+
+    def __post_init__(self) -> None:
+        self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
+
+    @functools.cached_property
+    def token_table(self) -> dict[str, str]:
+        """The per-myid tokens as a dict. Raises ValueError on a malformed --tokens."""
+        table = {}
+        for item in (self.tokens or "").split(","):
+            if not item.strip():
+                continue
+            myid, sep, secret = item.partition("=")
+            if not sep or not myid.strip() or not secret:
+                raise ValueError(f"--tokens entry {item!r} is not 'myid=secret'")
+            table[myid.strip()] = secret
+        return table
+
+    def token_accepts(self, myid: str, token: str | None) -> bool:
+        """Whether a delivery for `myid` carrying `token` may be stored."""
+        table = self.token_table
+        expected = table.get(myid, self.token)
+        if expected is None:
+            return not table  # per-myid tokens configured: a myid without one is refused
+        return token is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def describe() -> list[tuple[str, Any, str]]:
+    """(name, default, help) of every setting, in declaration order."""
+    return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: `max_body` -> `RECEIVER_MAX_BODY`."""
+    return f"RECEIVER_{name.upper()}"
+
+
+def flag_name(name: str) -> str:
+    """The CLI flag of a setting: `max_body` -> `--max-body`."""
+    return "--" + name.replace("_", "-")

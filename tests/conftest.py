@@ -1,0 +1,113 @@
+"""Shared fixtures: the real samples, an app on a real SQLite file, a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from starlette.testclient import TestClient
+
+from receiver.app import create_app
+from receiver.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "tests" / "samples"  # real deliveries, copied from EVENT_SPEC's sample set
+
+
+def sample(name: str) -> str:
+    """One real delivery's query string."""
+    return (SAMPLES / f"{name}.txt").read_text().strip()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "receiver.db"
+
+
+@pytest.fixture
+def make_client(db_path: Path) -> Iterator[object]:
+    """Build a TestClient (lifespan running) for the given settings on the test's database."""
+    clients: list[TestClient] = []
+
+    def make(**settings: object) -> TestClient:
+        settings.setdefault("db", db_path)
+        client = TestClient(create_app(Settings(**settings)))  # type: ignore[arg-type]
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:  # type: ignore[no-untyped-def]
+    return make_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`receiver serve` as a real subprocess on a free port."""
+
+    def __init__(self, db: Path, *args: str) -> None:
+        self.db = db
+        self.args = args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServerProcess:
+        command = [sys.executable, "-m", "receiver", "serve", "--db", str(self.db)]
+        command += ["--port", str(self.port), "--log-level", "warning", *self.args]
+        self.log = self.db.parent / f"server-{self.port}.log"  # a file: a pipe could fill and block
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ}
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not answer /healthz within 20 s")
+
+    def stop(self, sig: int = 15) -> tuple[int, str]:
+        """Send `sig`, wait for the exit; the exit code and what the server logged."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=30)
+        return code, self.log.read_text()
+
+
+@pytest.fixture
+def server(db_path: Path) -> Iterator[object]:
+    """Start `receiver serve` processes; all are stopped at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        process = ServerProcess(db_path, *args).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.stop(9)

@@ -1,0 +1,178 @@
+"""The HTTP service through Starlette's TestClient, on a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import sample
+
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+HANGUP = sample("outbound-hangup")
+
+
+def assert_error(response, status: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    """Every error has one shape: {"ok": false, "error": "...", "status": N}."""
+    assert response.status_code == status
+    body = response.json()
+    assert set(body) == {"ok", "error", "status"}
+    assert body["ok"] is False
+    assert body["status"] == status
+    assert words in body["error"]
+
+
+def test_get_delivery_is_stored(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.get(f"/webhook?myid=175&{HANGUP}")
+    assert response.json() == {"ok": True, "id": 1, "duplicate": False}
+    stored = client.get("/api/events/1").json()
+    assert stored["source"] == "http-get"
+    assert stored["event_time"] == "2017-08-17T16:02:30.238219Z"
+    assert stored["raw"]["method"] == "GET"
+    assert stored["raw"]["query"] == f"myid=175&{HANGUP}"
+
+
+def test_post_delivery_is_stored_with_its_raw_body(client) -> None:  # type: ignore[no-untyped-def]
+    response = client.post("/webhook?myid=175", content=HANGUP, headers=FORM)
+    assert response.json() == {"ok": True, "id": 1, "duplicate": False}
+    stored = client.get("/api/events/1").json()
+    assert (stored["source"], stored["duration"]) == ("http-post", 11.420018)
+    assert stored["raw"]["body"] == HANGUP
+
+
+def test_repeat_is_acknowledged_counted_and_not_stored_twice(client) -> None:  # type: ignore[no-untyped-def]
+    first = client.get(f"/webhook?myid=175&{HANGUP}").json()
+    again = client.post("/webhook?myid=175", content=HANGUP, headers=FORM).json()
+    assert again == {"ok": True, "id": first["id"], "duplicate": True}
+    events = client.get("/api/events").json()["events"]
+    assert len(events) == 1
+    assert events[0]["duplicates"] == 1
+    # the same event for another myid is another event
+    assert client.get(f"/webhook?myid=176&{HANGUP}").json()["duplicate"] is False
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "headers", "status", "words"),
+    [
+        ("GET", f"/webhook?{HANGUP}", None, {}, 400, "myid is missing"),
+        ("GET", "/webhook?myid=1&CallID=x", None, {}, 400, "EventType is missing"),
+        ("POST", "/webhook?myid=1", b'{"EventType": 1}', {"content-type": "application/json"},
+         415, "is not a form"),
+        ("POST", "/webhook?myid=1", b"EventType=answer&" + b"x" * 70000, FORM, 413, "over the"),
+        ("PUT", "/webhook?myid=1", b"EventType=answer", FORM, 405, "not allowed"),
+        ("POST", "/webhook?myid=1", b"junk", {"content-type": "multipart/form-data; boundary=z"},
+         400, "does not parse"),
+    ],
+)  # fmt: skip
+def test_refusals_answer_precisely_and_are_kept(  # type: ignore[no-untyped-def]
+    client, method, url, body, headers, status, words
+) -> None:
+    response = client.request(method, url, content=body, headers=headers)
+    assert_error(response, status, words)
+    rejects = client.get("/api/rejects").json()["rejects"]
+    assert len(rejects) == 1
+    kept = rejects[0]
+    assert (kept["status"], kept["method"], kept["query"]) == (status, method, url.split("?")[1])
+    assert words in kept["reason"]
+    if body is not None:
+        assert kept["body_size"] >= min(len(body), 65537)
+        if status != 413:
+            assert kept["body"] == body.decode()
+    assert client.get("/api/events").json()["events"] == []
+
+
+def test_405_says_which_methods(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.delete("/webhook?myid=1").headers["allow"] == "GET, POST"
+
+
+def test_unknown_path_and_bad_parameters_use_the_error_shape(client) -> None:  # type: ignore[no-untyped-def]
+    assert_error(client.get("/nowhere"), 404, "Not Found")
+    assert_error(client.get("/api/events/999"), 404, "no event with id 999")
+    assert_error(client.get("/api/events?limit=0"), 400, "parameter limit")
+    assert_error(client.get("/api/events?limit=abc"), 400, "parameter limit")
+    assert_error(client.get("/api/events?after=zz"), 400, "parameter after")
+    assert_error(client.get("/api/rejects?before=-1"), 400, "parameter before")
+
+
+def test_default_myid(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(default_myid="500")
+    client.get(f"/webhook?{HANGUP}")
+    assert client.get("/api/events/1").json()["myid"] == "500"
+
+
+def test_webhook_token(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token="s3cret")
+    assert_error(client.get(f"/webhook?myid=1&{HANGUP}"), 403, "token is missing or wrong")
+    assert_error(client.get(f"/webhook?myid=1&token=nope&{HANGUP}"), 403, "token")
+    assert client.get(f"/webhook?myid=1&token=s3cret&{HANGUP}").json()["ok"] is True
+    stored = client.get("/api/events/1").json()
+    assert "s3cret" not in str(stored)
+    rejects = client.get("/api/rejects").json()["rejects"]
+    assert len(rejects) == 2
+    assert "nope" not in str(rejects)
+    assert all("token" not in reject["query"] for reject in rejects)
+
+
+def test_per_myid_tokens(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(tokens="175=a,176=b")
+    assert client.get(f"/webhook?myid=175&token=a&{HANGUP}").status_code == 200
+    assert client.get(f"/webhook?myid=176&token=a&{HANGUP}").status_code == 403
+    assert client.get(f"/webhook?myid=176&token=b&{HANGUP}").status_code == 200
+    # a myid with no token of its own is refused once any per-myid token is set
+    assert client.get(f"/webhook?myid=177&{HANGUP}").status_code == 403
+
+
+def test_per_myid_token_beats_the_shared_one(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token="shared", tokens="175=own")
+    assert client.get(f"/webhook?myid=175&token=shared&{HANGUP}").status_code == 403
+    assert client.get(f"/webhook?myid=175&token=own&{HANGUP}").status_code == 200
+    assert client.get(f"/webhook?myid=9&token=shared&{HANGUP}").status_code == 200
+
+
+def test_api_token(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(api_token="reader")
+    client.get(f"/webhook?myid=1&{HANGUP}")
+    for path in ("/api/events", "/api/events/1", "/api/rejects"):
+        assert_error(client.get(path), 401, "Authorization: Bearer")
+        assert_error(client.get(path, headers={"authorization": "Bearer wrong"}), 401, "Bearer")
+        assert client.get(path, headers={"authorization": "Bearer reader"}).status_code == 200
+    assert client.get("/healthz").status_code == 200  # health stays open for probes
+
+
+def test_events_page_in_event_time_order_with_cursor(client) -> None:  # type: ignore[no-untyped-def]
+    for name in ("outbound-hangup", "outbound-answer", "outbound-dial-out", "queue-agent-dial-in"):
+        client.get(f"/webhook?myid=175&{sample(name)}")
+    client.get(f"/webhook?myid=176&{sample('outbound-dial-out-cyrillic-name')}")
+    first = client.get("/api/events?myid=175&limit=3").json()
+    assert [e["event_type"] for e in first["events"]] == ["dial-in", "dial-out", "answer"]
+    rest = client.get(f"/api/events?myid=175&limit=3&after={first['next']}").json()
+    assert [e["event_type"] for e in rest["events"]] == ["hangup"]
+    assert rest["next"] is None
+    assert len(client.get("/api/events").json()["events"]) == 5
+
+
+def test_rejects_are_bounded(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(rejects_max=3)
+    for number in range(5):
+        client.get(f"/webhook?n={number}")
+    rejects = client.get("/api/rejects").json()["rejects"]
+    assert [r["query"] for r in rejects] == ["n=4", "n=3", "n=2"]
+
+
+def test_healthz(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/healthz").json()["ok"] is True
+
+
+def test_a_failed_commit_answers_503_and_logs_the_request(client, db_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    with sqlite3.connect(db_path) as setup:
+        setup.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON events "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    response = client.get(f"/webhook?myid=175&{HANGUP}")
+    assert_error(response, 503, "database or disk is full")
+    assert "event NOT stored" in caplog.text
+    assert "b5187f38a9cc43f2ba068bce983a513e" in caplog.text  # the raw request is in the log
+    with sqlite3.connect(db_path) as setup:
+        setup.execute("DROP TRIGGER full")
+    assert client.get(f"/webhook?myid=175&{HANGUP}").json()["duplicate"] is False

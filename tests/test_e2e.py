@@ -1,0 +1,114 @@
+"""`receiver serve` as a real process on a real port: killed mid-load, it loses nothing answered."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tests.conftest import sample
+
+HANGUP = sample("outbound-hangup")
+
+
+def delivery(worker: int, n: int) -> str:
+    """A real hangup made unique by its CallID."""
+    call_id = f"{worker:04x}{n:028x}"
+    return HANGUP.replace("b5187f38a9cc43f2ba068bce983a513e", call_id)
+
+
+def load(url: str, workers: int, stop: threading.Event) -> set[str]:
+    """Send unique deliveries (GET and POST) from threads until `stop`; return the answered."""
+    answered: set[str] = set()
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            n = 0
+            while not stop.is_set():
+                payload = delivery(worker, n)
+                n += 1
+                try:
+                    if n % 2:
+                        response = client.get(f"{url}/webhook?myid=7&{payload}")
+                    else:
+                        response = client.post(
+                            f"{url}/webhook?myid=7",
+                            content=payload,
+                            headers={"content-type": "application/x-www-form-urlencoded"},
+                        )
+                except httpx.TransportError:
+                    continue  # the server died under this request: it was not answered
+                if response.status_code == 200:
+                    with lock:
+                        answered.add(payload.split("CallID=")[1].split("&")[0])
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answered
+
+
+def stored_call_ids(url: str) -> list[str]:
+    ids, after = [], None
+    with httpx.Client(timeout=10) as client:
+        while True:
+            params = {"limit": 1000, **({"after": after} if after else {})}
+            page = client.get(f"{url}/api/events", params=params).json()
+            ids += [event["call_id"] for event in page["events"]]
+            after = page["next"]
+            if after is None:
+                return ids
+
+
+def run_load_then(server_url: str, action, seconds: float = 1.0) -> set[str]:  # type: ignore[no-untyped-def]
+    stop = threading.Event()
+    result: list[set[str]] = []
+    runner = threading.Thread(target=lambda: result.append(load(server_url, 8, stop)))
+    runner.start()
+    time.sleep(seconds)
+    action()
+    stop.set()
+    runner.join()
+    return result[0]
+
+
+def test_sigkill_mid_load_loses_nothing_answered(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = server()
+    answered = run_load_then(first.url, lambda: first.stop(signal.SIGKILL))
+    assert len(answered) > 50  # the load really ran before the kill
+    started = time.monotonic()
+    second = server()
+    assert time.monotonic() - started < 10
+    stored = stored_call_ids(second.url)
+    assert answered <= set(stored)  # every event answered 2xx is there
+    assert len(stored) == len(set(stored))  # and exactly once
+    second.stop()
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sigterm_drains_and_commits_in_flight_requests(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = server("--log-level", "info")
+    stops: list[tuple[int, str]] = []
+    answered = run_load_then(first.url, lambda: stops.append(first.stop(signal.SIGTERM)))
+    code, logged = stops[0]
+    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+    assert "Application shutdown complete" in logged
+    assert len(answered) > 50
+    with sqlite3.connect(db_path) as check:
+        rows = {row[0] for row in check.execute("SELECT call_id FROM events")}
+    assert answered <= rows
+
+
+def test_env_variables_configure_the_server(server, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECEIVER_TOKEN", "from-env")
+    running = server()
+    assert httpx.get(f"{running.url}/webhook?myid=1&{HANGUP}").status_code == 403
+    assert httpx.get(f"{running.url}/webhook?myid=1&token=from-env&{HANGUP}").status_code == 200

@@ -1,0 +1,275 @@
+"""Parsing: raw deliveries -> typed events (EVENT_SPEC §3 and §7)."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from receiver.event import Event, RawRequest, event_json
+from receiver.parse import Rejected, parse_request, strip_token
+from tests.conftest import ROOT, sample
+
+PUKIN = "Пукин Васисуалий Карлович"
+
+
+def parse(query: str | bytes, body: bytes = b"", method: str = "GET", **kwargs) -> Event:
+    raw_query = query.encode() if isinstance(query, str) else query
+    content_type = kwargs.pop("content_type", "application/x-www-form-urlencoded")
+    raw = RawRequest(method, raw_query, body, content_type if method == "POST" else None)
+    event, _ = parse_request(raw, received_at_us=1_700_000_000_000_000, source="http-get", **kwargs)
+    return event
+
+
+# Real deliveries -> the fields EVENT_SPEC says they mean.
+REAL = [
+    # outbound hangup: talk time in µs, recording id, '+' restored from %2B, Cyrillic name
+    (
+        "outbound-hangup",
+        {
+            "event_type": "hangup",
+            "event_time": "2017-08-17T16:02:30.238219Z",
+            "duration": 11.420018,
+            "call_flow": "out",
+            "call_status": "ANSWER",
+            "caller_id_num": "2566*102",
+            "called_number": "+79161112233",
+            "caller_id_name": PUKIN,
+            "rec_id": "10500-100bbbbcccc99aaff44cccc777ddd444",
+            "caller_extension": "2566*102@sipproxy.telphin.ru",
+            "caller_extension_id": 85219,
+            "transferred": False,
+            "bridged": None,
+            "flags": [],
+        },
+    ),
+    # outbound answer: no Duration on answer
+    (
+        "outbound-answer",
+        {
+            "event_type": "answer",
+            "event_time": "2017-08-17T16:02:18.818201Z",
+            "duration": None,
+            "call_status": "ANSWER",
+            "call_id": "b5187f38a9cc43f2ba068bce983a513e",
+            "sub_call_id": "85219-b5187f38a9cc43f2ba068bce983a513e",
+        },
+    ),
+    # outbound dial-out: CALLING, no CalledDID on dial-out
+    (
+        "outbound-dial-out",
+        {
+            "event_type": "dial-out",
+            "event_time": "2017-08-17T16:02:06.958201Z",
+            "call_status": "CALLING",
+            "called_did": None,
+            "call_api_id": "3584709739-b5187f38-a9cc-43f2-ba06-8bce983a513e",
+        },
+    ),
+    # a second outbound dial-out, fields in another order
+    (
+        "outbound-dial-out-cyrillic-name",
+        {
+            "event_type": "dial-out",
+            "caller_id_name": "Иванов Иван Иванович",
+            "called_number": "+74953730763",
+            "caller_id_num": "3515*101",
+            "caller_extension_id": 124575,
+        },
+    ),
+    # inbound leg rung by a queue: DID without '+', the called extension and its id
+    (
+        "queue-agent-dial-in",
+        {
+            "event_type": "dial-in",
+            "event_time": "2017-08-17T16:01:26.478202Z",
+            "call_flow": "in",
+            "called_did": "74959998877",
+            "called_number": "2566*102",
+            "called_extension": "2566*102@sipproxy.telphin.ru",
+            "called_extension_id": 85219,
+            "caller_id_num": "+79161112233",
+            "caller_id_name": "+79161112233",
+            "caller_extension_id": 96857,
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), REAL, ids=[name for name, _ in REAL])
+def test_real_samples(name: str, expected: dict) -> None:
+    record = event_json(parse("myid=175&" + sample(name)))
+    assert record["myid"] == "175"
+    for field, value in expected.items():
+        assert record[field] == value, field
+
+
+@pytest.mark.parametrize(("name", "expected"), REAL, ids=[name for name, _ in REAL])
+def test_post_body_gives_the_same_record_as_get(name: str, expected: dict) -> None:
+    get = event_json(parse("myid=175&" + sample(name)))
+    post = event_json(parse("myid=175", body=sample(name).encode() + b"\n", method="POST"))
+    assert {k: v for k, v in post.items() if k != "source"} == {
+        k: v for k, v in get.items() if k != "source"
+    }
+
+
+# Edge cases of EVENT_SPEC §7: query -> (field, value) and flags expected.
+EDGES = [
+    # field names match whatever their case
+    ("myid=1&eventtype=answer&CALLID=abc&eventtime=5", "call_id", "abc", []),
+    # a raw '+' decodes to a space: put back in numbers
+    ("myid=1&EventType=dial-in&EventTime=5&CallerIDNum=+79161112233", "caller_id_num",
+     "+79161112233", ["plus_restored"]),
+    # ... but not in text that only starts with a space
+    ("myid=1&EventType=dial-in&EventTime=5&CallerIDName=+Ivan", "caller_id_name", " Ivan", []),
+    # cp1251 bytes (a PHP integration's Windows name) decode and are flagged
+    ("myid=1&EventType=dial-in&EventTime=5&CallerIDName=%C8%E2%E0%ED", "caller_id_name", "Иван",
+     ["cp1251"]),
+    # no EventTime: flagged, ordered by receipt
+    ("myid=1&EventType=answer&CallID=x", "event_time", None, ["no_event_time"]),
+    # unknown event types are kept
+    ("myid=1&EventType=transfer&EventTime=5", "event_type", "transfer", ["unknown_event_type"]),
+    # unknown fields are kept as sent
+    ("myid=1&EventType=answer&EventTime=5&NewField=%D1%8F", "extra", {"NewField": "я"}, []),
+    # a repeated field: the last value wins, the first is kept
+    ("myid=1&EventType=answer&EventTime=5&CallID=a&CallID=b", "call_id", "b", ["repeated_field"]),
+    # a typed field that does not parse keeps its text in extra
+    ("myid=1&EventType=hangup&EventTime=5&Duration=12.5", "extra", {"Duration": "12.5"},
+     ["bad_value"]),
+    # Transfered (sic) and Bridged are booleans
+    ("myid=1&EventType=hangup&EventTime=5&Transfered=yes&Bridged=no", "transferred", True, []),
+    ("myid=1&EventType=hangup&EventTime=5&Bridged=no", "bridged", False, []),
+    # an empty value is an absent one
+    ("myid=1&EventType=dial-in&EventTime=5&CalledDID=", "called_did", None, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("query", "field", "value", "flags"), EDGES)
+def test_edge_cases(query: str, field: str, value: object, flags: list[str]) -> None:
+    record = event_json(parse(query))
+    assert record[field] == value
+    assert record["flags"] == flags
+
+
+def test_repeated_field_keeps_the_losing_value() -> None:
+    event = parse("myid=1&EventType=answer&EventTime=5&CallID=a&CallID=b")
+    assert event.extra == {"_overridden": {"CallID": ["a"]}}
+
+
+def test_post_body_beats_query_and_the_conflict_is_recorded() -> None:
+    event = parse("myid=1&CallID=fromquery", b"EventType=answer&CallID=frombody", method="POST")
+    assert event.call_id == "frombody"
+    assert "field_conflict" in event.flags
+    assert event.extra["_overridden"] == {"CallID": ["fromquery"]}
+
+
+def test_post_fields_in_the_query_are_merged() -> None:
+    event = parse("myid=1&EventTime=7", b"EventType=answer", method="POST")
+    assert (event.event_type, event.event_time_us, event.flags) == ("answer", 7, ())
+
+
+def test_multipart_body() -> None:
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="EventType"\r\n\r\nanswer\r\n'
+        b'--XX\r\nContent-Disposition: form-data; name="CallerIDNum"\r\n\r\n%2B7\r\n--XX--\r\n'
+    )
+    event = parse("myid=1", body, method="POST", content_type="multipart/form-data; boundary=XX")
+    # multipart values are not percent-decoded: %2B stays as sent
+    assert (event.event_type, event.caller_id_num) == ("answer", "%2B7")
+
+
+def test_event_time_is_exact_for_any_microsecond() -> None:
+    # 2^53 + 1 µs is not a float; integer arithmetic keeps the last digit
+    assert event_json(parse("myid=1&EventType=a&EventTime=9007199254740993"))["event_time"] == (
+        "2255-06-05T23:47:34.740993Z"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "content_type", "status", "words"),
+    [
+        ("EventType=answer", b"", None, 400, "myid is missing"),
+        ("myid=1&CallID=x", b"", None, 400, "EventType is missing"),
+        ("myid=1", b"{}", "application/json", 415, "is not a form"),
+        ("myid=1", b"<a/>", "text/xml", 415, "is not a form"),
+        ("myid=1", b"garbage", "multipart/form-data; boundary=XX", 400, "does not parse"),
+    ],
+)
+def test_rejected(
+    query: str, body: bytes, content_type: str | None, status: int, words: str
+) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse(query, body, method="POST", content_type=content_type)
+    assert caught.value.status == status
+    assert words in caught.value.reason
+
+
+def test_default_myid_fills_a_missing_one() -> None:
+    assert parse("EventType=answer", default_myid="99").myid == "99"
+
+
+def test_token_is_returned_and_never_kept() -> None:
+    raw = RawRequest("GET", b"myid=1&TOKEN=s3cret&EventType=answer")
+    event, token = parse_request(raw, received_at_us=1, source="http-get")
+    assert token == "s3cret"
+    assert b"s3cret" not in event.raw.query
+    assert "s3cret" not in repr(event)
+
+
+def test_strip_token_keeps_everything_else() -> None:
+    assert strip_token(b"a=1&token=x&b=token") == b"a=1&b=token"
+
+
+def test_same_delivery_has_the_same_dedup_key() -> None:
+    query = "myid=175&" + sample("outbound-hangup")
+    assert parse(query).dedup_key() == parse(query + "&Late=1").dedup_key()
+    assert parse(query).dedup_key() != parse(query.replace("myid=175", "myid=176")).dedup_key()
+    # without CallID, SubCallID and EventTime, the raw payload is the identity
+    assert (
+        parse("myid=1&EventType=x&a=1").dedup_key() != parse("myid=1&EventType=x&a=2").dedup_key()
+    )
+
+
+QUERY_CHARS = string.ascii_letters + string.digits + "%&=+*@.-_ "
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    query=st.one_of(st.text(QUERY_CHARS, max_size=200), st.binary(max_size=200)),
+    body=st.binary(max_size=200),
+    content_type=st.sampled_from([None, "application/x-www-form-urlencoded", "multipart/form-data",
+                                  "multipart/form-data; boundary=x", "text/plain"]),
+    method=st.sampled_from(["GET", "POST"]),
+)  # fmt: skip
+def test_any_input_gives_an_event_or_a_clear_rejection(
+    query: str | bytes, body: bytes, content_type: str | None, method: str
+) -> None:
+    raw_query = query.encode() if isinstance(query, str) else query
+    raw = RawRequest(method, b"myid=1&" + raw_query, body, content_type)
+    try:
+        event, _ = parse_request(raw, received_at_us=1, source="http-get")
+    except Rejected as rejected:
+        assert rejected.status in (400, 415)
+        assert rejected.reason
+    else:
+        record = event_json(event, with_raw=True)
+        assert record["event_type"]
+        assert record["myid"]
+
+
+PAYLOADS = sorted((ROOT / "sample_payloads").glob("*.txt"))
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=[p.stem for p in PAYLOADS])
+def test_sample_payloads_parse_cleanly_and_follow_the_spec(path) -> None:  # type: ignore[no-untyped-def]
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines
+    events = [parse("myid=1&" + line) for line in lines]
+    answers = {e.sub_call_id: e.event_time_us for e in events if e.event_type == "answer"}
+    for event in events:
+        assert set(event.flags) <= {"unknown_event_type"}, event.flags
+        # Duration is the talk time: hangup - answer (EVENT_SPEC §3)
+        if event.event_type == "hangup" and event.sub_call_id in answers and event.duration_us:
+            assert event.duration_us == event.event_time_us - answers[event.sub_call_id]

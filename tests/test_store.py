@@ -1,0 +1,128 @@
+"""The store on real SQLite files: migrations, group commit, de-duplication, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from receiver.event import Event, RawRequest, Reject
+from receiver.parse import parse_request
+from receiver.store import SCHEMA_VERSION, Store, migrate
+from tests.conftest import sample
+
+
+def event(query: str, received: int = 1) -> Event:
+    parsed, _ = parse_request(
+        RawRequest("GET", query.encode()), received_at_us=received, source="t"
+    )
+    return parsed
+
+
+def numbered(n: int) -> Event:
+    return event(f"myid=1&EventType=dial-in&EventTime={1000 + n}&CallID=c{n}&SubCallID=s{n}")
+
+
+@pytest.mark.parametrize("start", range(SCHEMA_VERSION + 1))
+async def test_any_older_database_migrates_to_the_current_version(
+    db_path: Path, start: int
+) -> None:
+    with sqlite3.connect(db_path) as old:
+        migrate(old, target=start)
+    async with Store(db_path) as store:
+        assert await store.check() == SCHEMA_VERSION
+
+
+async def test_a_newer_database_is_refused(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as newer:
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="upgrade receiver"):
+        await Store(db_path).open()
+
+
+async def test_wal_and_full_sync(db_path: Path) -> None:
+    async with Store(db_path):
+        with sqlite3.connect(db_path) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_round_trip_keeps_every_field(db_path: Path) -> None:
+    original = event("myid=175&" + sample("outbound-hangup") + "&Odd=%FF&Transfered=yes", 77)
+    async with Store(db_path) as store:
+        stored = await store.add_event(original)
+        back = await store.get_event(stored.id)
+    assert back == dataclasses.replace(original, id=stored.id)
+    assert back is not None and back.flags == ("cp1251",)
+
+
+async def test_concurrent_events_share_commits(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        results = await asyncio.gather(*(store.add_event(numbered(n)) for n in range(300)))
+        commits = store.commits
+    assert sorted(r.id for r in results) == list(range(1, 301))
+    assert not any(r.duplicate for r in results)
+    assert commits < 300  # grouped: requests waiting during a commit join the next one
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 300
+
+
+async def test_repeats_in_one_group_and_across_groups(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        first, second = await asyncio.gather(
+            store.add_event(numbered(1)), store.add_event(numbered(1))
+        )
+        third = await store.add_event(numbered(1))
+        assert (first.duplicate, second.duplicate, third.duplicate) == (False, True, True)
+        assert first.id == second.id == third.id
+        stored = await store.get_event(first.id)
+    assert stored is not None and stored.duplicates == 2
+
+
+async def test_ids_continue_after_reopening(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        await store.add_event(numbered(1))
+    async with Store(db_path) as store:
+        assert (await store.add_event(numbered(2))).id == 2
+        assert (await store.add_event(numbered(1))).duplicate is True
+
+
+async def test_a_failing_event_fails_alone(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        with sqlite3.connect(db_path) as setup:
+            setup.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.call_id = 'c13' "
+                "BEGIN SELECT RAISE(ABORT, 'no room'); END"
+            )
+        results = await asyncio.gather(
+            *(store.add_event(numbered(n)) for n in range(10, 20)), return_exceptions=True
+        )
+        failed = [
+            n for n, r in zip(range(10, 20), results, strict=True) if isinstance(r, Exception)
+        ]
+        assert failed == [13]
+        assert (await store.add_event(numbered(30))).duplicate is False
+        page = await store.list_events(limit=100)
+    assert sorted(e.call_id for e in page.items) == sorted(
+        f"c{n}" for n in [*range(10, 20), 30] if n != 13
+    )
+    assert len({e.id for e in page.items}) == 10
+
+
+async def test_writes_after_close_are_refused(db_path: Path) -> None:
+    store = await Store(db_path).open()
+    await store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.add_event(numbered(1))
+
+
+async def test_rejects_are_kept_newest_first(db_path: Path) -> None:
+    async with Store(db_path, rejects_max=2) as store:
+        for n in range(3):
+            await store.add_reject(Reject(n, 400, "why", RawRequest("GET", f"n={n}".encode())))
+        page = await store.list_rejects(limit=1)
+        older = await store.list_rejects(limit=5, before=int(page.next or 0))
+    assert [r.raw.query for r in page.items] == [b"n=2"]
+    assert [r.raw.query for r in older.items] == [b"n=1"]
