@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -39,6 +39,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "RemoteNumber": ("remote_number", "number"),
 }
 CANONICAL = {name.lower(): name for name in FIELDS}
+KNOWN_TYPES = frozenset(EventType)
 # Names in the URL that belong to the receiver, not to the event.
 MYID = "myid"
 TOKEN = "token"
@@ -92,25 +93,30 @@ def decode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> Form:
     return Form(tuple(out), cp1251)
 
 
-def split_urlencoded(data: bytes) -> list[tuple[bytes, bytes]]:
-    """Split `a=1&b=2` into percent-decoded byte pairs; `+` is a space, as in any form."""
-    pairs = []
-    for part in data.split(b"&"):
-        if not part:
-            continue
-        name, _, value = part.partition(b"=")
-        pairs.append(
-            (
-                unquote_to_bytes(name.replace(b"+", b" ")),
-                unquote_to_bytes(value.replace(b"+", b" ")),
-            )
-        )
-    return pairs
+def percent_decode(data: bytes) -> bytes:
+    """One form component: `+` is a space, `%XX` a byte."""
+    return unquote_to_bytes(data.replace(b"+", b" "))
 
 
 def parse_urlencoded(data: bytes) -> Form:
     """Decode an `application/x-www-form-urlencoded` query string or body."""
-    return decode_pairs(split_urlencoded(data))
+    pairs = []
+    cp1251 = False
+    for part in data.split(b"&"):
+        if not part:
+            continue
+        name, _, value = part.partition(b"=")
+        if b"%" in value or b"+" in value:  # most values have neither: skip the slow path
+            value = percent_decode(value)
+        if b"%" in name or b"+" in name:
+            name = percent_decode(name)
+        try:
+            pairs.append((name.decode(), value.decode()))
+        except UnicodeDecodeError:
+            (name_text, _), (value_text, _) = decode_text(name), decode_text(value)
+            pairs.append((name_text, value_text))
+            cp1251 = True
+    return Form(tuple(pairs), cp1251)
 
 
 def parse_multipart(body: bytes, content_type: str) -> Form:
@@ -181,54 +187,56 @@ def parse_value(kind: str, value: str) -> tuple[Any, list[str]]:
     return value, []
 
 
-def merge_fields(
-    query: Sequence[tuple[str, str]], body: Sequence[tuple[str, str]]
-) -> tuple[dict[str, str], dict[str, list[str]], list[str]]:
-    """Merge query then body pairs: later values win, the body over the query.
+@dataclasses.dataclass
+class Merged:
+    """A delivery's fields after merging the query and the body."""
 
-    Returns the winning values by name (documented names in their canonical spelling), the
-    values that lost, and the flags that records.
-    """
-    values: dict[str, str] = {}
-    lost: dict[str, list[str]] = {}
-    origin: dict[str, str] = {}
-    flags: list[str] = []
-    for where, pairs in (("query", query), ("body", body)):
+    values: dict[str, str]  # winning values; documented names in their canonical spelling
+    lost: dict[str, list[str]]  # values that lost to a later or a body value
+    flags: list[str]
+    own: dict[str, str]  # the receiver's parameters from the query: myid, token
+
+
+def merge_fields(query: Form, body: Form) -> Merged:
+    """Merge query then body pairs: later values win, the body over the query."""
+    merged = Merged({}, {}, [Flag.CP1251] if query.cp1251 or body.cp1251 else [], {})
+    values, origin = merged.values, {}
+    for where, pairs in (("query", query.pairs), ("body", body.pairs)):
         for name, value in pairs:
-            if where == "query" and name.lower() in (MYID, TOKEN):
-                continue
-            name = CANONICAL.get(name.lower(), name)
-            if name in values and values[name] != value:
-                lost.setdefault(name, []).append(values[name])
+            if name not in FIELDS:  # documented names mostly come exactly as documented
+                lowered = name.lower()
+                if where == "query" and lowered in (MYID, TOKEN):
+                    merged.own[lowered] = value
+                    continue
+                name = CANONICAL.get(lowered, name)
+            previous = values.get(name)
+            if previous is not None and previous != value:
+                merged.lost.setdefault(name, []).append(previous)
                 flag = Flag.FIELD_CONFLICT if origin[name] != where else Flag.REPEATED_FIELD
-                if flag not in flags:
-                    flags.append(flag)
+                if flag not in merged.flags:
+                    merged.flags.append(flag)
             values[name] = value
             origin[name] = where
-    return values, lost, flags
+    return merged
 
 
 def build_event(
-    myid: str,
-    query: Form,
-    body: Form,
-    *,
-    raw: RawRequest,
-    received_at_us: int,
-    source: str,
+    myid: str, merged: Merged, *, raw: RawRequest, received_at_us: int, source: str
 ) -> Event:
-    """Make the typed Event from decoded fields. Raises Rejected when EventType is missing."""
-    values, lost, flags = merge_fields(query.pairs, body.pairs)
-    if query.cp1251 or body.cp1251:
-        flags.append(Flag.CP1251)
+    """Make the typed Event from merged fields. Raises Rejected when EventType is missing."""
+    flags = merged.flags
     typed: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in FIELDS:
+    for name, value in merged.values.items():
+        spec = FIELDS.get(name)
+        if spec is None:
             extra[name] = value  # unknown fields are kept (EVENT_SPEC §3, §7)
             continue
-        attribute, kind = FIELDS[name]
-        if value == "":
+        attribute, kind = spec
+        if not value:
+            continue
+        if kind == "text":
+            typed[attribute] = value
             continue
         try:
             typed[attribute], value_flags = parse_value(kind, value)
@@ -236,8 +244,8 @@ def build_event(
             extra[name] = value
             value_flags = [Flag.BAD_VALUE]
         flags.extend(flag for flag in value_flags if flag not in flags)
-    if lost:
-        extra[OVERRIDDEN] = lost
+    if merged.lost:
+        extra[OVERRIDDEN] = merged.lost
     event_type = typed.pop("event_type", None)
     if event_type is None:
         raise Rejected(
@@ -245,7 +253,7 @@ def build_event(
             "EventType is missing: a PBX delivery always carries EventType "
             "(dial-in, dial-out, answer, hangup, ...)",
         )
-    if event_type not in EventType.__members__.values():
+    if event_type not in KNOWN_TYPES:
         flags.append(Flag.UNKNOWN_EVENT_TYPE)
     if "event_time_us" not in typed:
         flags.append(Flag.NO_EVENT_TIME)
@@ -273,15 +281,17 @@ def parse_request(
 
     GET, POST and replay all come through here. Raises Rejected with the HTTP status to answer.
     """
-    query = parse_urlencoded(raw.query)
     body = parse_body(raw.body, raw.content_type) if raw.method == "POST" else Form(())
-    myid = query.get(MYID) or default_myid
+    merged = merge_fields(parse_urlencoded(raw.query), body)
+    myid = merged.own.get(MYID) or default_myid
     if not myid:
         raise Rejected(
             400,
             "myid is missing from the query string: register the URL as "
             "https://host/webhook?myid=<extension id>",
         )
-    kept = dataclasses.replace(raw, query=strip_token(raw.query))
-    event = build_event(myid, query, body, raw=kept, received_at_us=received_at_us, source=source)
-    return event, query.get(TOKEN)
+    token = merged.own.get(TOKEN)
+    if token is not None:
+        raw = dataclasses.replace(raw, query=strip_token(raw.query))
+    event = build_event(myid, merged, raw=raw, received_at_us=received_at_us, source=source)
+    return event, token
