@@ -56,6 +56,17 @@ class Rejected(Exception):
         self.reason = reason
 
 
+class MissingMyid(Rejected):
+    """No myid in the query string, and no default."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            400,
+            "myid is missing from the query string: register the URL as "
+            "https://host/webhook?myid=<extension id>",
+        )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Form:
     """Decoded (name, value) pairs of one form, and whether any bytes needed cp1251."""
@@ -285,11 +296,7 @@ def parse_request(
     merged = merge_fields(parse_urlencoded(raw.query), body)
     myid = merged.own.get(MYID) or default_myid
     if not myid:
-        raise Rejected(
-            400,
-            "myid is missing from the query string: register the URL as "
-            "https://host/webhook?myid=<extension id>",
-        )
+        raise MissingMyid
     token = merged.own.get(TOKEN)
     if token is not None:
         raw = dataclasses.replace(raw, query=strip_token(raw.query))
