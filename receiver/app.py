@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -17,14 +18,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.event import RawRequest, Reject, Source, event_json, reject_json
+from receiver import api as api_routes
+from receiver.event import RawRequest, Reject, Source
 from receiver.parse import MYID, Rejected, parse_request, parse_urlencoded, strip_token
 from receiver.settings import Settings
-from receiver.store import SCHEMA_VERSION, Store, parse_cursor
+from receiver.store import SCHEMA_VERSION, Store
 
 log = logging.getLogger("receiver")
 
-MAX_LIMIT = 1000
+CALLS_REFRESH_SECONDS = 1.0
 
 
 def now_us() -> int:
@@ -112,52 +114,6 @@ async def webhook(request: Request) -> Response:
     return JSONResponse({"ok": True, "id": stored.id, "duplicate": stored.duplicate})
 
 
-def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    """An integer query parameter within [low, high]; HTTP 400 naming it otherwise."""
-    value = request.query_params.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or not low <= int(value) <= high:
-        raise HTTPException(400, f"parameter {name} must be a whole number from {low} to {high}")
-    return int(value)
-
-
-async def list_events(request: Request) -> Response:
-    """GET /api/events: events in time order, keyset-paginated."""
-    store: Store = request.app.state.store
-    after = request.query_params.get("after")
-    if after is not None:
-        try:
-            parse_cursor(after)
-        except ValueError:
-            raise HTTPException(
-                400, "parameter after must be a 'next' value from an earlier page"
-            ) from None
-    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
-    assert limit is not None
-    page = await store.list_events(myid=request.query_params.get("myid"), limit=limit, after=after)
-    return JSONResponse({"events": [event_json(e) for e in page.items], "next": page.next})
-
-
-async def get_event(request: Request) -> Response:
-    """GET /api/events/{id}: one event with its raw request."""
-    store: Store = request.app.state.store
-    event = await store.get_event(request.path_params["id"])
-    if event is None:
-        raise HTTPException(404, f"no event with id {request.path_params['id']}")
-    return JSONResponse(event_json(event, with_raw=True))
-
-
-async def list_rejects(request: Request) -> Response:
-    """GET /api/rejects: refused deliveries, newest first."""
-    store: Store = request.app.state.store
-    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
-    before = int_param(request, "before", None, 1, 2**63 - 1)
-    assert limit is not None
-    page = await store.list_rejects(limit=limit, before=before)
-    return JSONResponse({"rejects": [reject_json(r) for r in page.items], "next": page.next})
-
-
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when the database answers."""
     store: Store = request.app.state.store
@@ -200,6 +156,16 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
+async def refresh_calls(store: Store) -> None:
+    """Keep the calls table close behind the events (queries also refresh before reading)."""
+    while True:
+        try:
+            await store.refresh_calls()
+        except Exception:
+            log.exception("rebuilding calls failed; trying again")
+        await asyncio.sleep(CALLS_REFRESH_SECONDS)
+
+
 def create_app(settings: Settings) -> Starlette:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
 
@@ -208,14 +174,24 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         async with Store(settings.db, rejects_max=settings.rejects_max) as store:
             app.state.store = store
-            yield
+            refresher = asyncio.create_task(refresh_calls(store), name="receiver-calls")
+            try:
+                yield
+            finally:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
 
     api = Mount(
         "/api",
         routes=[
-            Route("/events", list_events),
-            Route("/events/{id:int}", get_event),
-            Route("/rejects", list_rejects),
+            Route("/events", api_routes.list_events),
+            Route("/events/{id:int}", api_routes.get_event),
+            Route("/calls", api_routes.list_calls),
+            Route("/calls/{call_id}", api_routes.get_call),
+            Route("/reports/missed", api_routes.missed_report),
+            Route("/reports/extensions", api_routes.extensions_report),
+            Route("/rejects", api_routes.list_rejects),
         ],
         middleware=[Middleware(BearerAuth, token=settings.api_token)],
     )

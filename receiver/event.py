@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import enum
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,6 +117,29 @@ def iso_time(us: int | None) -> str | None:
         return None
     moment = EPOCH + timedelta(microseconds=us)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}Z"
+
+
+EPOCH_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (UTC unless it says otherwise) or seconds since the epoch -> µs.
+
+    Raises ValueError with what is accepted.
+    """
+    if EPOCH_SECONDS.fullmatch(text):
+        whole, _, fraction = text.partition(".")
+        return int(whole) * 1_000_000 + int((fraction + "000000")[:6])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use ISO 8601 (2026-11-27T09:00:00Z) "
+            "or seconds since the epoch"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
 
 
 def seconds(us: int | None) -> float | None:

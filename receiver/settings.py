@@ -38,6 +38,9 @@ class Settings:
     )
     max_body: int = setting(65536, "Largest POST body accepted, in bytes (else 413).")
     rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
+    unknown_end_after: int = setting(
+        14400, "Seconds after its last event that a call with no hangup counts as unknown_end."
+    )
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = setting(False, "Log every request (tokens are masked).")
 

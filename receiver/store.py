@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any
 
 import aiosqlite
 
-from receiver.event import Event, RawRequest, Reject
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, call_json, digits
+from receiver.event import Event, RawRequest, Reject, iso_time, seconds
 
 log = logging.getLogger("receiver.store")
 
@@ -81,6 +82,49 @@ MIGRATIONS: tuple[str, ...] = (
         body_size INTEGER NOT NULL
     );
     """,
+    # 2: calls rebuilt from their events, kept up to date from a list of changed calls.
+    """
+    CREATE TABLE calls_dirty (call_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events WHERE call_id IS NOT NULL;
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        myid TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_us INTEGER NOT NULL,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        last_event_us INTEGER NOT NULL,
+        ring_us INTEGER,
+        talk_us INTEGER,
+        external_number TEXT,
+        external_digits TEXT,
+        did TEXT,
+        answered_by TEXT,
+        extensions TEXT NOT NULL,
+        transferred INTEGER NOT NULL,
+        callback_id TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX calls_started ON calls (started_us, call_id);
+    CREATE INDEX calls_external ON calls (external_digits, started_us);
+    CREATE TABLE legs (
+        call_id TEXT NOT NULL,
+        sub_call_id TEXT NOT NULL,
+        extension TEXT,
+        direction TEXT,
+        started_us INTEGER,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        ring_us INTEGER,
+        talk_us INTEGER,
+        status TEXT,
+        answered INTEGER NOT NULL,
+        routing INTEGER NOT NULL
+    );
+    CREATE INDEX legs_call ON legs (call_id);
+    CREATE INDEX legs_extension ON legs (extension, started_us);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -99,6 +143,11 @@ REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
 )
+CALL_ID_COLUMN = 5  # positions in an event row
+EVENT_TYPE_COLUMN = 2
+# Only these make calls (EVENT_SPEC §2); messages and voicemail stay events.
+CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
+CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit; far below SQLite's limit on bound parameters
 
 
@@ -235,6 +284,64 @@ def reject_from_row(row: Sequence[Any]) -> Reject:
     return Reject(received, status, reason, raw, myid, client, size, rid)
 
 
+CALL_COLUMNS = (
+    "call_id, myid, direction, status, started_us, answered_us, ended_us, last_event_us, "
+    "ring_us, talk_us, external_number, external_digits, did, answered_by, extensions, "
+    "transferred, callback_id, body"
+)
+INSERT_CALL = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+LEG_COLUMNS = (
+    "call_id, sub_call_id, extension, direction, started_us, answered_us, ended_us, ring_us, "
+    "talk_us, status, answered, routing"
+)
+INSERT_LEG = f"INSERT INTO legs ({LEG_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+CALLS_AT_ONCE = 500  # calls rebuilt per writer turn, so live events wait little
+
+
+def call_row(call: Call) -> tuple[Any, ...]:
+    """The calls-table row of a Call; `body` is its JSON without legs and events."""
+    return (
+        call.call_id,
+        call.myid,
+        call.direction.value,
+        call.status.value,
+        call.started_us,
+        call.answered_us,
+        call.ended_us,
+        call.last_event_us,
+        call.ring_us,
+        call.talk_us,
+        call.external_number,
+        digits(call.external_number),
+        call.did,
+        call.answered_by,
+        " " + " ".join(call.extensions) + " ",  # spaces around each, for LIKE '% ext %'
+        call.transferred,
+        call.callback_id,
+        json.dumps(call_json(call, with_details=False), ensure_ascii=False),
+    )
+
+
+def leg_rows(call: Call) -> list[tuple[Any, ...]]:
+    return [
+        (
+            call.call_id,
+            leg.sub_call_id,
+            leg.extension,
+            leg.direction,
+            leg.started_us,
+            leg.answered_us,
+            leg.ended_us,
+            leg.ring_us,
+            leg.talk_us,
+            leg.status,
+            leg.answered,
+            leg.routing,
+        )
+        for leg in call.legs
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     """What storing an event did: its id, and whether it was a repeat of a stored one."""
@@ -249,6 +356,130 @@ class Page:
 
     items: list[Any]
     next: str | None
+
+
+EXPORT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to list; every field narrows the result."""
+
+    myids: tuple[str, ...] = ()
+    event_type: str | None = None
+    call_id: str | None = None
+    sub_call_id: str | None = None
+    number: str | None = None  # any of the event's numbers, compared as digits
+    extension: str | None = None  # prefix*ext, calling or called
+    call_status: str | None = None
+    call_flow: str | None = None
+    source: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    descending: bool = False
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.myids:
+            where.append(f"myid IN ({', '.join('?' * len(self.myids))})")
+            params += self.myids
+        for column in (
+            "event_type",
+            "call_id",
+            "sub_call_id",
+            "call_status",
+            "call_flow",
+            "source",
+        ):
+            value = getattr(self, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.number is not None:
+            where.append(
+                "? IN (digits(caller_id_num), digits(called_number), digits(remote_number), "
+                "digits(called_did))"
+            )
+            params.append(digits(self.number))
+        if self.extension is not None:
+            where.append(
+                "(caller_id_num = ? OR called_number = ? "
+                "OR caller_extension LIKE ? OR called_extension LIKE ?)"
+            )
+            params += [self.extension, self.extension, f"{self.extension}@%", f"{self.extension}@%"]
+        if self.since_us is not None:
+            where.append("order_us >= ?")
+            params.append(self.since_us)
+        if self.until_us is not None:
+            where.append("order_us < ?")
+            params.append(self.until_us)
+        return where, params
+
+
+@dataclass(frozen=True)
+class CallQuery:
+    """Which calls to list or report on."""
+
+    myids: tuple[str, ...] = ()
+    since_us: int | None = None
+    until_us: int | None = None
+    direction: str | None = None
+    status: str | None = None
+    number: str | None = None  # the external number, compared as digits
+    extension: str | None = None  # any extension the call rang or came from
+    descending: bool = False
+    now_us: int = 0  # for telling in_progress from unknown_end
+    unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
+
+    def unknown_before_us(self) -> int:
+        return self.now_us - self.unknown_after_us
+
+    def status_sql(self, table: str = "calls") -> str:
+        """The status now: an open call whose last event is old enough is unknown_end.
+
+        Its ? is bound to unknown_before_us(), first of all parameters.
+        """
+        return (
+            f"CASE WHEN {table}.status = 'in_progress' AND {table}.last_event_us < ? "
+            f"THEN 'unknown_end' ELSE {table}.status END"
+        )
+
+    def where(self, table: str = "calls") -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.myids:
+            # A call belongs to every myid that has one of its events (an IVR and the phone it
+            # routes to may be different subscribers).
+            marks = ", ".join("?" * len(self.myids))
+            window = " AND order_us >= ?" if self.since_us is not None else ""
+            where.append(
+                f"{table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
+            )
+            params += [*self.myids, *([self.since_us] if window else [])]
+        if self.since_us is not None:
+            where.append(f"{table}.started_us >= ?")
+            params.append(self.since_us)
+        if self.until_us is not None:
+            where.append(f"{table}.started_us < ?")
+            params.append(self.until_us)
+        if self.direction is not None:
+            where.append(f"{table}.direction = ?")
+            params.append(self.direction)
+        if self.status is not None:
+            if self.status in ("in_progress", "unknown_end"):
+                where.append(f"{self.status_sql(table)} = ?")
+                params.append(self.unknown_before_us())
+            else:
+                where.append(f"{table}.status = ?")
+            params.append(self.status)
+        if self.number is not None:
+            where.append(f"{table}.external_digits = ?")
+            params.append(digits(self.number))
+        if self.extension is not None:
+            where.append(f"{table}.extensions LIKE ?")
+            params.append(f"% {self.extension} %")
+        return where, params
 
 
 class StoreClosed(RuntimeError):
@@ -283,6 +514,7 @@ class Store:
         await self._run(self._open_writer)
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.executescript(connect_pragmas())
+        await self._reader.create_function("digits", 1, digits, deterministic=True)
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")
         return self
 
@@ -419,6 +651,12 @@ class Store:
             rows.append(event_row(item, event_id, key))
             results.append(Stored(event_id, False))
         db.executemany(INSERT_EVENT, rows)
+        changed = {
+            (row[CALL_ID_COLUMN],)
+            for row in rows
+            if row[CALL_ID_COLUMN] is not None and row[EVENT_TYPE_COLUMN] in CALL_EVENT_TYPES
+        }
+        db.executemany("INSERT OR IGNORE INTO calls_dirty (call_id) VALUES (?)", changed)
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
         if rejects:
@@ -429,6 +667,38 @@ class Store:
                 (self.rejects_max,),
             )
         return results
+
+    async def refresh_calls(self) -> int:
+        """Rebuild the calls whose events changed; returns how many. Live writes go between."""
+        total = 0
+        while count := await self._run(self._refresh_some_calls, CALLS_AT_ONCE):
+            total += count
+        return total
+
+    def _refresh_some_calls(self, limit: int) -> int:
+        db = self._writer
+        assert db is not None
+        ids = [row[0] for row in db.execute("SELECT call_id FROM calls_dirty LIMIT ?", (limit,))]
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        by_call: dict[str, list[Event]] = {}
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id IN ({marks}) AND {CALL_EVENTS_SQL}"
+        for row in db.execute(sql, ids):
+            event = event_from_row(row)
+            by_call.setdefault(event.call_id or "", []).append(event)
+        calls = [build_call(events, now_us=0, unknown_after_us=None) for events in by_call.values()]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
+            db.executemany(INSERT_CALL, [call_row(call) for call in calls])
+            db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
+            db.execute(f"DELETE FROM calls_dirty WHERE call_id IN ({marks})", ids)
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        return len(ids)
 
     # Reading.
 
@@ -448,26 +718,178 @@ class Store:
             row = await cursor.fetchone()
         return None if row is None else event_from_row(row)
 
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        assert self._reader is not None
+        async with self._reader.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
     async def list_events(
-        self, *, myid: str | None = None, limit: int = 100, after: str | None = None
+        self, query: EventQuery | None = None, *, limit: int = 100, after: str | None = None
     ) -> Page:
         """Events in time order (EventTime, or receipt when it is missing), a page at a time."""
-        assert self._reader is not None
-        where, params = [], []
-        if myid is not None:
-            where.append("myid = ?")
-            params.append(myid)
+        query = query or EventQuery()
+        where, params = query.where()
         if after is not None:
             order_us, event_id = parse_cursor(after)
-            where.append("(order_us, id) > (?, ?)")
+            where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
             params += [order_us, event_id]
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY order_us, id LIMIT ?"
-        async with self._reader.execute(sql, [*params, limit + 1]) as cursor:
-            rows = await cursor.fetchall()
+        way = "DESC" if query.descending else "ASC"
+        sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
+        )
+        rows = await self._rows(sql, [*params, limit + 1])
         events = [event_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(events, f"{events[-1].order_us}:{events[-1].id}" if more else None)
+
+    async def iter_events(
+        self, query: EventQuery, *, after: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Every matching event, read a page at a time (flat memory for exports)."""
+        while True:
+            page = await self.list_events(query, limit=EXPORT_PAGE, after=after)
+            for event in page.items:
+                yield event
+            if page.next is None:
+                return
+            after = page.next
+
+    async def get_call(
+        self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
+    ) -> Call | None:
+        """One call, rebuilt now from all its events (so always current)."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL}"
+        rows = await self._rows(sql, [call_id])
+        if not rows:
+            return None
+        events = [event_from_row(row) for row in rows]
+        return build_call(events, now_us=now_us, unknown_after_us=unknown_after_us)
+
+    async def list_calls(
+        self, query: CallQuery, *, limit: int = 100, after: str | None = None
+    ) -> Page:
+        """Calls by start time, a page at a time; items are JSON objects (no legs, no events)."""
+        await self.refresh_calls()
+        where, params = query.where()
+        if after is not None:
+            started_us, call_id = after.split(":", 1)
+            where.append(f"(started_us, call_id) {'<' if query.descending else '>'} (?, ?)")
+            params += [int(started_us), call_id]
+        way = "DESC" if query.descending else "ASC"
+        sql = (
+            f"SELECT body, started_us, call_id, {query.status_sql()} FROM calls "
+            f"WHERE {' AND '.join(where) or '1'} "
+            f"ORDER BY started_us {way}, call_id {way} LIMIT ?"
+        )
+        rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
+        calls = []
+        for body, _, _, status in rows[:limit]:
+            call = json.loads(body)
+            call["status"] = status
+            calls.append(call)
+        more = len(rows) > limit
+        last = rows[limit - 1] if more else None
+        return Page(calls, f"{last[1]}:{last[2]}" if last else None)
+
+    async def iter_calls(
+        self, query: CallQuery, *, after: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching call, a page at a time."""
+        while True:
+            page = await self.list_calls(query, limit=EXPORT_PAGE, after=after)
+            for call in page.items:
+                yield call
+            if page.next is None:
+                return
+            after = page.next
+
+    async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]:
+        """Inbound calls nobody answered, per external number, and whether they were handled.
+
+        Handled: a later answered call with the same number, ours (a call back) or theirs.
+        """
+        await self.refresh_calls()
+        where, params = query.where()
+        handled = (
+            "SELECT {} FROM calls AS later WHERE later.external_digits = missed.number "
+            "AND later.started_us > missed.last_us AND later.status = 'answered' "
+            "ORDER BY later.started_us LIMIT 1"
+        )
+        sql = f"""
+            WITH missed AS (
+                SELECT external_digits AS number, max(external_number) AS shown,
+                       count(*) AS missed, min(started_us) AS first_us, max(started_us) AS last_us,
+                       group_concat(DISTINCT did) AS dids
+                FROM calls
+                WHERE {" AND ".join([*where, "direction = 'in'", "status = 'missed'"])}
+                  AND external_digits IS NOT NULL
+                GROUP BY external_digits
+            )
+            SELECT number, shown, missed, first_us, last_us, dids,
+                   ({handled.format("started_us")}) AS handled_us,
+                   ({handled.format("direction")}) AS handled_direction,
+                   ({handled.format("answered_by")}) AS handled_by
+            FROM missed
+            ORDER BY handled_us IS NOT NULL, last_us DESC
+        """
+        rows = await self._rows(sql, params)
+        report = []
+        for number, shown, missed, first_us, last_us, dids, handled_us, way, by in rows:
+            report.append(
+                {
+                    "number": shown,
+                    "digits": number,
+                    "missed": missed,
+                    "first_missed_at": iso_time(first_us),
+                    "last_missed_at": iso_time(last_us),
+                    "dids": dids.split(",") if dids else [],
+                    "handled": handled_us is not None,
+                    "handled_by": None
+                    if way is None
+                    else ("call_back" if way == "out" else "called_again"),
+                    "handled_at": iso_time(handled_us),
+                    "handled_extension": by,
+                    "recall_seconds": seconds(handled_us - last_us) if handled_us else None,
+                }
+            )
+        return report
+
+    async def extensions_report(
+        self, query: CallQuery, *, by: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per extension (and per day or hour): calls, answered, missed, ring and talk times."""
+        await self.refresh_calls()
+        where, params = query.where(table="c")
+        bucket_us = {"day": 86_400_000_000, "hour": 3_600_000_000}.get(by or "")
+        bucket = f"(c.started_us / {bucket_us}) * {bucket_us}" if bucket_us else "NULL"
+        sql = f"""
+            SELECT l.extension, {bucket} AS bucket,
+                   count(DISTINCT l.call_id),
+                   count(DISTINCT CASE WHEN l.answered THEN l.call_id END),
+                   count(DISTINCT CASE WHEN c.status = 'missed' THEN l.call_id END),
+                   avg(CASE WHEN l.answered THEN l.ring_us END),
+                   sum(CASE WHEN l.answered THEN l.talk_us END),
+                   avg(CASE WHEN l.answered THEN l.talk_us END)
+            FROM legs AS l JOIN calls AS c ON c.call_id = l.call_id
+            WHERE {" AND ".join([*where, "l.routing = 0", "l.extension IS NOT NULL"])}
+            GROUP BY l.extension, bucket
+            ORDER BY l.extension, bucket
+        """
+        rows = await self._rows(sql, params)
+        return [
+            {
+                "extension": extension,
+                **({"period": iso_time(bucket_start)} if bucket_us else {}),
+                "calls": calls,
+                "answered": answered,
+                "missed": missed,
+                "avg_ring_seconds": round(ring / 1e6, 3) if ring is not None else None,
+                "total_talk_seconds": seconds(talk) if talk is not None else 0,
+                "avg_talk_seconds": round(avg_talk / 1e6, 3) if avg_talk is not None else None,
+            }
+            for extension, bucket_start, calls, answered, missed, ring, talk, avg_talk in rows
+        ]
 
     async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page:
         """Rejects, newest first; `next` is the id to pass as `before` for older ones."""

@@ -1,0 +1,249 @@
+"""The read API under /api/: events, calls and reports, as JSON pages or streamed NDJSON/CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from receiver.calls import CallStatus, Direction, call_json
+from receiver.event import event_json, parse_time, reject_json
+from receiver.settings import Settings
+from receiver.store import CallQuery, EventQuery, Store, parse_cursor
+
+MAX_LIMIT = 1000
+FORMATS = ("json", "ndjson", "csv")
+MEDIA = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+def bad(name: str, must: str) -> HTTPException:
+    return HTTPException(400, f"parameter {name} {must}")
+
+
+def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; HTTP 400 naming it otherwise."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise bad(name, f"must be a whole number from {low} to {high}")
+    return int(value)
+
+
+def time_param(request: Request, name: str) -> int | None:
+    """since/until: ISO 8601 or seconds since the epoch -> µs."""
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise bad(
+            name, "must be ISO 8601 (2026-11-27T09:00:00Z) or seconds since the epoch"
+        ) from None
+
+
+def choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    value = request.query_params.get(name)
+    if value is not None and value not in choices:
+        raise bad(name, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def output_format(request: Request) -> str:
+    """format=json|ndjson|csv, else from the Accept header, else json."""
+    chosen = choice_param(request, "format", FORMATS)
+    if chosen:
+        return chosen
+    accept = request.headers.get("accept", "")
+    if "application/x-ndjson" in accept:
+        return "ndjson"
+    if "text/csv" in accept:
+        return "csv"
+    return "json"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def event_query(request: Request) -> EventQuery:
+    q = request.query_params
+    return EventQuery(
+        myids=tuple(q.getlist("myid")),
+        event_type=q.get("event_type"),
+        call_id=q.get("call_id"),
+        sub_call_id=q.get("sub_call_id"),
+        number=q.get("number"),
+        extension=q.get("extension"),
+        call_status=q.get("call_status"),
+        call_flow=q.get("call_flow"),
+        source=q.get("source"),
+        since_us=time_param(request, "since"),
+        until_us=time_param(request, "until"),
+        descending=choice_param(request, "order", ("asc", "desc")) == "desc",
+    )
+
+
+def call_query(request: Request) -> CallQuery:
+    q = request.query_params
+    settings: Settings = request.app.state.settings
+    return CallQuery(
+        myids=tuple(q.getlist("myid")),
+        since_us=time_param(request, "since"),
+        until_us=time_param(request, "until"),
+        direction=choice_param(request, "direction", tuple(Direction)),
+        status=choice_param(request, "status", tuple(CallStatus)),
+        number=q.get("number"),
+        extension=q.get("extension"),
+        descending=choice_param(request, "order", ("asc", "desc")) == "desc",
+        now_us=now_us(),
+        unknown_after_us=settings.unknown_end_after * 1_000_000,
+    )
+
+
+def cursor_param(request: Request, check: Callable[[str], object]) -> str | None:
+    after = request.query_params.get("after")
+    if after is not None:
+        try:
+            check(after)
+        except ValueError:
+            raise bad("after", "must be a 'next' value from an earlier page") from None
+    return after
+
+
+def call_cursor(value: str) -> None:
+    started, sep, call_id = value.partition(":")
+    if not (sep and started.isdigit() and call_id):
+        raise ValueError(value)
+
+
+def csv_cell(value: Any) -> Any:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+
+
+async def stream(records: AsyncIterator[dict[str, Any]], fmt: str) -> AsyncIterator[str]:
+    """Records as NDJSON lines, or CSV with a header row taken from the first record."""
+    writer = None
+    buffer = io.StringIO()
+    async for record in records:
+        if fmt == "ndjson":
+            yield json.dumps(record, ensure_ascii=False) + "\n"
+            continue
+        if writer is None:
+            writer = csv.DictWriter(buffer, fieldnames=list(record), extrasaction="ignore")
+            writer.writeheader()
+        writer.writerow({key: csv_cell(value) for key, value in record.items()})
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+
+
+async def limited(records: AsyncIterator[Any], limit: int | None) -> AsyncIterator[Any]:
+    count = 0
+    async for record in records:
+        if limit is not None and count >= limit:
+            return
+        count += 1
+        yield record
+
+
+async def list_events(request: Request) -> Response:
+    """GET /api/events: filtered events in time order; JSON pages, or all as NDJSON/CSV."""
+    store: Store = request.app.state.store
+    query = event_query(request)
+    after = cursor_param(request, parse_cursor)
+    fmt = output_format(request)
+    if fmt != "json":
+        limit = int_param(request, "limit", None, 1, 2**62)
+
+        async def records() -> AsyncIterator[dict[str, Any]]:
+            async for event in limited(store.iter_events(query, after=after), limit):
+                yield event_json(event, with_raw=fmt == "ndjson")
+
+        return StreamingResponse(stream(records(), fmt), media_type=MEDIA[fmt])
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    assert limit is not None
+    page = await store.list_events(query, limit=limit, after=after)
+    return JSONResponse({"events": [event_json(e) for e in page.items], "next": page.next})
+
+
+async def get_event(request: Request) -> Response:
+    """GET /api/events/{id}: one event with its raw request."""
+    store: Store = request.app.state.store
+    event = await store.get_event(request.path_params["id"])
+    if event is None:
+        raise HTTPException(404, f"no event with id {request.path_params['id']}")
+    return JSONResponse(event_json(event, with_raw=True))
+
+
+async def list_calls(request: Request) -> Response:
+    """GET /api/calls: calls rebuilt from events, by start time."""
+    store: Store = request.app.state.store
+    query = call_query(request)
+    after = cursor_param(request, call_cursor)
+    fmt = output_format(request)
+    if fmt != "json":
+        limit = int_param(request, "limit", None, 1, 2**62)
+        records = limited(store.iter_calls(query, after=after), limit)
+        return StreamingResponse(stream(records, fmt), media_type=MEDIA[fmt])
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    assert limit is not None
+    page = await store.list_calls(query, limit=limit, after=after)
+    return JSONResponse({"calls": page.items, "next": page.next})
+
+
+async def get_call(request: Request) -> Response:
+    """GET /api/calls/{call_id}: one call with its legs and event timeline."""
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    call_id = request.path_params["call_id"]
+    call = await store.get_call(
+        call_id, now_us=now_us(), unknown_after_us=settings.unknown_end_after * 1_000_000
+    )
+    if call is None:
+        raise HTTPException(404, f"no call with call_id {call_id}")
+    return JSONResponse(call_json(call))
+
+
+async def report(request: Request, rows: list[dict[str, Any]], key: str) -> Response:
+    fmt = output_format(request)
+    if fmt == "json":
+        return JSONResponse({key: rows})
+
+    async def records() -> AsyncIterator[dict[str, Any]]:
+        for row in rows:
+            yield row
+
+    return StreamingResponse(stream(records(), fmt), media_type=MEDIA[fmt])
+
+
+async def missed_report(request: Request) -> Response:
+    """GET /api/reports/missed: missed inbound calls per number, handled or not."""
+    store: Store = request.app.state.store
+    return await report(request, await store.missed_report(call_query(request)), "numbers")
+
+
+async def extensions_report(request: Request) -> Response:
+    """GET /api/reports/extensions: per extension (and day or hour) call figures."""
+    store: Store = request.app.state.store
+    by = choice_param(request, "by", ("day", "hour"))
+    rows = await store.extensions_report(call_query(request), by=by)
+    return await report(request, rows, "extensions")
+
+
+async def list_rejects(request: Request) -> Response:
+    """GET /api/rejects: refused deliveries, newest first."""
+    store: Store = request.app.state.store
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    before = int_param(request, "before", None, 1, 2**63 - 1)
+    assert limit is not None
+    page = await store.list_rejects(limit=limit, before=before)
+    return JSONResponse({"rejects": [reject_json(r) for r in page.items], "next": page.next})

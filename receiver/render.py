@@ -1,0 +1,76 @@
+"""Records as a readable terminal table, or as JSON, NDJSON or CSV for pipes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+# Columns shown in a table, per kind of record (all fields go to json, ndjson and csv).
+TABLES: dict[str, Sequence[str]] = {
+    "events": ("id", "event_time", "myid", "event_type", "call_flow", "call_status",
+               "caller_id_num", "called_number", "duration", "call_id"),
+    "calls": ("started_at", "direction", "status", "external_number", "answered_by",
+              "ring_seconds", "talk_seconds", "extensions", "call_id"),
+    "missed": ("number", "missed", "last_missed_at", "handled", "handled_by", "handled_at",
+               "recall_seconds"),
+    "extensions": ("extension", "period", "calls", "answered", "missed", "avg_ring_seconds",
+                   "total_talk_seconds", "avg_talk_seconds"),
+}  # fmt: skip
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+class Output:
+    """Writes records as they come (ndjson, csv) or all at the end (table, json)."""
+
+    def __init__(self, fmt: str, kind: str, out: TextIO) -> None:
+        self.fmt, self.kind, self.out = fmt, kind, out
+        self.rows: list[dict[str, Any]] = []
+        self.csv: csv.DictWriter[str] | None = None
+        self.count = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        if self.fmt == "ndjson":
+            self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        elif self.fmt == "csv":
+            if self.csv is None:
+                self.csv = csv.DictWriter(self.out, fieldnames=list(record), extrasaction="ignore")
+                self.csv.writeheader()
+            self.csv.writerow(
+                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                 for k, v in record.items()}
+            )  # fmt: skip
+        else:
+            self.rows.append(record)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            json.dump(self.rows, self.out, ensure_ascii=False, indent=2)
+            self.out.write("\n")
+        elif self.fmt == "table":
+            self.table()
+
+    def table(self) -> None:
+        rows = self.rows
+        columns = [c for c in TABLES[self.kind] if any(c in row for row in rows)]
+        columns = columns or list(TABLES[self.kind])
+        table = [[cell(row.get(c)) for c in columns] for row in rows]
+        widths = [max([len(c), *(len(r[i]) for r in table)]) for i, c in enumerate(columns)]
+        limit = shutil.get_terminal_size((200, 20)).columns
+        for line in [columns, ["-" * w for w in widths], *table]:
+            text = "  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True))
+            self.out.write(text.rstrip()[:limit] + "\n")
+        if not rows:
+            self.out.write("(nothing matched)\n")

@@ -1,0 +1,167 @@
+"""The read API: event filters and exports, calls, reports (real SQLite, TestClient)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_app import assert_error
+
+SCENARIOS = {
+    # scenario file -> the myid its events are sent with
+    "outbound-answered": "85219",
+    "inbound-answered": "85218",
+    "inbound-cancelled": "85218",
+    "ivr-bridged-yes": "96857",
+    "ivr-bridged-no": "96857",
+    "queue-rounds": "96858",
+    "parallel-ringing": "85218",
+    "callback": "85300",
+}
+
+
+def lines(name: str) -> list[str]:
+    text = (ROOT / "sample_payloads" / f"{name}.txt").read_text()
+    return [x for x in text.splitlines() if x and not x.startswith("#")]
+
+
+@pytest.fixture
+def loaded(client):  # type: ignore[no-untyped-def]
+    for name, myid in SCENARIOS.items():
+        for line in lines(name):
+            assert client.get(f"/webhook?myid={myid}&{line}").status_code == 200
+    return client
+
+
+def test_event_filters(loaded) -> None:  # type: ignore[no-untyped-def]
+    def count(query: str) -> int:
+        return len(loaded.get(f"/api/events?limit=1000&{query}").json()["events"])
+
+    total = sum(len(lines(n)) for n in SCENARIOS)
+    assert count("") == total
+    assert count("myid=85218&myid=85219") == sum(
+        len(lines(n)) for n, m in SCENARIOS.items() if m in ("85218", "85219")
+    )
+    assert count("event_type=answer&call_flow=out") == 3  # outbound, queue agent, callback
+    assert count("call_status=CANCEL") >= 2
+    assert count("number=8 (916) 111-22-33") == 3  # +79161112233, written another way
+    # both IVR calls: the menu's own legs (5 + 2 events) and the leg it routed to 102
+    assert count("extension=2566*887") == 7
+    first = loaded.get("/api/events?limit=1").json()["events"][0]
+    assert count(f"call_id={first['call_id']}") == len(lines("outbound-answered"))
+    assert count(f"sub_call_id={first['sub_call_id']}") == 3
+    assert count("source=http-get") == total
+    assert count("since=2025-12-01T08:00:00Z&until=2025-12-01T08:20:00Z") == sum(
+        len(lines(n)) for n in ("inbound-answered", "inbound-cancelled")
+    )
+    assert count("since=1764577200&until=1764578400") == count(
+        "since=2025-12-01T08:20:00%2B00:00&until=2025-12-01T08:40:00Z"
+    )
+
+
+def test_event_order_and_pages(loaded) -> None:  # type: ignore[no-untyped-def]
+    forward = [e["id"] for e in loaded.get("/api/events?limit=1000").json()["events"]]
+    backward, after = [], None
+    while True:
+        page = loaded.get("/api/events", params={"order": "desc", "limit": 7, **(
+            {"after": after} if after else {})}).json()  # fmt: skip
+        backward += [e["id"] for e in page["events"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert backward == forward[::-1]
+
+
+def test_event_exports_stream_every_event(loaded) -> None:  # type: ignore[no-untyped-def]
+    total = len(loaded.get("/api/events?limit=1000").json()["events"])
+    ndjson = loaded.get("/api/events?format=ndjson")
+    assert ndjson.headers["content-type"].startswith("application/x-ndjson")
+    records = [json.loads(line) for line in ndjson.text.splitlines()]
+    assert len(records) == total
+    assert all("raw" in record for record in records)  # replayable
+    by_accept = loaded.get("/api/events", headers={"accept": "text/csv"})
+    rows = list(csv.DictReader(io.StringIO(by_accept.text)))
+    assert len(rows) == total
+    assert rows[0]["event_time"].endswith("Z")
+    assert loaded.get("/api/events?format=csv&limit=3").text.count("\n") == 4
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [("since=yesterday", "since"), ("order=up", "order"), ("format=xml", "format"),
+     ("limit=5000", "limit"), ("after=1", "after")],
+)  # fmt: skip
+def test_bad_event_parameters_are_named(loaded, query: str, parameter: str) -> None:  # type: ignore[no-untyped-def]
+    assert_error(loaded.get(f"/api/events?{query}"), 400, f"parameter {parameter}")
+
+
+def test_calls(loaded) -> None:  # type: ignore[no-untyped-def]
+    calls = loaded.get("/api/calls?limit=100").json()["calls"]
+    assert len(calls) == len(SCENARIOS)
+    by_status = {(c["direction"], c["status"]) for c in calls}
+    assert ("in", "missed") in by_status and ("out", "answered") in by_status
+    missed = loaded.get("/api/calls?status=missed").json()["calls"]
+    assert {c["external_number"] for c in missed} == {"+74957654321", "+79035556677"}
+    ivr_call = loaded.get("/api/calls?myid=96857&status=answered").json()["calls"][0]
+    assert ivr_call["answered_by"] == "2566*102"
+    assert loaded.get("/api/calls?direction=out&number=89161112233").json()["calls"][0][
+        "talk_seconds"
+    ] == 41.250118
+    # 101 answered one, missed one, took the queue call and lost the parallel ringing
+    assert len(loaded.get("/api/calls?extension=2566*101").json()["calls"]) == 4
+    one = loaded.get(f"/api/calls/{ivr_call['call_id']}").json()
+    assert [leg["extension"] for leg in one["legs"]] == ["2566*887", "2566*102"]
+    assert len(one["events"]) == 5
+    assert_error(loaded.get("/api/calls/nope"), 404, "no call with call_id nope")
+    assert_error(loaded.get("/api/calls?status=lost"), 400, "parameter status")
+
+
+def test_calls_pages_and_csv(loaded) -> None:  # type: ignore[no-untyped-def]
+    first = loaded.get("/api/calls?limit=3").json()
+    second = loaded.get(f"/api/calls?limit=3&after={first['next']}").json()
+    ids = [c["call_id"] for c in first["calls"] + second["calls"]]
+    assert len(set(ids)) == 6
+    rows = list(csv.DictReader(io.StringIO(loaded.get("/api/calls?format=csv").text)))
+    assert len(rows) == len(SCENARIOS)
+
+
+def test_open_call_becomes_unknown_end(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(unknown_end_after=60)
+    client.get(f"/webhook?myid=1&{lines('outbound-answered')[0]}")  # a dial-out, long ago
+    assert client.get("/api/calls").json()["calls"][0]["status"] == "unknown_end"
+    assert len(client.get("/api/calls?status=unknown_end").json()["calls"]) == 1
+    assert client.get("/api/calls?status=in_progress").json()["calls"] == []
+
+
+def test_missed_report(loaded) -> None:  # type: ignore[no-untyped-def]
+    report = loaded.get("/api/reports/missed").json()["numbers"]
+    assert {r["number"] for r in report} == {"+74957654321", "+79035556677"}
+    assert not any(r["handled"] for r in report)
+    # we call one of them back, and they answer
+    back = lines("outbound-answered")
+    back = [x.replace("%2B79161112233", "%2B74957654321") for x in back]
+    back = [x.replace("EventTime=17645724", "EventTime=17645904") for x in back]
+    back = [x.replace(x.split("CallID=")[1][:32], "f" * 32) for x in back]
+    for line in back:
+        assert loaded.get(f"/webhook?myid=85219&{line}").json()["ok"]
+    report = loaded.get("/api/reports/missed").json()["numbers"]
+    handled = next(r for r in report if r["number"] == "+74957654321")
+    assert (handled["handled"], handled["handled_by"]) == (True, "call_back")
+    assert handled["recall_seconds"] > 0
+    assert report[0]["handled"] is False  # the unhandled stand first
+
+
+def test_extensions_report(loaded) -> None:  # type: ignore[no-untyped-def]
+    rows = {r["extension"]: r for r in loaded.get("/api/reports/extensions").json()["extensions"]}
+    assert rows["2566*101"]["calls"] == 4  # answered, missed, the queue, the parallel ringing
+    assert rows["2566*101"]["missed"] == 1  # losing the parallel ringing is not missing a call
+    assert rows["2566*101"]["answered"] == 2
+    assert rows["2566*102"]["total_talk_seconds"] > 0
+    assert "2566*887" not in rows  # IVR legs are routing, not people
+    daily = loaded.get("/api/reports/extensions?by=day").json()["extensions"]
+    assert all(r["period"].endswith("T00:00:00.000000Z") for r in daily)
+    assert_error(loaded.get("/api/reports/extensions?by=week"), 400, "parameter by")
