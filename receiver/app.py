@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import api as api_routes
 from receiver.event import RawRequest, Reject, Source
+from receiver.openapi import spec
 from receiver.parse import MYID, Rejected, parse_request, parse_urlencoded, strip_token
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Store
@@ -124,6 +125,11 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True, "schema_version": version, "expected": SCHEMA_VERSION})
 
 
+async def openapi_json(request: Request) -> Response:
+    """GET /openapi.json: the API's description."""
+    return JSONResponse(spec())
+
+
 class BearerAuth:
     """ASGI middleware: requests need `Authorization: Bearer <token>` (401 otherwise)."""
 
@@ -201,7 +207,12 @@ def create_app(settings: Settings) -> Starlette:
         Exception: server_error,
     }
     return Starlette(
-        routes=[Route("/webhook", webhook, methods=methods), Route("/healthz", healthz), api],
+        routes=[
+            Route("/webhook", webhook, methods=methods),
+            Route("/healthz", healthz),
+            Route("/openapi.json", openapi_json),
+            api,
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

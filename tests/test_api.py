@@ -108,9 +108,10 @@ def test_calls(loaded) -> None:  # type: ignore[no-untyped-def]
     assert {c["external_number"] for c in missed} == {"+74957654321", "+79035556677"}
     ivr_call = loaded.get("/api/calls?myid=96857&status=answered").json()["calls"][0]
     assert ivr_call["answered_by"] == "2566*102"
-    assert loaded.get("/api/calls?direction=out&number=89161112233").json()["calls"][0][
-        "talk_seconds"
-    ] == 41.250118
+    assert (
+        loaded.get("/api/calls?direction=out&number=89161112233").json()["calls"][0]["talk_seconds"]
+        == 41.250118
+    )
     # 101 answered one, missed one, took the queue call and lost the parallel ringing
     assert len(loaded.get("/api/calls?extension=2566*101").json()["calls"]) == 4
     one = loaded.get(f"/api/calls/{ivr_call['call_id']}").json()
@@ -165,3 +166,14 @@ def test_extensions_report(loaded) -> None:  # type: ignore[no-untyped-def]
     daily = loaded.get("/api/reports/extensions?by=day").json()["extensions"]
     assert all(r["period"].endswith("T00:00:00.000000Z") for r in daily)
     assert_error(loaded.get("/api/reports/extensions?by=week"), 400, "parameter by")
+
+
+def test_a_call_belongs_to_every_myid_with_one_of_its_events(client) -> None:  # type: ignore[no-untyped-def]
+    # the IVR subscribes as 96857, the phone it routes to as 85219
+    for line in lines("ivr-bridged-yes"):
+        myid = "96857" if "CalledExtensionID=96857" in line else "85219"
+        client.get(f"/webhook?myid={myid}&{line}")
+    for myid in ("96857", "85219"):
+        calls = client.get(f"/api/calls?myid={myid}").json()["calls"]
+        assert [c["answered_by"] for c in calls] == ["2566*102"]
+        assert calls[0]["myids"] == ["96857", "85219"]
