@@ -163,10 +163,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store) -> None:
-    """Keep the calls table close behind the events (queries also refresh before reading)."""
+    """Rebuild changed calls whenever ingest is quiet (queries also refresh before reading)."""
     while True:
         try:
-            await store.refresh_calls()
+            await store.refresh_calls(only_when_idle=True)
         except Exception:
             log.exception("rebuilding calls failed; trying again")
         await asyncio.sleep(CALLS_REFRESH_SECONDS)

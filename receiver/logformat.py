@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 from receiver.event import EPOCH
 
 # combined = common + referer and user agent; the same for nginx and Apache.
+QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # inside quotes, escapes allowed (unrolled: fast)
 COMBINED = (
-    r'(?P<remote_addr>\S+) \S+ \S+ \[(?P<time_local>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
-    r'(?P<status>\d{3}|-) (?P<body_bytes_sent>\S+)(?: "(?:[^"\\]|\\.)*" "(?:[^"\\]|\\.)*")?.*'
+    rf'(?P<remote_addr>\S+) \S+ \S+ \[(?P<time_local>[^\]]+)\] "(?P<request>{QUOTED})" '
+    rf'(?P<status>\d{{3}}|-) (?P<body_bytes_sent>\S+)(?: "{QUOTED}" "{QUOTED}")?.*'
 )
 
 # Apache directives -> the nginx variable that holds the same value.
@@ -65,10 +66,12 @@ def format_regex(log_format: str) -> re.Pattern[bytes]:
         position = match.end()
         name = match["braced"] or match["plain"] or APACHE.get(match["apache"], "")
         following = text[position : position + 1]
-        if following == '"':  # a quoted value may hold escaped quotes
-            value = r'(?:[^"\\]|\\.)*'
+        if not following:
+            value = ".*"
+        elif following == '"':  # a quoted value may hold escaped quotes
+            value = QUOTED
         else:
-            value = f"[^{re.escape(following)}]*" if following else ".*"
+            value = f"[^{re.escape(following)}]*"
         if name == "time_local_bracketed":
             name, value = "time_local", r"\[[^\]]+\]"
         if not name or name in names:

@@ -193,7 +193,7 @@ def access_log_line(
     if path is not None and target_path != path:
         return "other path"
     fields = query + b"&" + (logged.body or b"")
-    if b"eventtype=" not in fields.lower():
+    if b"EventType=" not in fields and b"eventtype=" not in fields.lower():
         if logged.method == "POST" and logged.body is None and (path or b"myid=" in query):
             return "POST body not in the log (log $request_body to replay POST deliveries)"
         return "not an event delivery"
