@@ -20,7 +20,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
@@ -108,18 +107,12 @@ class Input:
     def __init__(self, name: str) -> None:
         self.name = "<stdin>" if name == "-" else name
         try:
-            self.raw: IO[bytes] = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+            self.raw: io.BufferedReader = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
         except OSError as error:
             raise ReplayError(f"cannot read {name}: {error.strerror}") from None
-        self.size = 0 if name == "-" else Path(name).stat().st_size
-        buffered = (
-            self.raw if isinstance(self.raw, io.BufferedReader) else io.BufferedReader(self.raw)
-        )  # type: ignore[arg-type]
-        self.raw = buffered
-        if buffered.peek(2)[:2] == b"\x1f\x8b":  # gzip by content, whatever the name
-            self.stream: IO[bytes] = io.BufferedReader(gzip.GzipFile(fileobj=buffered))  # type: ignore[arg-type]
-        else:
-            self.stream = buffered
+        self.stream: IO[bytes] = self.raw
+        if self.raw.peek(2)[:2] == b"\x1f\x8b":  # gzip by content, whatever the name
+            self.stream = io.BufferedReader(gzip.GzipFile(fileobj=self.raw))  # type: ignore[arg-type]
 
     def position(self) -> int:
         """Bytes of the file read so far (compressed bytes for gzip)."""

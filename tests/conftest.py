@@ -62,8 +62,9 @@ def free_port() -> int:
 class ServerProcess:
     """`receiver serve` as a real subprocess on a free port."""
 
-    def __init__(self, db: Path, *args: str) -> None:
+    def __init__(self, db: Path, *args: str, log_dir: Path | None = None) -> None:
         self.db = db
+        self.log_dir = log_dir or db.parent
         self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -72,7 +73,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         command = [sys.executable, "-m", "receiver", "serve", "--db", str(self.db)]
         command += ["--port", str(self.port), "--log-level", "warning", *self.args]
-        self.log = self.db.parent / f"server-{self.port}.log"  # a file: a pipe could fill and block
+        self.log = self.log_dir / f"server-{self.port}.log"  # a file: a pipe could fill and block
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ}

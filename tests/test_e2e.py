@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 
 from tests.conftest import sample
 
@@ -125,3 +127,44 @@ def test_calls_are_rebuilt_in_the_background_when_ingest_is_quiet(server, db_pat
         with sqlite3.connect(db_path) as check:  # read the table itself: no query refreshes it
             rebuilt = check.execute("SELECT count(*) FROM calls").fetchone()[0]
     assert rebuilt == 5
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 2 MB file system of its own (tmpfs; needs root, as CI has)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_answers_503_and_keeps_what_it_answered(small_disk: Path, tmp_path: Path) -> None:
+    from tests.conftest import ServerProcess
+
+    running = ServerProcess(small_disk / "receiver.db", log_dir=tmp_path).start()
+    answered, refused = set(), []
+    try:
+        with httpx.Client(timeout=10) as client:
+            for n in range(5000):
+                payload = delivery(1, n)
+                response = client.get(f"{running.url}/webhook?myid=7&{payload}")
+                if response.status_code == 200:
+                    answered.add(payload.split("CallID=")[1].split("&")[0])
+                else:
+                    refused.append(response)
+                    if len(refused) >= 3:
+                        break
+            assert client.get(f"{running.url}/healthz").status_code == 200  # still up
+    finally:
+        _, logged = running.stop()
+    assert len(answered) > 20  # it stored events until the disk filled
+    assert [r.status_code for r in refused] == [503] * 3
+    assert all(r.json()["ok"] is False and "full" in r.json()["error"] for r in refused)
+    assert "event NOT stored" in logged
+    with sqlite3.connect(f"file:{small_disk / 'receiver.db'}?mode=ro", uri=True) as check:
+        stored = {row[0] for row in check.execute("SELECT call_id FROM events")}
+    assert answered <= stored
