@@ -2,10 +2,11 @@
 
     python bench/query.py [--events 1000000] [--keep DIR]
 
-Fills a database through the same parse and store path as live deliveries (bench/calls.py makes
-the calls, as EVENT_SPEC §4 says), rebuilds the calls, then prints p50 and p95 latency of: the
-events of one call; a page of 100 calls for one myid over a day; the missed report for a week;
-and the throughput and the server's peak memory of a full NDJSON export over HTTP.
+Fills a database through the same parse and store path as live deliveries (the calls are
+made by receiver/simulate.py, as EVENT_SPEC §4 says) and rebuilds the calls. Then prints p50
+and p95 latency of: the events of one call; a page of 100 calls for one myid over a day; the
+missed report for a week; and the throughput and the server's peak memory of a full NDJSON
+export over HTTP.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from pathlib import Path
 import httpx2 as httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calls import calls, query_string
 from common import free_port, python, start
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from receiver.event import RawRequest  # noqa: E402
 from receiver.parse import parse_request  # noqa: E402
+from receiver.simulate import calls, make_offices, query_string  # noqa: E402
 from receiver.store import CallQuery, EventQuery, Store  # noqa: E402
 
 DAY_US = 86_400_000_000
@@ -43,18 +44,18 @@ async def fill(db: Path, events: int) -> tuple[list[str], list[str], int, int]:
     async with Store(db) as store:
         chunk = []
         pending: list[asyncio.Future] = []  # type: ignore[type-arg]
-        for call in calls(11):
-            for myid, fields in call:
+        for call in calls(make_offices(40, 11), seed=11, start_us=1_764_572_400_000_000):
+            for myid, fields in call.events:
                 raw = RawRequest("GET", f"myid={myid}&{query_string(fields)}".encode())
                 event, _ = parse_request(
                     raw, received_at_us=int(fields["EventTime"]), source="bench"
                 )
                 chunk.append(event)
-                myids.add(myid)
+                myids.add(str(myid))
                 last = int(fields["EventTime"])
                 first = first or last
             if len(call_ids) < 5000:
-                call_ids.append(call[0][1]["CallID"])
+                call_ids.append(call.truth["call_id"])
             if len(chunk) >= 500:
                 await asyncio.gather(*pending)
                 pending, chunk = store.submit_events(chunk), []

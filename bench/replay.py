@@ -3,10 +3,10 @@
     python bench/replay.py [--lines 1000000] [--keep DIR]
 
 Generates a combined-format access log: deliveries of ~250k calls made as EVENT_SPEC §4 says
-(bench/calls.py), among non-event noise lines. Then, each as its own process, on a fresh database:
-the baseline (the same lines parsed with the standard library and inserted with one executemany
-into a table of the same columns) and `receiver replay`. Prints both times, the ratio (target
-<= 2x) and each one's peak memory (target < 200 MB).
+(receiver/simulate.py), among non-event noise lines. Then, each as its own process, on a fresh
+database: the baseline (the same lines parsed with the standard library and inserted with one
+executemany into a table of the same columns) and `receiver replay`. Prints both times, the
+ratio (target <= 2x) and each one's peak memory (target < 200 MB).
 """
 
 from __future__ import annotations
@@ -26,11 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calls import calls, query_string
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from receiver.simulate import calls, make_offices, query_string  # noqa: E402
 from receiver.store import MIGRATIONS  # noqa: E402
 
 NOISE = [
@@ -50,11 +48,11 @@ def generate(path: Path, lines: int, seed: int = 7) -> int:
     """Write the access log; returns how many lines are event deliveries."""
     written = events = 0
     with path.open("w") as out:
-        for call in calls(seed):
-            for myid, fields in call:
+        for call in calls(make_offices(40, seed), seed=seed, start_us=1_764_572_400_000_000):
+            for myid, fields in call.events:
                 when = log_time(int(fields["EventTime"]))
                 out.write(
-                    f'185.45.152.{len(myid)} - - [{when}] "GET /webhook?myid={myid}&'
+                    f'185.45.152.{myid % 256} - - [{when}] "GET /webhook?myid={myid}&'
                     f'{query_string(fields)} HTTP/1.1" 200 38 "-" "Telphin-Events"\n'
                 )
                 written += 1

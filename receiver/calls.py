@@ -207,7 +207,7 @@ def build_call(
     talkers = [leg for leg in answered if direction != Direction.INTERNAL or leg.direction == "in"]
     talk = sum(leg.talk_us or 0 for leg in talkers) if talkers else None
     answered_at = answered[0].answered_us if answered else None
-    answered_by = answered[0].extension if answered and direction != Direction.OUT else None
+    answered_by = talkers[0].extension if talkers and direction != Direction.OUT else None
     return Call(
         call_id=first.call_id or "",
         myid=first.myid,
