@@ -414,3 +414,14 @@ def extensions(**options: Any) -> None:
         options["db"], lambda store: store.extensions_report(query, by=options["by"]),
         options["fmt"], "extensions", options["limit"],
     )  # fmt: skip
+
+
+def register() -> None:
+    """The command groups that live in their own modules."""
+    from receiver.cli_pbx import pbx, subscribe
+
+    main.add_command(subscribe)
+    main.add_command(pbx)
+
+
+register()

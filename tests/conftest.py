@@ -70,9 +70,12 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
+    def command(self) -> list[str]:
         command = [sys.executable, "-m", "receiver", "serve", "--db", str(self.db)]
-        command += ["--port", str(self.port), "--log-level", "warning", *self.args]
+        return [*command, "--port", str(self.port), "--log-level", "warning", *self.args]
+
+    def start(self, ready: str = "/healthz") -> ServerProcess:
+        command = self.command()
         self.log = self.log_dir / f"server-{self.port}.log"  # a file: a pipe could fill and block
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -83,11 +86,11 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise RuntimeError("server did not answer /healthz within 20 s")
+        raise RuntimeError(f"server did not answer {ready} within 20 s")
 
     def stop(self, sig: int = 15) -> tuple[int, str]:
         """Send `sig`, wait for the exit; the exit code and what the server logged."""
@@ -96,6 +99,30 @@ class ServerProcess:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=30)
         return code, self.log.read_text()
+
+
+class PbxProcess(ServerProcess):
+    """`receiver pbx serve` (the emulator) as a real subprocess on a free port."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "receiver", "pbx", "serve", "--port", str(self.port),
+                *self.args]  # fmt: skip
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[object]:
+    """Start emulators; all are stopped at the end of the test."""
+    started: list[PbxProcess] = []
+
+    def start(*args: str) -> PbxProcess:
+        process = PbxProcess(tmp_path / "unused.db", *args).start("/emulator/state")
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.stop(9)
 
 
 @pytest.fixture

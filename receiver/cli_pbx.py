@@ -1,0 +1,253 @@
+"""`receiver subscribe` (the PBX's subscription API) and `receiver pbx` (its emulator)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from receiver.pbxclient import CALL_EVENTS, DEFAULT_API_URL, PbxClient, PbxError, plan, webhook_url
+
+
+def pbx_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the PBX's API is, and the application's credentials."""
+    options = [
+        click.option("--api-url", default=DEFAULT_API_URL, show_default=True,
+                     envvar="RECEIVER_PBX_API_URL", show_envvar=True,
+                     help="The PBX's REST API (point it at `receiver pbx serve` to try things)."),
+        click.option("--client-id", envvar="RECEIVER_PBX_CLIENT_ID", show_envvar=True,
+                     help="The API application's id (Application_ID)."),
+        click.option("--client-secret", envvar="RECEIVER_PBX_CLIENT_SECRET", show_envvar=True,
+                     help="The API application's secret (Application_Secret)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def wanted_events(events: str | None, ivr: bool, queue: bool) -> list[str]:
+    """--events, or the provider's advice: all four call events; only hangup for IVR and queue."""
+    if events:
+        chosen = [e.strip() for e in events.split(",") if e.strip()]
+        unknown = [e for e in chosen if e not in (*CALL_EVENTS, "message-in", "message-out",
+                                                  "voicemail")]  # fmt: skip
+        if unknown:
+            raise click.BadParameter(f"unknown event type {unknown[0]!r}", param_hint="--events")
+        return chosen
+    return ["hangup"] if ivr or queue else list(CALL_EVENTS)
+
+
+def client(options: dict[str, Any]) -> PbxClient:
+    try:
+        return PbxClient(options["api_url"], options["client_id"] or "",
+                         options["client_secret"] or "")  # fmt: skip
+    except PbxError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def change(options: dict[str, Any], exact: bool) -> None:
+    """add (exact=False) and sync (exact=True) for each --extension."""
+    events = wanted_events(options["events"], options["ivr"], options["queue"])
+    with client(options) as pbx:
+        try:
+            for extension in options["extension"]:
+                todo = plan(pbx.subscriptions(extension), options["url"], options["method"],
+                            events, exact=exact)  # fmt: skip
+                for subscription in todo.delete:
+                    pbx.unsubscribe(extension, subscription["id"])
+                    click.echo(f"extension {extension}: removed {subscription['event_type']} "
+                               f"{subscription['method']} (id {subscription['id']})")  # fmt: skip
+                for subscription in todo.keep:
+                    click.echo(f"extension {extension}: {subscription['event_type']} already "
+                               f"subscribed (id {subscription['id']})")  # fmt: skip
+                for event_type in todo.create:
+                    made = pbx.subscribe(extension, options["url"], options["method"], event_type)
+                    click.echo(f"extension {extension}: subscribed {event_type} "
+                               f"{options['method']} (id {made['id']})")  # fmt: skip
+        except PbxError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--extension", type=int, multiple=True, required=True,
+                     help="Extension id (repeatable)."),
+        click.option("--url", required=True,
+                     help="The URL the PBX calls (see `receiver subscribe url`)."),
+        click.option("--events", help="Comma-separated event types (default: dial-in,dial-out,"
+                                      "answer,hangup; hangup only with --ivr or --queue)."),
+        click.option("--method", type=click.Choice(["GET", "POST"]), default="GET",
+                     show_default=True, help="How the PBX sends each event."),
+        click.option("--ivr", is_flag=True, help="A voice menu: subscribe hangup only."),
+        click.option("--queue", is_flag=True, help="A queue: subscribe hangup only."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group()
+def subscribe() -> None:
+    """Manage the PBX's event subscriptions for your receiver's URL."""
+
+
+@subscribe.command()
+@pbx_options
+@target_options
+def add(**options: Any) -> None:
+    """Subscribe what is missing; never duplicates an identical subscription."""
+    change(options, exact=False)
+
+
+@subscribe.command()
+@pbx_options
+@target_options
+def sync(**options: Any) -> None:
+    """Make the subscriptions for --url exactly the wanted set (others' URLs are left alone)."""
+    change(options, exact=True)
+
+
+@subscribe.command(name="list")
+@pbx_options
+@click.option("--extension", type=int, multiple=True, required=True, help="Extension id.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)  # fmt: skip
+def list_(**options: Any) -> None:
+    """List an extension's subscriptions."""
+    rows = []
+    with client(options) as pbx:
+        try:
+            for extension in options["extension"]:
+                rows += [{"extension": extension, **s} for s in pbx.subscriptions(extension)]
+        except PbxError as error:
+            raise click.ClickException(str(error)) from None
+    if options["fmt"] == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['extension']:>8}  {row['id']:>6}  {row['event_type']:<11} "
+                   f"{row['method']:<4}  {row['url']}")  # fmt: skip
+    if not rows:
+        click.echo("no subscriptions")
+
+
+@subscribe.command()
+@pbx_options
+@click.option("--extension", type=int, required=True, help="Extension id.")
+@click.option("--id", "subscription_id", type=int, help="Remove this subscription.")
+@click.option("--url", help="Remove every subscription of the extension for this URL.")
+def remove(**options: Any) -> None:
+    """Remove one subscription, or all of ours (for --url); never other URLs'."""
+    if (options["subscription_id"] is None) == (options["url"] is None):
+        raise click.UsageError("give --id or --url (one of them)")
+    extension = options["extension"]
+    with client(options) as pbx:
+        try:
+            found = pbx.subscriptions(extension)
+            if options["url"] is not None:
+                doomed = [s for s in found if s.get("url") == options["url"]]
+            else:
+                doomed = [s for s in found if s.get("id") == options["subscription_id"]]
+                if not doomed:
+                    raise click.ClickException(
+                        f"extension {extension} has no subscription {options['subscription_id']}"
+                    )
+            for subscription in doomed:
+                pbx.unsubscribe(extension, subscription["id"])
+                click.echo(f"extension {extension}: removed {subscription['event_type']} "
+                           f"(id {subscription['id']})")  # fmt: skip
+        except PbxError as error:
+            raise click.ClickException(str(error)) from None
+    if not doomed:
+        click.echo(f"extension {extension}: nothing subscribed for {options['url']}")
+
+
+@subscribe.command()
+@click.option("--base", required=True, help="Your receiver's public base URL, https://host[:port].")
+@click.option("--myid", required=True, help="The myid the events should carry.")
+@click.option("--token", envvar="RECEIVER_TOKEN", show_envvar=True,
+              help="The receiver's webhook token, if it has one.")  # fmt: skip
+def url(base: str, myid: str, token: str | None) -> None:
+    """Print the exact URL to register with the PBX."""
+    click.echo(webhook_url(base, myid, token))
+
+
+@click.group()
+def pbx() -> None:
+    """An emulator of the PBX's API and call events, for tests and demos."""
+
+
+@pbx.command(name="serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8100, show_default=True, type=int)
+@click.option("--client-id", default="demo", show_default=True)
+@click.option("--client-secret", default="demo-secret", show_default=True)
+@click.option("--offices", default=2, show_default=True, type=click.IntRange(1, 200),
+              help="Customers, each with phones, an IVR (887) and a queue (888).")  # fmt: skip
+@click.option("--seed", default=1, show_default=True, type=int, help="Makes the same offices.")
+@click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(1),
+              help="Seconds an access token lives.")  # fmt: skip
+@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0))
+def pbx_serve(**options: Any) -> None:
+    """Run the emulated PBX API (OAuth2, subscriptions, callback)."""
+    import uvicorn
+
+    from receiver.emulator import PbxConfig, create_pbx_app
+
+    host, port = options.pop("host"), options.pop("port")
+    app = create_pbx_app(PbxConfig(**options))
+    for office in app.state.pbx.offices:
+        names = ", ".join(f"{e.name} (id {e.id}, {e.kind})" for e in office.extensions)
+        click.echo(f"office {office.prefix}, number {office.did}: {names}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@pbx.command()
+@click.option("--pbx", "pbx_url", default="http://127.0.0.1:8100", show_default=True,
+              help="The running emulator.")  # fmt: skip
+@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="New calls per second of simulated time.")  # fmt: skip
+@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Simulated seconds per real second; 0 plays as fast as it can.")  # fmt: skip
+@click.option(
+    "--mix",
+    help="Weights of kinds of call (default: outbound=30,inbound=28,ivr=12,queue=12,"
+    "parallel=6,forward=4,callback=4,internal=4).",
+)
+@click.option(
+    "--seed", default=1, show_default=True, type=int, help="The same seed, the same calls."
+)
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write each call's expected outcome here, one JSON line per call.")  # fmt: skip
+def simulate(pbx_url: str, count: int, rate: float, speed: float, mix: str | None, seed: int,
+             truth: Path | None) -> None:  # fmt: skip
+    """Place calls and deliver their events to every subscription, as the PBX does."""
+    import httpx2 as httpx
+
+    from receiver.emulator import run_simulation
+    from receiver.simulate import parse_mix
+
+    try:
+        weights = parse_mix(mix)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--mix") from None
+    out = truth.open("w") if truth else None
+    try:
+        report = run_simulation(pbx_url, calls=count, rate=rate, speed=speed, seed=seed,
+                                mix=weights, truth=out)  # fmt: skip
+    except httpx.TransportError as error:
+        raise click.ClickException(f"cannot reach the emulator at {pbx_url}: {error}") from None
+    finally:
+        if out:
+            out.close()
+    click.echo(f"{report.calls} calls, {report.events} events, {report.deliveries} deliveries: "
+               f"{report.delivered} answered 2xx, {len(report.failed)} failed")  # fmt: skip
+    for failure in report.failed[:10]:
+        click.echo(f"failed: {failure}", err=True)
+    if report.failed:
+        sys.exit(1)
