@@ -1,0 +1,176 @@
+"""`receiver events`, `receiver calls` and `receiver report`: the database, read from a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from receiver.cli import setting_option
+
+
+def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by events, calls and report."""
+    options = [
+        setting_option("db"),
+        setting_option("unknown_end_after"),
+        click.option("--myid", "myids", multiple=True, help="Only this myid (repeatable)."),
+        click.option("--since", help="From this time: ISO 8601 or seconds since the epoch."),
+        click.option("--until", help="Before this time: ISO 8601 or seconds since the epoch."),
+        click.option("--number", help="A phone number, in any formatting."),
+        click.option("--extension", help="An extension, as prefix*ext (e.g. 2566*102)."),
+        click.option("--limit", type=click.IntRange(1), help="At most this many records."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "json", "ndjson", "csv"]),
+            help="Output format (default: table on a terminal, ndjson in a pipe).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def time_option(value: str | None, name: str) -> int | None:
+    from receiver.event import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as problem:
+        raise click.BadParameter(str(problem), param_hint=name) from None
+
+
+def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind: str,
+                  limit: int | None) -> None:  # fmt: skip
+    """Open the database, and print what `records(store)` gives (an async iterator or a list)."""
+    import asyncio
+
+    from receiver.render import Output
+    from receiver.store import Store
+
+    if not db.exists():
+        raise click.ClickException(f"no database at {db}: pass --db (or set RECEIVER_DB)")
+    output = Output(fmt or ("table" if sys.stdout.isatty() else "ndjson"), kind, sys.stdout)
+
+    async def run() -> None:
+        async with Store(db) as store:
+            found = records(store)
+            if not hasattr(found, "__aiter__"):
+                found = aiter_list(await found)
+            async for record in found:
+                output.add(record)
+                if limit is not None and output.count >= limit:
+                    break
+
+    asyncio.run(run())
+    output.close()
+
+
+async def aiter_list(rows: list[Any]) -> Any:
+    for row in rows:
+        yield row
+
+
+def call_query(options: dict[str, Any], **more: Any) -> Any:
+    from receiver.store import CallQuery
+
+    return CallQuery(
+        myids=options["myids"],
+        since_us=time_option(options["since"], "--since"),
+        until_us=time_option(options["until"], "--until"),
+        number=options["number"],
+        extension=options["extension"],
+        now_us=time.time_ns() // 1000,
+        unknown_after_us=options["unknown_end_after"] * 1_000_000,
+        **more,
+    )
+
+
+@click.command()
+@query_options
+@click.option("--type", "event_type", help="Only this EventType (dial-in, answer, ...).")
+@click.option("--call-id", help="Only the events of this CallID.")
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+def events(**options: Any) -> None:
+    """List stored events, filtered, in time order.
+
+    --format ndjson keeps each event's raw request, so the output can be replayed.
+    """
+    from receiver.event import event_json
+    from receiver.store import EventQuery
+
+    query = EventQuery(
+        myids=options["myids"],
+        event_type=options["event_type"],
+        call_id=options["call_id"],
+        number=options["number"],
+        extension=options["extension"],
+        since_us=time_option(options["since"], "--since"),
+        until_us=time_option(options["until"], "--until"),
+        descending=options["order"] == "desc",
+    )
+    raw = options["fmt"] == "ndjson" or (options["fmt"] is None and not sys.stdout.isatty())
+
+    async def records(store: Any) -> Any:
+        async for event in store.iter_events(query):
+            yield event_json(event, with_raw=raw)
+
+    print_records(options["db"], records, options["fmt"], "events", options["limit"])
+
+
+@click.command()
+@query_options
+@click.option("--direction", type=click.Choice(["in", "out", "internal"]))
+@click.option(
+    "--status",
+    type=click.Choice(["answered", "missed", "busy", "no_answer", "cancelled", "failed",
+                       "in_progress", "unknown_end"]),
+)  # fmt: skip
+@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+def calls(**options: Any) -> None:
+    """List calls rebuilt from their events."""
+    query = call_query(
+        options,
+        direction=options["direction"],
+        status=options["status"],
+        descending=options["order"] == "desc",
+    )
+    print_records(
+        options["db"], lambda store: store.iter_calls(query), options["fmt"], "calls",
+        options["limit"],
+    )  # fmt: skip
+
+
+@click.group()
+def report() -> None:
+    """Reports over the calls."""
+
+
+@report.command()
+@query_options
+def missed(**options: Any) -> None:
+    """Missed inbound calls per number: were they called back, or did they call again?"""
+    query = call_query(options)
+    print_records(
+        options["db"], lambda store: store.missed_report(query), options["fmt"], "missed",
+        options["limit"],
+    )  # fmt: skip
+
+
+@report.command()
+@query_options
+@click.option("--by", type=click.Choice(["day", "hour"]), help="One row per period too.")
+def extensions(**options: Any) -> None:
+    """Per extension: calls, answered, missed, ring and talk times."""
+    query = call_query(options)
+    print_records(
+        options["db"], lambda store: store.extensions_report(query, by=options["by"]),
+        options["fmt"], "extensions", options["limit"],
+    )  # fmt: skip

@@ -1,0 +1,165 @@
+"""`receiver replay`: the command, its progress bar and its summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from receiver.cli import setting_option
+from receiver.replay import FORMATS, Summary
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True)
+@setting_option("db")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(FORMATS)),
+    help="Input format (default: detected from the first line of each file).",
+)
+@click.option(
+    "--log-format",
+    help="The access log's nginx log_format or Apache LogFormat string "
+    "(default: combined or common).",
+)
+@click.option("--path", help="Keep only access-log requests to this path, e.g. /webhook.")
+@click.option("--myid", help="myid for deliveries whose query string has none.")
+@click.option(
+    "--to",
+    "to_url",
+    metavar="URL",
+    help="Send the deliveries to a running receiver at URL (e.g. http://host:8000/webhook) "
+    "instead of writing the database.",
+)
+@click.option(
+    "--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+    help="With --to: requests in flight at once.",
+)  # fmt: skip
+@click.option(
+    "--rate", type=click.FloatRange(0, min_open=True), help="With --to: deliveries per second."
+)
+@click.option(
+    "--retries", default=3, show_default=True, type=click.IntRange(0, 20),
+    help="With --to: tries again after a network error, 429 or 5xx.",
+)  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Parse and report; write and send nothing.")
+@click.option("--strict", is_flag=True, help="Stop at the first malformed line.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def replay(
+    paths: tuple[str, ...],
+    db: Path,
+    fmt: str | None,
+    log_format: str | None,
+    path: str | None,
+    myid: str | None,
+    to_url: str | None,
+    concurrency: int,
+    rate: float | None,
+    retries: int,
+    dry_run: bool,
+    strict: bool,
+    quiet: bool,
+) -> None:
+    """Replay deliveries from access logs, query-string files or NDJSON exports.
+
+    PATHS are files (gzip is detected by content) or - for stdin. Each delivery is parsed,
+    tagged and de-duplicated exactly as a live request, so replaying twice adds nothing.
+    Exits 1 when any line was malformed or any event could not be stored or delivered.
+    """
+    import asyncio
+
+    from receiver.replay import Options, ReplayError, Target
+    from receiver.replay import replay as run_replay
+    from receiver.store import Store
+
+    options = Options(fmt, log_format, path, myid, strict)
+    target = Target(to_url, concurrency, rate, retries) if to_url and not dry_run else None
+
+    async def run() -> Summary:
+        if dry_run or target is not None:
+            return await run_replay(list(paths), options, target=target, progress=bar.update_from)
+        async with Store(db) as store:
+            return await run_replay(list(paths), options, store=store, progress=bar.update_from)
+
+    bar = ReplayProgress(paths, enabled=not quiet and sys.stderr.isatty())
+    try:
+        summary = asyncio.run(run())
+    except ReplayError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        bar.finish()
+    print_summary(summary, dry_run=dry_run, sent=target is not None)
+    if not summary.ok:
+        sys.exit(1)
+
+
+class ReplayProgress:
+    """A progress bar over the inputs' bytes, with lines and their rate; nothing when off."""
+
+    def __init__(self, paths: tuple[str, ...], enabled: bool) -> None:
+        self.sizes = {p: Path(p).stat().st_size if Path(p).is_file() else 0 for p in paths}
+        self.enabled = enabled and sum(self.sizes.values()) > 0
+        self.done_before: dict[str, int] = {}
+        self.shown = 0
+        self.started = time.monotonic()
+        self.bar: Any = None
+        if self.enabled:
+            self.bar = click.progressbar(
+                length=sum(self.sizes.values()),
+                label="replaying",
+                file=sys.stderr,
+                show_pos=False,
+                item_show_func=lambda text: text,
+            )
+            self.bar.__enter__()
+
+    def update_from(self, source: Any, summary: Summary) -> None:
+        if self.bar is None:
+            return
+        done = sum(self.sizes[p] for p in self.done_before) + source.position()
+        if source.name not in self.sizes:  # stdin
+            done = self.shown
+        elif source.position() >= self.sizes[source.name]:
+            self.done_before[source.name] = 1
+        rate = summary.lines / max(time.monotonic() - self.started, 1e-9)
+        text = f"{summary.lines:,} lines, {rate:,.0f}/s"
+        self.bar.update(max(done - self.shown, 0), text)
+        self.shown = max(done, self.shown)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def print_summary(summary: Summary, *, dry_run: bool, sent: bool) -> None:
+    """The end-of-run report."""
+    seconds = max(summary.seconds, 1e-9)
+    skipped = ", ".join(f"{reason}: {n:,}" for reason, n in summary.skipped.most_common())
+    stored = "parsed (dry run)" if dry_run else ("delivered" if sent else "stored")
+    rows = [
+        ("lines read", summary.lines),
+        ("deliveries", summary.deliveries),
+        (stored, summary.events if dry_run else summary.stored),
+        ("duplicates", summary.duplicates),
+        ("skipped", summary.skipped.total()),
+        ("malformed", summary.malformed),
+        ("failed", summary.failed),
+    ]
+    for name, value in rows:
+        line = f"{name:>17}  {value:,}"
+        if name == "skipped" and skipped:
+            line += f"  ({skipped})"
+        click.echo(line)
+    click.echo(
+        f"{'time':>17}  {summary.seconds:.1f} s, {summary.deliveries / seconds:,.0f} deliveries/s"
+    )
+    for example in summary.examples:
+        click.echo(f"malformed or failed: {example}", err=True)
+    hidden = summary.malformed + summary.failed - len(summary.examples)
+    if hidden > 0:
+        click.echo(f"... and {hidden:,} more", err=True)

@@ -1,0 +1,22 @@
+"""SQLite storage: the only package that speaks SQL.
+
+schema.py has the tables and their migrations, queries.py what listings ask for, database.py
+the Store: one group-committing writer and a reader.
+"""
+
+from receiver.store.database import Store, StoreClosed
+from receiver.store.queries import CallQuery, EventQuery, Page, Stored, parse_cursor
+from receiver.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "CallQuery",
+    "EventQuery",
+    "Page",
+    "Store",
+    "StoreClosed",
+    "Stored",
+    "migrate",
+    "parse_cursor",
+]

@@ -1,0 +1,154 @@
+"""What a listing or a report asks for, as SQL conditions; pages and cursors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, digits
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What storing an event did: its id, and whether it was a repeat of a stored one."""
+
+    id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a keyset-paginated listing; `next` is the cursor of the following page."""
+
+    items: list[Any]
+    next: str | None
+
+
+EXPORT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Which events to list; every field narrows the result."""
+
+    myids: tuple[str, ...] = ()
+    event_type: str | None = None
+    call_id: str | None = None
+    sub_call_id: str | None = None
+    number: str | None = None  # any of the event's numbers, compared as digits
+    extension: str | None = None  # prefix*ext, calling or called
+    call_status: str | None = None
+    call_flow: str | None = None
+    source: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    descending: bool = False
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.myids:
+            where.append(f"myid IN ({', '.join('?' * len(self.myids))})")
+            params += self.myids
+        for column in (
+            "event_type",
+            "call_id",
+            "sub_call_id",
+            "call_status",
+            "call_flow",
+            "source",
+        ):
+            value = getattr(self, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.number is not None:
+            where.append(
+                "? IN (digits(caller_id_num), digits(called_number), digits(remote_number), "
+                "digits(called_did))"
+            )
+            params.append(digits(self.number))
+        if self.extension is not None:
+            where.append(
+                "(caller_id_num = ? OR called_number = ? "
+                "OR caller_extension LIKE ? OR called_extension LIKE ?)"
+            )
+            params += [self.extension, self.extension, f"{self.extension}@%", f"{self.extension}@%"]
+        if self.since_us is not None:
+            where.append("order_us >= ?")
+            params.append(self.since_us)
+        if self.until_us is not None:
+            where.append("order_us < ?")
+            params.append(self.until_us)
+        return where, params
+
+
+@dataclass(frozen=True)
+class CallQuery:
+    """Which calls to list or report on."""
+
+    myids: tuple[str, ...] = ()
+    since_us: int | None = None
+    until_us: int | None = None
+    direction: str | None = None
+    status: str | None = None
+    number: str | None = None  # the external number, compared as digits
+    extension: str | None = None  # any extension the call rang or came from
+    descending: bool = False
+    now_us: int = 0  # for telling in_progress from unknown_end
+    unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
+
+    def unknown_before_us(self) -> int:
+        return self.now_us - self.unknown_after_us
+
+    def status_sql(self, table: str = "calls") -> str:
+        """The status now: an open call whose last event is old enough is unknown_end.
+
+        Its ? is bound to unknown_before_us(), first of all parameters.
+        """
+        return (
+            f"CASE WHEN {table}.status = 'in_progress' AND {table}.last_event_us < ? "
+            f"THEN 'unknown_end' ELSE {table}.status END"
+        )
+
+    def where(self, table: str = "calls") -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.myids:
+            # A call belongs to every myid that has one of its events (an IVR and the phone it
+            # routes to may be different subscribers).
+            marks = ", ".join("?" * len(self.myids))
+            window = " AND order_us >= ?" if self.since_us is not None else ""
+            where.append(
+                f"{table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
+            )
+            params += [*self.myids, *([self.since_us] if window else [])]
+        if self.since_us is not None:
+            where.append(f"{table}.started_us >= ?")
+            params.append(self.since_us)
+        if self.until_us is not None:
+            where.append(f"{table}.started_us < ?")
+            params.append(self.until_us)
+        if self.direction is not None:
+            where.append(f"{table}.direction = ?")
+            params.append(self.direction)
+        if self.status is not None:
+            if self.status in ("in_progress", "unknown_end"):
+                where.append(f"{self.status_sql(table)} = ?")
+                params.append(self.unknown_before_us())
+            else:
+                where.append(f"{table}.status = ?")
+            params.append(self.status)
+        if self.number is not None:
+            where.append(f"{table}.external_digits = ?")
+            params.append(digits(self.number))
+        if self.extension is not None:
+            where.append(f"{table}.extensions LIKE ?")
+            params.append(f"% {self.extension} %")
+        return where, params
+
+
+def parse_cursor(cursor: str) -> tuple[int, int]:
+    """`<order_us>:<id>` -> its two integers. Raises ValueError when it is not one of ours."""
+    order_us, _, event_id = cursor.partition(":")
+    return int(order_us), int(event_id)

@@ -1,0 +1,339 @@
+"""The database's tables, their migrations, and rows to and from records."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from receiver.calls import Call, call_json, digits
+from receiver.event import Event, RawRequest, Reject
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: events and rejects.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        myid TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        event_time_us INTEGER,
+        order_us INTEGER NOT NULL,
+        call_id TEXT,
+        sub_call_id TEXT,
+        call_api_id TEXT,
+        callback_id TEXT,
+        caller_id_num TEXT,
+        caller_id_name TEXT,
+        called_did TEXT,
+        called_number TEXT,
+        caller_extension TEXT,
+        caller_extension_id INTEGER,
+        called_extension TEXT,
+        called_extension_id INTEGER,
+        call_status TEXT,
+        call_flow TEXT,
+        duration_us INTEGER,
+        rec_id TEXT,
+        transferred INTEGER NOT NULL,
+        bridged INTEGER,
+        diversion TEXT,
+        remote_number TEXT,
+        extra TEXT NOT NULL,
+        flags TEXT NOT NULL,
+        received_at_us INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        raw_method TEXT NOT NULL,
+        raw_query BLOB NOT NULL,
+        raw_body BLOB NOT NULL,
+        raw_content_type TEXT,
+        dedup_key BLOB NOT NULL UNIQUE,
+        duplicates INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX events_myid_order ON events (myid, order_us, id);
+    CREATE INDEX events_order ON events (order_us, id);
+    CREATE INDEX events_call_id ON events (call_id);
+    CREATE INDEX events_sub_call_id ON events (sub_call_id);
+    CREATE TABLE rejects (
+        id INTEGER PRIMARY KEY,
+        received_at_us INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        myid TEXT,
+        client TEXT,
+        raw_method TEXT NOT NULL,
+        raw_query BLOB NOT NULL,
+        raw_body BLOB NOT NULL,
+        raw_content_type TEXT,
+        body_size INTEGER NOT NULL
+    );
+    """,
+    # 2: calls rebuilt from their events, kept up to date from a list of changed calls.
+    """
+    CREATE TABLE calls_dirty (call_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events WHERE call_id IS NOT NULL;
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        myid TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_us INTEGER NOT NULL,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        last_event_us INTEGER NOT NULL,
+        ring_us INTEGER,
+        talk_us INTEGER,
+        external_number TEXT,
+        external_digits TEXT,
+        did TEXT,
+        answered_by TEXT,
+        extensions TEXT NOT NULL,
+        transferred INTEGER NOT NULL,
+        callback_id TEXT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX calls_started ON calls (started_us, call_id);
+    CREATE INDEX calls_external ON calls (external_digits, started_us);
+    CREATE TABLE legs (
+        call_id TEXT NOT NULL,
+        sub_call_id TEXT NOT NULL,
+        extension TEXT,
+        direction TEXT,
+        started_us INTEGER,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        ring_us INTEGER,
+        talk_us INTEGER,
+        status TEXT,
+        answered INTEGER NOT NULL,
+        routing INTEGER NOT NULL
+    );
+    CREATE INDEX legs_call ON legs (call_id);
+    CREATE INDEX legs_extension ON legs (extension, started_us);
+    """,
+    # 3: covering indexes for the missed report: its missed calls, then one seek per number.
+    """
+    DROP INDEX calls_external;
+    CREATE INDEX calls_number ON calls (external_digits, status, started_us, direction, answered_by);
+    CREATE INDEX calls_outcome
+        ON calls (direction, status, started_us, external_digits, external_number, did);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+EVENT_COLUMNS = (
+    "id, myid, event_type, event_time_us, order_us, call_id, sub_call_id, call_api_id, "
+    "callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension, "
+    "caller_extension_id, called_extension, called_extension_id, call_status, call_flow, "
+    "duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags, "
+    "received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates"
+)
+INSERT_EVENT = (
+    f"INSERT INTO events ({EVENT_COLUMNS}, dedup_key) "
+    f"VALUES ({', '.join('?' * (EVENT_COLUMNS.count(',') + 2))})"
+)
+REJECT_COLUMNS = (
+    "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
+    "raw_content_type, body_size"
+)
+CALL_ID_COLUMN = 5  # positions in an event row
+EVENT_TYPE_COLUMN = 2
+# Only these make calls (EVENT_SPEC §2); messages and voicemail stay events.
+CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
+CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
+MAX_GROUP = 500  # events in one commit; far below SQLite's limit on bound parameters
+
+
+def connect_pragmas() -> str:
+    """Settings for every connection.
+
+    WAL lets readers run beside the writer. synchronous=FULL syncs the WAL at every commit, so
+    a committed event survives a killed process and a power loss alike; group commit pays for it.
+    """
+    return (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; "
+        "PRAGMA cache_size=-32768;"
+    )
+
+
+def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Bring a database to `target` schema version; returns the version it had."""
+    found = connection.execute("PRAGMA user_version").fetchone()[0]
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database is at schema version {found}, newer than this receiver knows "
+            f"({SCHEMA_VERSION}): upgrade receiver"
+        )
+    for version in range(found, target):
+        connection.executescript(
+            f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
+        )
+    return found
+
+
+def event_row(event: Event, event_id: int, key: bytes) -> tuple[Any, ...]:
+    """The events-table row of an Event, in EVENT_COLUMNS order then dedup_key."""
+    return (
+        event_id,
+        event.myid,
+        event.event_type,
+        event.event_time_us,
+        event.order_us,
+        event.call_id,
+        event.sub_call_id,
+        event.call_api_id,
+        event.callback_id,
+        event.caller_id_num,
+        event.caller_id_name,
+        event.called_did,
+        event.called_number,
+        event.caller_extension,
+        event.caller_extension_id,
+        event.called_extension,
+        event.called_extension_id,
+        event.call_status,
+        event.call_flow,
+        event.duration_us,
+        event.rec_id,
+        event.transferred,
+        event.bridged,
+        event.diversion,
+        event.remote_number,
+        json.dumps(event.extra, ensure_ascii=False),
+        json.dumps(event.flags),
+        event.received_at_us,
+        event.source,
+        event.raw.method,
+        event.raw.query,
+        event.raw.body,
+        event.raw.content_type,
+        event.duplicates,
+        key,
+    )
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """An Event from a row selected as EVENT_COLUMNS."""
+    (
+        event_id, myid, event_type, event_time_us, _order_us, call_id, sub_call_id, call_api_id,
+        callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension,
+        caller_extension_id, called_extension, called_extension_id, call_status, call_flow,
+        duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags,
+        received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates,
+    ) = row  # fmt: skip
+    return Event(
+        id=event_id,
+        myid=myid,
+        event_type=event_type,
+        event_time_us=event_time_us,
+        received_at_us=received_at_us,
+        source=source,
+        raw=RawRequest(raw_method, bytes(raw_query), bytes(raw_body), raw_content_type),
+        call_id=call_id,
+        sub_call_id=sub_call_id,
+        call_api_id=call_api_id,
+        callback_id=callback_id,
+        caller_id_num=caller_id_num,
+        caller_id_name=caller_id_name,
+        called_did=called_did,
+        called_number=called_number,
+        caller_extension=caller_extension,
+        caller_extension_id=caller_extension_id,
+        called_extension=called_extension,
+        called_extension_id=called_extension_id,
+        call_status=call_status,
+        call_flow=call_flow,
+        duration_us=duration_us,
+        rec_id=rec_id,
+        transferred=bool(transferred),
+        bridged=None if bridged is None else bool(bridged),
+        diversion=diversion,
+        remote_number=remote_number,
+        extra=json.loads(extra),
+        flags=tuple(json.loads(flags)),
+        duplicates=duplicates,
+    )
+
+
+def reject_row(reject: Reject) -> tuple[Any, ...]:
+    """The rejects-table row of a Reject, in REJECT_COLUMNS order."""
+    raw = reject.raw
+    return (
+        reject.id,
+        reject.received_at_us,
+        reject.status,
+        reject.reason,
+        reject.myid,
+        reject.client,
+        raw.method,
+        raw.query,
+        raw.body,
+        raw.content_type,
+        reject.body_size,
+    )
+
+
+def reject_from_row(row: Sequence[Any]) -> Reject:
+    """A Reject from a row selected as REJECT_COLUMNS."""
+    (rid, received, status, reason, myid, client, method, query, body, ctype, size) = row
+    raw = RawRequest(method, bytes(query), bytes(body), ctype)
+    return Reject(received, status, reason, raw, myid, client, size, rid)
+
+
+CALL_COLUMNS = (
+    "call_id, myid, direction, status, started_us, answered_us, ended_us, last_event_us, "
+    "ring_us, talk_us, external_number, external_digits, did, answered_by, extensions, "
+    "transferred, callback_id, body"
+)
+INSERT_CALL = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+LEG_COLUMNS = (
+    "call_id, sub_call_id, extension, direction, started_us, answered_us, ended_us, ring_us, "
+    "talk_us, status, answered, routing"
+)
+INSERT_LEG = f"INSERT INTO legs ({LEG_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+CALLS_AT_ONCE = 200  # calls rebuilt per writer turn (~20 ms), so live events wait little
+IDLE_AFTER = 0.5  # seconds without commits before the background rebuilds calls
+
+
+def call_row(call: Call) -> tuple[Any, ...]:
+    """The calls-table row of a Call; `body` is its JSON without legs and events."""
+    return (
+        call.call_id,
+        call.myid,
+        call.direction.value,
+        call.status.value,
+        call.started_us,
+        call.answered_us,
+        call.ended_us,
+        call.last_event_us,
+        call.ring_us,
+        call.talk_us,
+        call.external_number,
+        digits(call.external_number),
+        call.did,
+        call.answered_by,
+        " " + " ".join(call.extensions) + " ",  # spaces around each, for LIKE '% ext %'
+        call.transferred,
+        call.callback_id,
+        json.dumps(call_json(call, with_details=False), ensure_ascii=False),
+    )
+
+
+def leg_rows(call: Call) -> list[tuple[Any, ...]]:
+    return [
+        (
+            call.call_id,
+            leg.sub_call_id,
+            leg.extension,
+            leg.direction,
+            leg.started_us,
+            leg.answered_us,
+            leg.ended_us,
+            leg.ring_us,
+            leg.talk_us,
+            leg.status,
+            leg.answered,
+            leg.routing,
+        )
+        for leg in call.legs
+    ]
