@@ -126,3 +126,37 @@ async def test_rejects_are_kept_newest_first(db_path: Path) -> None:
         older = await store.list_rejects(limit=5, before=int(page.next or 0))
     assert [r.raw.query for r in page.items] == [b"n=2"]
     assert [r.raw.query for r in older.items] == [b"n=1"]
+
+
+async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> None:
+    import json
+
+    from receiver.event import event_json
+    from receiver.store import EventQuery
+
+    queries = [
+        f"myid=1&{line}"
+        for path in sorted((Path(__file__).parent.parent / "sample_payloads").glob("*.txt"))
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    queries += [
+        "myid=2&EventType=answer&CallID=x&Name=%C8%E2%E0%ED",  # cp1251, no EventTime
+        "myid=2&EventType=hangup&EventTime=7&Duration=1.5&Bridged=yes",  # bad value
+        "myid=2&EventType=hangup&EventTime=8&Duration=0&Bridged=no&Transfered=yes",
+        "myid=%D0%AF&EventType=x&EventTime=9007199254740993",  # unknown type, far future
+    ]
+    events = [event(query, received=1_700_000_000_123_456) for query in queries]
+    odd_body = RawRequest("POST", b"myid=3", b"EventType=answer&EventTime=5&N=\xff", None)
+    events.append(parse_request(odd_body, received_at_us=5, source="http-post")[0])
+    async with Store(db_path) as store:
+        for one in events:
+            await store.add_event(one)
+        await store.add_event(events[0])  # a duplicate, counted
+        lines = "".join([chunk async for chunk in store.iter_event_lines(EventQuery())])
+        stored = [e async for e in store.iter_events(EventQuery())]
+    made = [json.loads(line) for line in lines.splitlines()]
+    assert len(made) == len(events)
+    assert made == [event_json(e, with_raw=True) for e in stored]
+    assert any(m["duplicates"] == 1 for m in made)
+    assert any("body_base64" in m["raw"] for m in made)

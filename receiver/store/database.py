@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
-from receiver.event import Event, Reject, iso_time, seconds
+from receiver.event import Event, RawRequest, Reject, iso_time, raw_json, seconds
 from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Stored, parse_cursor
 from receiver.store.schema import (
     CALL_EVENT_TYPES,
@@ -28,6 +28,7 @@ from receiver.store.schema import (
     CALL_ID_COLUMN,
     CALLS_AT_ONCE,
     EVENT_COLUMNS,
+    EVENT_JSON_SQL,
     EVENT_TYPE_COLUMN,
     IDLE_AFTER,
     INSERT_CALL,
@@ -46,6 +47,7 @@ from receiver.store.schema import (
 )
 
 log = logging.getLogger("receiver.store")
+RAW_KEY = '"raw":'
 
 
 class StoreClosed(RuntimeError):
@@ -322,17 +324,54 @@ class Store:
         more = len(rows) > limit
         return Page(events, f"{events[-1].order_us}:{events[-1].id}" if more else None)
 
+    async def event_lines(
+        self, query: EventQuery, *, limit: int = EXPORT_PAGE, after: str | None = None
+    ) -> Page:
+        """A page of events as NDJSON lines with their raw request, made mostly by SQLite."""
+        where, params = query.where()
+        if after is not None:
+            order_us, event_id = parse_cursor(after)
+            where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
+            params += [order_us, event_id]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        way = "DESC" if query.descending else "ASC"
+        sql = (
+            f"SELECT order_us, id, {EVENT_JSON_SQL}, raw_method, raw_query, raw_body, "
+            f"raw_content_type FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
+        )
+        rows = await self._rows(sql, [*params, limit + 1])
+        lines = [
+            f"{made[:-1]},{RAW_KEY}{raw_json(RawRequest(method, bytes(q), bytes(b), kind))}}}\n"
+            for _, _, made, method, q, b, kind in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return Page(lines, f"{rows[limit - 1][0]}:{rows[limit - 1][1]}" if more else None)
+
+    async def iter_event_lines(
+        self, query: EventQuery, *, after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[str]:
+        """Matching events as NDJSON lines, up to `limit`, a page of lines at a time."""
+        pages = self.pages(lambda cursor: self.event_lines(query, after=cursor))
+        left = limit
+        async for page in pages(after):
+            if left is not None:
+                page = page[:left]
+                left -= len(page)
+            yield "".join(page)
+            if left == 0:
+                return
+
     async def iter_events(
         self, query: EventQuery, *, after: str | None = None
     ) -> AsyncIterator[Event]:
-        """Every matching event, read a page at a time (flat memory for exports)."""
-        while True:
-            page = await self.list_events(query, limit=EXPORT_PAGE, after=after)
-            for event in page.items:
+        """Every matching event, a page at a time (flat memory for exports).
+
+        The next page is read while this one is used.
+        """
+        pages = self.pages(lambda cursor: self.list_events(query, limit=EXPORT_PAGE, after=cursor))
+        async for page in pages(after):
+            for event in page:
                 yield event
-            if page.next is None:
-                return
-            after = page.next
 
     async def get_call(
         self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
@@ -374,14 +413,32 @@ class Store:
     async def iter_calls(
         self, query: CallQuery, *, after: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
-        """Every matching call, a page at a time."""
-        while True:
-            page = await self.list_calls(query, limit=EXPORT_PAGE, after=after)
-            for call in page.items:
+        """Every matching call, a page at a time; the next page is read while this one is used."""
+        pages = self.pages(lambda cursor: self.list_calls(query, limit=EXPORT_PAGE, after=cursor))
+        async for page in pages(after):
+            for call in page:
                 yield call
-            if page.next is None:
-                return
-            after = page.next
+
+    @staticmethod
+    def pages(
+        read: Callable[[str | None], Awaitable[Page]],
+    ) -> Callable[[str | None], AsyncIterator[list[Any]]]:
+        """Pages of a keyset listing, each read while the one before is being used."""
+
+        async def pages(after: str | None) -> AsyncIterator[list[Any]]:
+            ahead = asyncio.ensure_future(read(after))
+            try:
+                while True:
+                    page = await ahead
+                    if page.next is not None:
+                        ahead = asyncio.ensure_future(read(page.next))
+                    yield page.items
+                    if page.next is None:
+                        return
+            finally:
+                ahead.cancel()
+
+        return pages
 
     async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]:
         """Inbound calls nobody answered, per external number, and whether they were handled.
@@ -390,11 +447,8 @@ class Store:
         """
         await self.refresh_calls()
         where, params = query.where()
-        handled = (
-            "SELECT {} FROM calls AS later WHERE later.external_digits = missed.number "
-            "AND later.started_us > missed.last_us AND later.status = 'answered' "
-            "ORDER BY later.started_us LIMIT 1"
-        )
+        # The first answered call with the number after the last missed one. SQLite gives the
+        # bare columns of a min() aggregate from the row holding the minimum.
         sql = f"""
             WITH missed AS (
                 SELECT external_digits AS number, max(external_number) AS shown,
@@ -405,11 +459,12 @@ class Store:
                   AND external_digits IS NOT NULL
                 GROUP BY external_digits
             )
-            SELECT number, shown, missed, first_us, last_us, dids,
-                   ({handled.format("started_us")}) AS handled_us,
-                   ({handled.format("direction")}) AS handled_direction,
-                   ({handled.format("answered_by")}) AS handled_by
-            FROM missed
+            SELECT missed.number, shown, missed, first_us, last_us, dids,
+                   min(later.started_us) AS handled_us, later.direction, later.answered_by
+            FROM missed LEFT JOIN calls AS later
+              ON later.external_digits = missed.number AND later.status = 'answered'
+             AND later.started_us > missed.last_us
+            GROUP BY missed.number
             ORDER BY handled_us IS NOT NULL, last_us DESC
         """
         rows = await self._rows(sql, params)

@@ -114,7 +114,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: covering indexes for the missed report: its missed calls, then one seek per number.
     """
     DROP INDEX calls_external;
-    CREATE INDEX calls_number ON calls (external_digits, status, started_us, direction, answered_by);
+    CREATE INDEX calls_number
+        ON calls (external_digits, status, started_us, direction, answered_by);
     CREATE INDEX calls_outcome
         ON calls (direction, status, started_us, external_digits, external_number, did);
     """,
@@ -142,6 +143,33 @@ EVENT_TYPE_COLUMN = 2
 CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit; far below SQLite's limit on bound parameters
+
+
+def iso_sql(column: str) -> str:
+    """SQL for iso_time(): µs since the epoch as ISO 8601 UTC with microseconds."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%S', "
+        f"{column} / 1000000, 'unixepoch') || printf('.%06dZ', {column} % 1000000) END"
+    )
+
+
+# event_json() built by SQLite itself, for exports: the same names and values, as a test checks.
+EVENT_JSON_SQL = "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
+    ("id", "id"), ("myid", "myid"), ("event_type", "event_type"),
+    ("event_time", iso_sql("event_time_us")), ("call_id", "call_id"),
+    ("sub_call_id", "sub_call_id"), ("call_api_id", "call_api_id"),
+    ("callback_id", "callback_id"), ("caller_id_num", "caller_id_num"),
+    ("caller_id_name", "caller_id_name"), ("called_did", "called_did"),
+    ("called_number", "called_number"), ("caller_extension", "caller_extension"),
+    ("caller_extension_id", "caller_extension_id"), ("called_extension", "called_extension"),
+    ("called_extension_id", "called_extension_id"), ("call_status", "call_status"),
+    ("call_flow", "call_flow"), ("duration", "duration_us / 1000000.0"), ("rec_id", "rec_id"),
+    ("transferred", "json(CASE WHEN transferred THEN 'true' ELSE 'false' END)"),
+    ("bridged", "json(CASE bridged WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"),
+    ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
+    ("flags", "json(flags)"), ("received_at", iso_sql("received_at_us")), ("source", "source"),
+    ("event_time_us", "event_time_us"), ("duplicates", "duplicates"),
+)))  # fmt: skip
 
 
 def connect_pragmas() -> str:
@@ -249,8 +277,8 @@ def event_from_row(row: Sequence[Any]) -> Event:
         bridged=None if bridged is None else bool(bridged),
         diversion=diversion,
         remote_number=remote_number,
-        extra=json.loads(extra),
-        flags=tuple(json.loads(flags)),
+        extra=json.loads(extra) if extra != "{}" else {},  # most events: skip the parser
+        flags=tuple(json.loads(flags)) if flags != "[]" else (),
         duplicates=duplicates,
     )
 
