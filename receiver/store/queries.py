@@ -25,6 +25,7 @@ class Page:
 
 
 EXPORT_PAGE = 1000
+LONGEST_CALL_US = 86_400_000_000
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,16 @@ class CallQuery:
             # A call belongs to every myid that has one of its events (an IVR and the phone it
             # routes to may be different subscribers).
             marks = ", ".join("?" * len(self.myids))
-            window = " AND order_us >= ?" if self.since_us is not None else ""
+            window, bounds = "", []
+            if self.since_us is not None:
+                window, bounds = " AND order_us >= ?", [self.since_us]
+            if self.until_us is not None:  # a call's events all come within a day of its start
+                window += " AND order_us < ?"
+                bounds.append(self.until_us + LONGEST_CALL_US)
             where.append(
                 f"{table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
             )
-            params += [*self.myids, *([self.since_us] if window else [])]
+            params += [*self.myids, *bounds]
         if self.since_us is not None:
             where.append(f"{table}.started_us >= ?")
             params.append(self.since_us)

@@ -119,6 +119,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX calls_outcome
         ON calls (direction, status, started_us, external_digits, external_number, did);
     """,
+    # 4: the calls of a myid come from its events: carry call_id in their index.
+    """
+    DROP INDEX events_myid_order;
+    CREATE INDEX events_myid_order ON events (myid, order_us, id, call_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
