@@ -23,5 +23,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed  ## the three benchmarks (about half an hour; ingest needs wrk)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/query.py
