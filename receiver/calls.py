@@ -153,13 +153,18 @@ def build_leg(sub_call_id: str, events: list[Event]) -> CallLeg:
     )
 
 
-def call_direction(first: Event) -> Direction:
-    """Internal: `*` in both numbers (EVENT_SPEC §4); out: starts with a dial-out; else in."""
+def call_direction(ordered: list[Event]) -> Direction:
+    """Internal: `*` in both numbers (EVENT_SPEC §4). Otherwise the first dial event says;
+    without one (only hangups were subscribed), a leg our extension placed is outbound.
+    """
+    first = ordered[0]
     if not is_external(first.caller_id_num) and not is_external(first.called_number):
         return Direction.INTERNAL
-    if first.event_type == "dial-out":
-        return Direction.OUT
-    return Direction.IN
+    dial = next((e for e in ordered if e.event_type in ("dial-in", "dial-out")), None)
+    if dial is not None:
+        return Direction.OUT if dial.event_type == "dial-out" else Direction.IN
+    placed = first.call_flow == "out" and first.called_extension is None
+    return Direction.OUT if placed and not is_external(first.caller_id_num) else Direction.IN
 
 
 def build_call(
@@ -181,7 +186,7 @@ def build_call(
     for event in ordered:
         by_leg.setdefault(event.sub_call_id or f"no-subcallid-{event.id}", []).append(event)
     legs = tuple(build_leg(sub, leg_events) for sub, leg_events in by_leg.items())
-    direction = call_direction(first)
+    direction = call_direction(ordered)
     people = [leg for leg in legs if not leg.routing]
     answered = sorted((leg for leg in people if leg.answered), key=lambda leg: leg.answered_us or 0)
     bridged = any(leg.bridged for leg in legs)

@@ -114,3 +114,16 @@ def test_timeline_and_legs_in_json() -> None:
 )  # fmt: skip
 def test_digits(number: str | None, expected: str | None) -> None:
     assert digits(number) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "direction", "status"),
+    [("outbound-answered", "out", "answered"), ("outbound-busy", "out", "busy"),
+     ("inbound-answered", "in", "answered"), ("inbound-cancelled", "in", "missed"),
+     ("internal", "internal", "answered"), ("forward-external", "in", "answered")],
+)  # fmt: skip
+def test_hangups_alone_are_enough(name: str, direction: str, status: str) -> None:
+    # Some integrations subscribe to hangup only, as the provider advises for IVRs and queues.
+    hangups = [e for e in scenario(name) if e.event_type == "hangup"]
+    call = build_call(hangups, now_us=NOW)
+    assert (call.direction, call.status) == (direction, status)
