@@ -50,6 +50,19 @@ log = logging.getLogger("receiver.store")
 RAW_KEY = '"raw":'
 
 
+def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[str, list[Any]]:
+    """SELECT `columns` of the events after the cursor, in time order; its last ? is the limit."""
+    where, params = query.where()
+    if after is not None:
+        order_us, event_id = parse_cursor(after)
+        where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
+        params += [order_us, event_id]
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    way = "DESC" if query.descending else "ASC"
+    sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
+    return sql, params
+
+
 class StoreClosed(RuntimeError):
     """The store is shutting down and takes no more writes."""
 
@@ -308,17 +321,7 @@ class Store:
         self, query: EventQuery | None = None, *, limit: int = 100, after: str | None = None
     ) -> Page:
         """Events in time order (EventTime, or receipt when it is missing), a page at a time."""
-        query = query or EventQuery()
-        where, params = query.where()
-        if after is not None:
-            order_us, event_id = parse_cursor(after)
-            where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
-            params += [order_us, event_id]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        way = "DESC" if query.descending else "ASC"
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
-        )
+        sql, params = event_page_sql(query or EventQuery(), EVENT_COLUMNS, after)
         rows = await self._rows(sql, [*params, limit + 1])
         events = [event_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -328,17 +331,10 @@ class Store:
         self, query: EventQuery, *, limit: int = EXPORT_PAGE, after: str | None = None
     ) -> Page:
         """A page of events as NDJSON lines with their raw request, made mostly by SQLite."""
-        where, params = query.where()
-        if after is not None:
-            order_us, event_id = parse_cursor(after)
-            where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
-            params += [order_us, event_id]
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        way = "DESC" if query.descending else "ASC"
-        sql = (
-            f"SELECT order_us, id, {EVENT_JSON_SQL}, raw_method, raw_query, raw_body, "
-            f"raw_content_type FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
+        columns = (
+            f"order_us, id, {EVENT_JSON_SQL}, raw_method, raw_query, raw_body, raw_content_type"
         )
+        sql, params = event_page_sql(query, columns, after)
         rows = await self._rows(sql, [*params, limit + 1])
         lines = [
             f"{made[:-1]},{RAW_KEY}{raw_json(RawRequest(method, bytes(q), bytes(b), kind))}}}\n"
