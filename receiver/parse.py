@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -109,8 +110,32 @@ def percent_decode(data: bytes) -> bytes:
     return unquote_to_bytes(data.replace(b"+", b" "))
 
 
+ESCAPES = re.compile(rb"(?:%[0-9A-Fa-f]{2})+")
+SEPARATORS = re.compile(rb"%(?:26|3[dD])")  # an escaped '&' or '='
+
+
+def unescape_run(match: re.Match[bytes]) -> bytes:
+    return bytes.fromhex(match[0].replace(b"%", b"").decode("ascii"))
+
+
 def parse_urlencoded(data: bytes) -> Form:
-    """Decode an `application/x-www-form-urlencoded` query string or body."""
+    """Decode an `application/x-www-form-urlencoded` query string or body.
+
+    When no '&' or '=' is escaped, the whole string is unescaped and decoded at once, which is
+    the same as doing it pair by pair and several times faster; a test holds the two equal.
+    """
+    if SEPARATORS.search(data) is None:
+        try:
+            text = ESCAPES.sub(unescape_run, data.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            return parse_pairwise(data)  # some pair is not UTF-8: find which
+        split = (part.partition("=") for part in text.split("&") if part)
+        return Form(tuple((name, value) for name, _, value in split))
+    return parse_pairwise(data)
+
+
+def parse_pairwise(data: bytes) -> Form:
+    """parse_urlencoded(), one pair at a time: for escaped separators and non-UTF-8 bytes."""
     pairs = []
     cp1251 = False
     for part in data.split(b"&"):

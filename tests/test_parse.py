@@ -273,3 +273,12 @@ def test_sample_payloads_parse_cleanly_and_follow_the_spec(path) -> None:  # typ
         # Duration is the talk time: hangup - answer (EVENT_SPEC §3)
         if event.event_type == "hangup" and event.sub_call_id in answers and event.duration_us:
             assert event.duration_us == event.event_time_us - answers[event.sub_call_id]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=120), st.text(QUERY_CHARS + "%2B%26%3Dя", max_size=120)))
+def test_whole_string_decoding_equals_pair_by_pair(data: bytes | str) -> None:
+    from receiver.parse import parse_pairwise, parse_urlencoded
+
+    raw = data.encode() if isinstance(data, str) else data
+    assert parse_urlencoded(raw) == parse_pairwise(raw)
