@@ -160,3 +160,20 @@ async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> No
     assert made == [event_json(e, with_raw=True) for e in stored]
     assert any(m["duplicates"] == 1 for m in made)
     assert any("body_base64" in m["raw"] for m in made)
+
+
+async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:
+    # e.g. `receiver replay` into the database of a running `receiver serve`
+    async with Store(db_path) as first, Store(db_path) as second:
+        for batch in range(5):  # each writer stores its own events, the two in turns
+            results = await asyncio.gather(
+                *(
+                    (first if n % 2 else second).add_event(numbered(n))
+                    for n in range(batch * 40, batch * 40 + 40)
+                ),
+                return_exceptions=True,
+            )
+            assert not [r for r in results if isinstance(r, BaseException)]
+    with sqlite3.connect(db_path) as check:
+        counted = check.execute("SELECT count(*), count(DISTINCT id) FROM events").fetchone()
+    assert counted == (200, 200)

@@ -190,21 +190,18 @@ class Store:
         self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._writer.executescript(connect_pragmas())
         migrate(self._writer)
-        self._next_id = self._writer.execute(
-            "SELECT coalesce(max(id), 0) + 1 FROM events"
-        ).fetchone()[0]
 
     def _write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
         """Store a group in one transaction; all of it or, raising, none of it."""
         db = self._writer
         assert db is not None
-        next_id = self._next_id
         try:
             db.execute("BEGIN IMMEDIATE")
+            # Read under the write lock: another process (a replay, say) may write here too.
+            self._next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
             results = self._insert_group(db, items)
             db.execute("COMMIT")
         except Exception:
-            self._next_id = next_id
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
