@@ -36,6 +36,12 @@ def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def must_exist(db: Path) -> None:
+    """Reading never creates a database: a wrong --db says so."""
+    if not db.exists():
+        raise click.ClickException(f"no database at {db}: pass --db (or set RECEIVER_DB)")
+
+
 def time_option(value: str | None, name: str) -> int | None:
     from receiver.event import parse_time
 
@@ -55,8 +61,7 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
     from receiver.render import Output
     from receiver.store import Store
 
-    if not db.exists():
-        raise click.ClickException(f"no database at {db}: pass --db (or set RECEIVER_DB)")
+    must_exist(db)
     output = Output(fmt or ("table" if sys.stdout.isatty() else "ndjson"), kind, sys.stdout)
 
     async def run() -> None:
@@ -116,13 +121,31 @@ def events(**options: Any) -> None:
         until_us=time_option(options["until"], "--until"),
         descending=options["order"] == "desc",
     )
-    raw = options["fmt"] == "ndjson" or (options["fmt"] is None and not sys.stdout.isatty())
+    if options["fmt"] == "ndjson" or (options["fmt"] is None and not sys.stdout.isatty()):
+        export_lines(options["db"], query, options["limit"])
+        return
 
     async def records(store: Any) -> Any:
         async for event in store.iter_events(query):
-            yield event_json(event, with_raw=raw)
+            yield event_json(event)
 
     print_records(options["db"], records, options["fmt"], "events", options["limit"])
+
+
+def export_lines(db: Path, query: Any, limit: int | None) -> None:
+    """The NDJSON export, as /api/events?format=ndjson gives it (with the raw requests)."""
+    import asyncio
+
+    from receiver.store import Store
+
+    must_exist(db)
+
+    async def run() -> None:
+        async with Store(db) as store:
+            async for chunk in store.iter_event_lines(query, limit=limit):
+                sys.stdout.write(chunk)
+
+    asyncio.run(run())
 
 
 @click.command()
