@@ -133,14 +133,22 @@ def extension_id(request: Request) -> int | None:
     return number if number in pbx_of(request).extensions else None
 
 
-async def events_collection(request: Request) -> Response:
-    """GET, POST, DELETE /extension/{id}/event/."""
+def authorised_extension(request: Request) -> tuple[Pbx, int] | Response:
+    """The PBX and the extension of the path; or the answer (fault, 401, 404) to give instead."""
     if (refused := check(request)) is not None:
         return refused
-    pbx = pbx_of(request)
     ext = extension_id(request)
     if ext is None:
         return message(404, "Not found")
+    return pbx_of(request), ext
+
+
+async def events_collection(request: Request) -> Response:
+    """GET, POST, DELETE /extension/{id}/event/."""
+    found = authorised_extension(request)
+    if isinstance(found, Response):
+        return found
+    pbx, ext = found
     mine = [s for s in pbx.subscriptions.values() if s.extension_id == ext]
     if request.method == "GET":
         return JSONResponse([s.json() for s in mine])
@@ -183,12 +191,10 @@ async def events_item(request: Request) -> Response:
 
 async def callback(request: Request) -> Response:
     """POST /extension/{id}/callback/: answers with the ids of the call it would start."""
-    if (refused := check(request)) is not None:
-        return refused
-    pbx = pbx_of(request)
-    ext = extension_id(request)
-    if ext is None:
-        return message(404, "Not found")
+    found = authorised_extension(request)
+    if isinstance(found, Response):
+        return found
+    pbx, ext = found
     try:
         body = await request.json()
     except ValueError:

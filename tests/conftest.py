@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -109,33 +109,29 @@ class PbxProcess(ServerProcess):
                 *self.args]  # fmt: skip
 
 
-@pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[object]:
-    """Start emulators; all are stopped at the end of the test."""
-    started: list[PbxProcess] = []
+def process_starter(make: Callable[..., ServerProcess]) -> Iterator[object]:
+    """A fixture's `start(*args)`; every process it started is killed at the end of the test."""
+    started: list[ServerProcess] = []
 
-    def start(*args: str) -> PbxProcess:
-        process = PbxProcess(tmp_path / "unused.db", *args).start("/emulator/state")
-        started.append(process)
-        return process
+    def start(*args: str) -> ServerProcess:
+        started.append(make(*args))
+        return started[-1]
 
     yield start
     for process in started:
         if process.process is not None and process.process.poll() is None:
             process.stop(9)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[object]:
+    """Start `receiver pbx serve` processes."""
+    yield from process_starter(
+        lambda *args: PbxProcess(tmp_path / "unused.db", *args).start("/emulator/state")
+    )
 
 
 @pytest.fixture
 def server(db_path: Path) -> Iterator[object]:
-    """Start `receiver serve` processes; all are stopped at the end of the test."""
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        process = ServerProcess(db_path, *args).start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process is not None and process.process.poll() is None:
-            process.stop(9)
+    """Start `receiver serve` processes on the test's database."""
+    yield from process_starter(lambda *args: ServerProcess(db_path, *args).start())
