@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.calls import CallStatus, Direction, call_json
-from receiver.event import event_json, parse_time, reject_json
+from receiver.event import event_json, now_us, parse_time, reject_json
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Store, parse_cursor
 
@@ -69,10 +68,6 @@ def output_format(request: Request) -> str:
     if "text/csv" in accept:
         return "csv"
     return "json"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def event_query(request: Request) -> EventQuery:

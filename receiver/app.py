@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import api as api_routes
-from receiver.event import RawRequest, Reject, Source
+from receiver.event import RawRequest, Reject, Source, now_us
 from receiver.openapi import spec
 from receiver.parse import MYID, Rejected, parse_request, parse_urlencoded, strip_token
 from receiver.settings import Settings
@@ -28,11 +27,6 @@ from receiver.store import SCHEMA_VERSION, Store
 log = logging.getLogger("receiver")
 
 CALLS_REFRESH_SECONDS = 1.0
-
-
-def now_us() -> int:
-    """Now, in microseconds since the epoch."""
-    return time.time_ns() // 1000
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,7 @@ async def aiter_list(rows: list[Any]) -> Any:
 
 
 def call_query(options: dict[str, Any], **more: Any) -> Any:
+    from receiver.event import now_us
     from receiver.store import CallQuery
 
     return CallQuery(
@@ -92,7 +92,7 @@ def call_query(options: dict[str, Any], **more: Any) -> Any:
         until_us=time_option(options["until"], "--until"),
         number=options["number"],
         extension=options["extension"],
-        now_us=time.time_ns() // 1000,
+        now_us=now_us(),
         unknown_after_us=options["unknown_end_after"] * 1_000_000,
         **more,
     )

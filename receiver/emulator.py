@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.event import EventType
+from receiver.event import EventType, now_us
 from receiver.simulate import calls as simulated_calls
 from receiver.simulate import make_offices, query_string
 
@@ -285,7 +285,7 @@ def run_simulation(
             wanted.setdefault((sub["extension_id"], sub["event_type"]), []).append(
                 (sub["url"], sub["method"])
             )
-        start_us = time.time_ns() // 1000
+        start_us = now_us()
         gap = 1_000_000 / rate
         made = itertools.islice(
             simulated_calls(offices, seed=seed, start_us=start_us, mix=mix,

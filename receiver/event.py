@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -118,6 +119,11 @@ class Event:
 def iso_second(second: int) -> str:
     """One second since the epoch as ISO 8601 UTC; cached, since events come in runs."""
     return (EPOCH + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def now_us() -> int:
+    """Now, in microseconds since the epoch."""
+    return time.time_ns() // 1000
 
 
 def iso_time(us: int | None) -> str | None:

@@ -12,7 +12,7 @@ import functools
 import re
 from datetime import datetime, timedelta
 
-from receiver.event import EPOCH
+from receiver.event import EPOCH, parse_time
 
 # combined = common + referer and user agent; the same for nginx and Apache.
 QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # inside quotes, escapes allowed (unrolled: fast)
@@ -107,10 +107,6 @@ def local_time_us(text: bytes) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def iso_time_us(text: bytes) -> int:
-    return (datetime.fromisoformat(text.decode()) - EPOCH) // timedelta(microseconds=1)
-
-
 def msec_us(text: bytes) -> int:
     seconds, _, fraction = text.partition(b".")
     return int(seconds) * 1_000_000 + int((fraction + b"000000")[:6])
@@ -128,7 +124,7 @@ def read_line(pattern: re.Pattern[bytes], line: bytes) -> LogLine | None:
     if found.get("time_local"):
         time_us: int | None = local_time_us(found["time_local"].strip(b"[]"))
     elif found.get("time_iso8601"):
-        time_us = iso_time_us(found["time_iso8601"])
+        time_us = parse_time(found["time_iso8601"].decode())
     elif found.get("msec"):
         time_us = msec_us(found["msec"])
     else:

@@ -19,22 +19,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from typing import IO
 from urllib.parse import quote
 
 import httpx2 as httpx
 
-from receiver.event import EPOCH, Event, RawRequest, Source
+from receiver.event import Event, RawRequest, Source, now_us, parse_time
 from receiver.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
 from receiver.parse import MissingMyid, Rejected, parse_request
 from receiver.store import Store, Stored
 
-FORMATS = {
-    "access-log": Source.REPLAY_ACCESS_LOG,
-    "query-lines": Source.REPLAY_QUERY_LINES,
-    "ndjson": Source.REPLAY_NDJSON,
-}
+FORMATS = ("access-log", "query-lines", "ndjson")
 CHUNK = 1000  # events handed to the store at a time; bounds memory whatever the file size
 EXAMPLES = 10  # malformed lines shown with file and line number
 FORM = "application/x-www-form-urlencoded"
@@ -147,10 +142,6 @@ def detect_format(line: bytes) -> str:
     )
 
 
-def iso_us(text: str) -> int:
-    return (datetime.fromisoformat(text) - EPOCH) // timedelta(microseconds=1)
-
-
 def query_line(line: bytes, where: str) -> Delivery:
     """A raw query string (a whole URL or path is fine too)."""
     if line.startswith((b"/", b"http://", b"https://")):
@@ -171,7 +162,7 @@ def ndjson_line(line: bytes, where: str) -> Delivery:
         return str(raw.get(name) or "").encode()
 
     request = RawRequest(str(raw["method"]), data("query"), data("body"), raw.get("content_type"))
-    received = iso_us(record["received_at"]) if record.get("received_at") else None
+    received = parse_time(record["received_at"]) if record.get("received_at") else None
     return Delivery(request, Source.REPLAY_NDJSON, received, record.get("myid"), where)
 
 
@@ -252,7 +243,7 @@ def parse_delivery(delivery: Delivery, options: Options) -> Event:
     try:
         event, _ = parse_request(
             delivery.raw,
-            received_at_us=received if received is not None else time.time_ns() // 1000,
+            received_at_us=received if received is not None else now_us(),
             source=delivery.source,
             default_myid=options.myid or delivery.myid,
         )

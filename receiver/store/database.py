@@ -50,6 +50,23 @@ log = logging.getLogger("receiver.store")
 RAW_KEY = '"raw":'
 
 
+async def read_ahead(
+    read: Callable[[str | None], Awaitable[Page]], after: str | None
+) -> AsyncIterator[list[Any]]:
+    """The pages of a keyset listing from `after` on, each read while the one before is used."""
+    ahead = asyncio.ensure_future(read(after))
+    try:
+        while True:
+            page = await ahead
+            if page.next is not None:
+                ahead = asyncio.ensure_future(read(page.next))
+            yield page.items
+            if page.next is None:
+                return
+    finally:
+        ahead.cancel()
+
+
 def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[str, list[Any]]:
     """SELECT `columns` of the events after the cursor, in time order; its last ? is the limit."""
     where, params = query.where()
@@ -125,19 +142,16 @@ class Store:
 
     async def add_event(self, event: Event) -> Stored:
         """Store one event; returns once the commit that holds it is on disk."""
-        result: Stored = await self._submit(event)
+        result: Stored = await self._enqueue(event)
         return result
 
     async def add_reject(self, reject: Reject) -> None:
         """Keep one refused delivery (the oldest go once there are more than rejects_max)."""
-        await self._submit(reject)
+        await self._enqueue(reject)
 
     def submit_events(self, events: list[Event]) -> list[asyncio.Future[Stored]]:
         """Queue many events for storing now; each future ends with its commit (or failure)."""
         return [self._enqueue(event) for event in events]
-
-    async def _submit(self, item: Event | Reject) -> Any:
-        return await self._enqueue(item)
 
     def _enqueue(self, item: Event | Reject) -> asyncio.Future[Any]:
         if self._closing or self._task is None:
@@ -344,9 +358,9 @@ class Store:
         self, query: EventQuery, *, after: str | None = None, limit: int | None = None
     ) -> AsyncIterator[str]:
         """Matching events as NDJSON lines, up to `limit`, a page of lines at a time."""
-        pages = self.pages(lambda cursor: self.event_lines(query, after=cursor))
+        pages = read_ahead(lambda cursor: self.event_lines(query, after=cursor), after)
         left = limit
-        async for page in pages(after):
+        async for page in pages:
             if left is not None:
                 page = page[:left]
                 left -= len(page)
@@ -361,8 +375,10 @@ class Store:
 
         The next page is read while this one is used.
         """
-        pages = self.pages(lambda cursor: self.list_events(query, limit=EXPORT_PAGE, after=cursor))
-        async for page in pages(after):
+        pages = read_ahead(
+            lambda cursor: self.list_events(query, limit=EXPORT_PAGE, after=cursor), after
+        )
+        async for page in pages:
             for event in page:
                 yield event
 
@@ -382,6 +398,10 @@ class Store:
     ) -> Page:
         """Calls by start time, a page at a time; items are JSON objects (no legs, no events)."""
         await self.refresh_calls()
+        return await self.calls_page(query, limit=limit, after=after)
+
+    async def calls_page(self, query: CallQuery, *, limit: int, after: str | None) -> Page:
+        """list_calls() as the calls table stands, without rebuilding changed calls first."""
         where, params = query.where()
         if after is not None:
             started_us, call_id = after.split(":", 1)
@@ -407,31 +427,13 @@ class Store:
         self, query: CallQuery, *, after: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Every matching call, a page at a time; the next page is read while this one is used."""
-        pages = self.pages(lambda cursor: self.list_calls(query, limit=EXPORT_PAGE, after=cursor))
-        async for page in pages(after):
+        await self.refresh_calls()
+        pages = read_ahead(
+            lambda cursor: self.calls_page(query, limit=EXPORT_PAGE, after=cursor), after
+        )
+        async for page in pages:
             for call in page:
                 yield call
-
-    @staticmethod
-    def pages(
-        read: Callable[[str | None], Awaitable[Page]],
-    ) -> Callable[[str | None], AsyncIterator[list[Any]]]:
-        """Pages of a keyset listing, each read while the one before is being used."""
-
-        async def pages(after: str | None) -> AsyncIterator[list[Any]]:
-            ahead = asyncio.ensure_future(read(after))
-            try:
-                while True:
-                    page = await ahead
-                    if page.next is not None:
-                        ahead = asyncio.ensure_future(read(page.next))
-                    yield page.items
-                    if page.next is None:
-                        return
-            finally:
-                ahead.cancel()
-
-        return pages
 
     async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]:
         """Inbound calls nobody answered, per external number, and whether they were handled.
