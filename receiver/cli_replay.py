@@ -102,13 +102,12 @@ class ReplayProgress:
     """A progress bar over the inputs' bytes, with lines and their rate; nothing when off."""
 
     def __init__(self, paths: tuple[str, ...], enabled: bool) -> None:
+        self.paths = paths
         self.sizes = {p: Path(p).stat().st_size if Path(p).is_file() else 0 for p in paths}
-        self.enabled = enabled and sum(self.sizes.values()) > 0
-        self.done_before: dict[str, int] = {}
         self.shown = 0
         self.started = time.monotonic()
         self.bar: Any = None
-        if self.enabled:
+        if enabled and sum(self.sizes.values()) > 0:
             self.bar = click.progressbar(
                 length=sum(self.sizes.values()),
                 label="replaying",
@@ -119,16 +118,15 @@ class ReplayProgress:
             self.bar.__enter__()
 
     def update_from(self, source: Any, summary: Summary) -> None:
+        """Inputs are read in order: the ones before this one are done."""
         if self.bar is None:
             return
-        done = sum(self.sizes[p] for p in self.done_before) + source.position()
-        if source.name not in self.sizes:  # stdin
-            done = self.shown
-        elif source.position() >= self.sizes[source.name]:
-            self.done_before[source.name] = 1
+        done = self.shown  # stdin has no size
+        if source.name in self.sizes:
+            before = self.paths[: self.paths.index(source.name)]
+            done = sum(self.sizes[p] for p in before) + source.position()
         rate = summary.lines / max(time.monotonic() - self.started, 1e-9)
-        text = f"{summary.lines:,} lines, {rate:,.0f}/s"
-        self.bar.update(max(done - self.shown, 0), text)
+        self.bar.update(max(done - self.shown, 0), f"{summary.lines:,} lines, {rate:,.0f}/s")
         self.shown = max(done, self.shown)
 
     def finish(self) -> None:
