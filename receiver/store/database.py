@@ -25,11 +25,9 @@ from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Sto
 from receiver.store.schema import (
     CALL_EVENT_TYPES,
     CALL_EVENTS_SQL,
-    CALL_ID_COLUMN,
     CALLS_AT_ONCE,
     EVENT_COLUMNS,
     EVENT_JSON_SQL,
-    EVENT_TYPE_COLUMN,
     IDLE_AFTER,
     INSERT_CALL,
     INSERT_EVENT,
@@ -103,7 +101,6 @@ class Store:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
-        self._next_id = 1
         self._closing = False
         self.commits = 0  # how many group commits succeeded
         self._last_commit = 0.0
@@ -211,8 +208,6 @@ class Store:
         assert db is not None
         try:
             db.execute("BEGIN IMMEDIATE")
-            # Read under the write lock: another process (a replay, say) may write here too.
-            self._next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
             results = self._insert_group(db, items)
             db.execute("COMMIT")
         except Exception:
@@ -230,7 +225,9 @@ class Store:
             marks = ", ".join("?" * len(keys))
             sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
             known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
-        rows, repeats = [], []
+        # Read under the write lock: another process (a replay, say) may write here too.
+        next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        rows, repeats, changed = [], [], set()
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
             if not isinstance(item, Event):
@@ -240,16 +237,13 @@ class Store:
                 results.append(Stored(known[key], True))
                 repeats.append((known[key],))
                 continue
-            event_id = known[key] = self._next_id
-            self._next_id += 1
+            event_id = known[key] = next_id
+            next_id += 1
             rows.append(event_row(item, event_id, key))
             results.append(Stored(event_id, False))
+            if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
+                changed.add((item.call_id,))
         db.executemany(INSERT_EVENT, rows)
-        changed = {
-            (row[CALL_ID_COLUMN],)
-            for row in rows
-            if row[CALL_ID_COLUMN] is not None and row[EVENT_TYPE_COLUMN] in CALL_EVENT_TYPES
-        }
         db.executemany("INSERT OR IGNORE INTO calls_dirty (call_id) VALUES (?)", changed)
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]

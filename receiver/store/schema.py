@@ -142,8 +142,6 @@ REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
 )
-CALL_ID_COLUMN = 5  # positions in an event row
-EVENT_TYPE_COLUMN = 2
 # Only these make calls (EVENT_SPEC §2); messages and voicemail stay events.
 CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
