@@ -105,7 +105,7 @@ class CallQuery:
     def status_sql(self, table: str = "calls") -> str:
         """The status now: an open call whose last event is old enough is unknown_end.
 
-        Its ? is bound to unknown_before_us(), first of all parameters.
+        Its one ? takes unknown_before_us().
         """
         return (
             f"CASE WHEN {table}.status = 'in_progress' AND {table}.last_event_us < ? "
