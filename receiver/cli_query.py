@@ -143,7 +143,7 @@ def export_lines(db: Path, query: Any, limit: int | None) -> None:
     async def run() -> None:
         async with Store(db) as store:
             async for chunk in store.iter_event_lines(query, limit=limit):
-                sys.stdout.write(chunk)
+                sys.stdout.buffer.write(chunk)
 
     asyncio.run(run())
 

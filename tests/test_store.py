@@ -153,13 +153,33 @@ async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> No
         for one in events:
             await store.add_event(one)
         await store.add_event(events[0])  # a duplicate, counted
-        lines = "".join([chunk async for chunk in store.iter_event_lines(EventQuery())])
+        lines = b"".join([chunk async for chunk in store.iter_event_lines(EventQuery())])
         stored = [e async for e in store.iter_events(EventQuery())]
     made = [json.loads(line) for line in lines.splitlines()]
     assert len(made) == len(events)
     assert made == [event_json(e, with_raw=True) for e in stored]
     assert any(m["duplicates"] == 1 for m in made)
     assert any("body_base64" in m["raw"] for m in made)
+
+
+async def test_events_stored_before_export_lines_get_theirs(db_path: Path) -> None:
+    import json
+
+    from receiver.event import event_json
+    from receiver.store import EventQuery
+
+    async with Store(db_path) as store:
+        for n in range(3):
+            await store.add_event(numbered(n))
+    with sqlite3.connect(db_path) as old:  # as a database of schema version 4 has it
+        old.executescript("DROP TABLE event_lines; PRAGMA user_version = 4;")
+    async with Store(db_path) as store:
+        lines = b"".join([chunk async for chunk in store.iter_event_lines(EventQuery())])
+        stored = [e async for e in store.iter_events(EventQuery())]
+    assert [json.loads(line) for line in lines.splitlines()] == [
+        event_json(e, with_raw=True) for e in stored
+    ]
+    assert len(stored) == 3
 
 
 async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:

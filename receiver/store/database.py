@@ -20,20 +20,21 @@ from typing import Any
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
-from receiver.event import Event, RawRequest, Reject, iso_time, raw_json, seconds
+from receiver.event import Event, Reject, iso_time, seconds
 from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Stored, parse_cursor
 from receiver.store.schema import (
     CALL_EVENT_TYPES,
     CALL_EVENTS_SQL,
     CALLS_AT_ONCE,
     EVENT_COLUMNS,
-    EVENT_JSON_SQL,
     IDLE_AFTER,
     INSERT_CALL,
     INSERT_EVENT,
+    INSERT_EVENT_LINES,
     INSERT_LEG,
     MAX_GROUP,
     REJECT_COLUMNS,
+    UPDATE_LINE_DUPLICATES,
     call_row,
     connect_pragmas,
     event_from_row,
@@ -45,7 +46,6 @@ from receiver.store.schema import (
 )
 
 log = logging.getLogger("receiver.store")
-RAW_KEY = '"raw":'
 
 
 async def read_ahead(
@@ -244,8 +244,11 @@ class Store:
             if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
                 changed.add((item.call_id,))
         db.executemany(INSERT_EVENT, rows)
+        if rows:  # their export lines, made by SQLite (ids are ours while we hold the lock)
+            db.execute(f"{INSERT_EVENT_LINES} WHERE id >= ?", (rows[0][0],))
         db.executemany("INSERT OR IGNORE INTO calls_dirty (call_id) VALUES (?)", changed)
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
+        db.executemany(UPDATE_LINE_DUPLICATES, repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
         if rejects:
             marks = ", ".join("?" * (REJECT_COLUMNS.count(",") + 1))
@@ -335,30 +338,27 @@ class Store:
     async def event_lines(
         self, query: EventQuery, *, limit: int = EXPORT_PAGE, after: str | None = None
     ) -> Page:
-        """A page of events as NDJSON lines with their raw request, made mostly by SQLite."""
-        columns = (
-            f"order_us, id, {EVENT_JSON_SQL}, raw_method, raw_query, raw_body, raw_content_type"
-        )
-        sql, params = event_page_sql(query, columns, after)
+        """A page of events as NDJSON lines with their raw request (made when they were stored)."""
+        # As UTF-8 bytes, which go out as they are: no decoding here, no encoding in the response.
+        line = "CAST((SELECT line FROM event_lines WHERE event_lines.id = events.id) AS BLOB)"
+        sql, params = event_page_sql(query, f"order_us, id, {line}", after)
         rows = await self._rows(sql, [*params, limit + 1])
-        lines = [
-            f"{made[:-1]},{RAW_KEY}{raw_json(RawRequest(method, bytes(q), bytes(b), kind))}}}\n"
-            for _, _, made, method, q, b, kind in rows[:limit]
-        ]
+        lines = [line for _, _, line in rows[:limit]]
         more = len(rows) > limit
         return Page(lines, f"{rows[limit - 1][0]}:{rows[limit - 1][1]}" if more else None)
 
     async def iter_event_lines(
         self, query: EventQuery, *, after: str | None = None, limit: int | None = None
-    ) -> AsyncIterator[str]:
-        """Matching events as NDJSON lines, up to `limit`, a page of lines at a time."""
+    ) -> AsyncIterator[bytes]:
+        """Matching events as NDJSON lines (UTF-8), up to `limit`, a page of lines at a time."""
         pages = read_ahead(lambda cursor: self.event_lines(query, after=cursor), after)
         left = limit
         async for page in pages:
             if left is not None:
                 page = page[:left]
                 left -= len(page)
-            yield "".join(page)
+            if page:
+                yield b"\n".join(page) + b"\n"
             if left == 0:
                 return
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
-from receiver.event import Event, RawRequest, Reject
+from receiver.event import Event, RawRequest, Reject, raw_json
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -124,6 +124,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX events_myid_order;
     CREATE INDEX events_myid_order ON events (myid, order_us, id, call_id);
     """,
+    # 5: each event's NDJSON export line, made by SQLite once, when the event is stored.
+    """
+    CREATE TABLE event_lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
+    {insert_event_lines};
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -156,8 +161,10 @@ def iso_sql(column: str) -> str:
     )
 
 
-# event_json() built by SQLite itself, for exports: the same names and values, as a test checks.
-EVENT_JSON_SQL = "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
+# The export line, event_json(event, with_raw=True), made by SQLite: the same names and values,
+# as a test checks. raw_json is ours (add_functions): raw bytes that are not UTF-8 go out as
+# base64, which SQL alone cannot tell.
+EVENT_LINE_SQL = "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
     ("id", "id"), ("myid", "myid"), ("event_type", "event_type"),
     ("event_time", iso_sql("event_time_us")), ("call_id", "call_id"),
     ("sub_call_id", "sub_call_id"), ("call_api_id", "call_api_id"),
@@ -172,7 +179,23 @@ EVENT_JSON_SQL = "json_object({})".format(", ".join(f"'{name}', {value}" for nam
     ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
     ("flags", "json(flags)"), ("received_at", iso_sql("received_at_us")), ("source", "source"),
     ("event_time_us", "event_time_us"), ("duplicates", "duplicates"),
+    ("raw", "json(raw_json(raw_method, raw_query, raw_body, raw_content_type))"),
 )))  # fmt: skip
+INSERT_EVENT_LINES = f"INSERT INTO event_lines (id, line) SELECT id, {EVENT_LINE_SQL} FROM events"
+# After a repeat is counted on an event, its line says so too.
+UPDATE_LINE_DUPLICATES = (
+    "UPDATE event_lines SET line = json_set(line, '$.duplicates', "
+    "(SELECT duplicates FROM events WHERE events.id = event_lines.id)) WHERE id = ?"
+)
+
+
+def add_functions(connection: sqlite3.Connection) -> None:
+    """Our SQL functions, on a connection that writes (the migrations use them too)."""
+
+    def sql_raw_json(method: str, query: bytes, body: bytes, content_type: str | None) -> str:
+        return raw_json(RawRequest(method, bytes(query), bytes(body), content_type))
+
+    connection.create_function("raw_json", 4, sql_raw_json, deterministic=True)
 
 
 def connect_pragmas() -> str:
@@ -195,10 +218,10 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             f"the database is at schema version {found}, newer than this receiver knows "
             f"({SCHEMA_VERSION}): upgrade receiver"
         )
+    add_functions(connection)
     for version in range(found, target):
-        connection.executescript(
-            f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
-        )
+        script = MIGRATIONS[version].replace("{insert_event_lines}", INSERT_EVENT_LINES)
+        connection.executescript(f"BEGIN; {script} PRAGMA user_version = {version + 1}; COMMIT;")
     return found
 
 
