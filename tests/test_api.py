@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 
@@ -154,6 +155,51 @@ def test_missed_report(loaded) -> None:  # type: ignore[no-untyped-def]
     assert (handled["handled"], handled["handled_by"]) == (True, "call_back")
     assert handled["recall_seconds"] > 0
     assert report[0]["handled"] is False  # the unhandled stand first
+
+
+def replayed(
+    name: str, call_id: str, at_us: int, number: str, did: str = "74959998877"
+) -> list[str]:
+    """A scenario's deliveries again: another CallID, starting at `at_us`, with `number` outside."""
+    sent = lines(name)
+    start = int(re.search(r"EventTime=(\d+)", sent[0]).group(1))  # type: ignore[union-attr]
+    old_id = re.search(r"CallID=(\w+)", sent[0]).group(1)  # type: ignore[union-attr]
+    return [
+        re.sub(r"EventTime=(\d+)", lambda m: f"EventTime={int(m.group(1)) - start + at_us}", line)
+        .replace(old_id, call_id)
+        .replace("%2B74957654321", number)
+        .replace("%2B79161112233", number)
+        .replace("%2B74951234567", number)
+        .replace("74959998877", did)
+        for line in sent
+    ]
+
+
+def test_missed_report_counts_from_the_last_missed_call(client) -> None:  # type: ignore[no-untyped-def]
+    t, number = 1_800_000_000_000_000, "%2B79990001122"
+    deliveries = [
+        *replayed("inbound-cancelled", "a" * 32, t, number),  # missed
+        *replayed("outbound-answered", "b" * 32, t + 100_000_000, number),  # called back
+        *replayed("inbound-cancelled", "c" * 32, t + 200_000_000, number, did="74950000000"),
+    ]
+    for line in deliveries:
+        assert client.get(f"/webhook?myid=85218&{line}").json()["ok"]
+    [row] = client.get("/api/reports/missed").json()["numbers"]
+    assert (row["number"], row["digits"], row["missed"]) == ("+79990001122", "79990001122", 2)
+    assert row["first_missed_at"] == "2027-01-15T08:00:00.000000Z"
+    assert row["last_missed_at"] == "2027-01-15T08:03:20.000000Z"
+    assert sorted(row["dids"]) == ["74950000000", "74959998877"]
+    assert row["handled"] is False  # the call back came before the last missed call
+    for line in replayed("inbound-answered", "d" * 32, t + 300_000_000, number):
+        assert client.get(f"/webhook?myid=85218&{line}").json()["ok"]
+    [row] = client.get("/api/reports/missed").json()["numbers"]
+    assert (row["handled"], row["handled_by"], row["handled_extension"]) == (
+        True,
+        "called_again",
+        "2566*101",
+    )
+    assert row["handled_at"] == "2027-01-15T08:05:00.000000Z"
+    assert row["recall_seconds"] == 100.0
 
 
 def test_extensions_report(loaded) -> None:  # type: ignore[no-untyped-def]
