@@ -15,6 +15,12 @@ from receiver.settings import Settings, describe, env_name, flag_name
 
 log = logging.getLogger("receiver")
 
+# How long a thread keeps Python's GIL while another waits for it (Python's default: 5 ms).
+# The database writer needs it for a moment before and after each statement; with the default,
+# a busy event loop makes each of those moments wait up to 5 ms, and every request waits for
+# its group's commit. Measured with bench/ingest.py: 0.1 ms gives ~40% more deliveries a second.
+GIL_SWITCH_SECONDS = 0.0001
+
 
 def setting_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The click option of one declared setting, reading its RECEIVER_* variable too."""
@@ -64,6 +70,8 @@ def serve(**options: Any) -> None:
 
     Point the PBX at http://HOST:PORT/webhook?myid=<extension id>.
     """
+    import sys
+
     import uvicorn
 
     from receiver.app import create_app
@@ -87,6 +95,7 @@ def serve(**options: Any) -> None:
                 "(set --api-token or RECEIVER_API_TOKEN)",
                 settings.host,
             )
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

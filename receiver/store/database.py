@@ -8,11 +8,13 @@ So an answered event is always on disk, and a burst costs one fsync per group, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
-from receiver.event import Event, Reject, iso_time, seconds
+from receiver.event import Event, Reject, iso_time, raw_json, seconds
 from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Stored, parse_cursor
 from receiver.store.schema import (
     CALL_EVENT_TYPES,
@@ -29,16 +31,17 @@ from receiver.store.schema import (
     EVENT_COLUMNS,
     IDLE_AFTER,
     INSERT_CALL,
-    INSERT_EVENT,
     INSERT_EVENT_LINES,
     INSERT_LEG,
     MAX_GROUP,
     REJECT_COLUMNS,
+    ROWS_AT_ONCE,
     UPDATE_LINE_DUPLICATES,
     call_row,
     connect_pragmas,
     event_from_row,
     event_row,
+    insert_events,
     leg_rows,
     migrate,
     reject_from_row,
@@ -76,6 +79,22 @@ def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[
     way = "DESC" if query.descending else "ASC"
     sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
     return sql, params
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while many records are made at once.
+
+    Each full collection walks every object of the process, and tens of thousands of new dicts
+    set off several; the records hold no reference cycles, so they would find nothing.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class StoreClosed(RuntimeError):
@@ -227,7 +246,7 @@ class Store:
             known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-        rows, repeats, changed = [], [], set()
+        rows, new, repeats, changed = [], [], [], set()
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
             if not isinstance(item, Event):
@@ -240,13 +259,22 @@ class Store:
             event_id = known[key] = next_id
             next_id += 1
             rows.append(event_row(item, event_id, key))
+            new.append(item)
             results.append(Stored(event_id, False))
             if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
-                changed.add((item.call_id,))
-        db.executemany(INSERT_EVENT, rows)
-        if rows:  # their export lines, made by SQLite (ids are ours while we hold the lock)
-            db.execute(f"{INSERT_EVENT_LINES} WHERE id >= ?", (rows[0][0],))
-        db.executemany("INSERT OR IGNORE INTO calls_dirty (call_id) VALUES (?)", changed)
+                changed.add(item.call_id)
+        # Few statements, each one step: the GIL is let go for SQLite's work and taken back once
+        # per statement, not once per row, so the event loop and this thread seldom wait on it.
+        for start in range(0, len(rows), ROWS_AT_ONCE):
+            chunk = rows[start : start + ROWS_AT_ONCE]
+            db.execute(insert_events(len(chunk)), [value for row in chunk for value in row])
+        if rows:  # their export lines (their ids run on from the first while we hold the lock)
+            raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
+            db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
+        db.execute(
+            "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
+            (json.dumps(sorted(changed)),),
+        )
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
         db.executemany(UPDATE_LINE_DUPLICATES, repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
@@ -458,24 +486,25 @@ class Store:
         """
         rows = await self._rows(sql, params)
         report = []
-        for number, shown, missed, first_us, last_us, dids, handled_us, way, by in rows:
-            report.append(
-                {
-                    "number": shown,
-                    "digits": number,
-                    "missed": missed,
-                    "first_missed_at": iso_time(first_us),
-                    "last_missed_at": iso_time(last_us),
-                    "dids": dids.split(",") if dids else [],
-                    "handled": handled_us is not None,
-                    "handled_by": None
-                    if way is None
-                    else ("call_back" if way == "out" else "called_again"),
-                    "handled_at": iso_time(handled_us),
-                    "handled_extension": by,
-                    "recall_seconds": seconds(handled_us - last_us) if handled_us else None,
-                }
-            )
+        with gc_paused():
+            for number, shown, missed, first_us, last_us, dids, handled_us, way, by in rows:
+                report.append(
+                    {
+                        "number": shown,
+                        "digits": number,
+                        "missed": missed,
+                        "first_missed_at": iso_time(first_us),
+                        "last_missed_at": iso_time(last_us),
+                        "dids": dids.split(",") if dids else [],
+                        "handled": handled_us is not None,
+                        "handled_by": None
+                        if way is None
+                        else ("call_back" if way == "out" else "called_again"),
+                        "handled_at": iso_time(handled_us),
+                        "handled_extension": by,
+                        "recall_seconds": seconds(handled_us - last_us) if handled_us else None,
+                    }
+                )
         return report
 
     async def extensions_report(

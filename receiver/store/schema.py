@@ -139,10 +139,16 @@ EVENT_COLUMNS = (
     "duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags, "
     "received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates"
 )
-INSERT_EVENT = (
-    f"INSERT INTO events ({EVENT_COLUMNS}, dedup_key) "
-    f"VALUES ({', '.join('?' * (EVENT_COLUMNS.count(',') + 2))})"
-)
+EVENT_MARKS = f"({', '.join('?' * (EVENT_COLUMNS.count(',') + 2))})"
+
+
+def insert_events(count: int) -> str:
+    """An INSERT of `count` rows of EVENT_COLUMNS then dedup_key."""
+    return (
+        f"INSERT INTO events ({EVENT_COLUMNS}, dedup_key) VALUES {', '.join([EVENT_MARKS] * count)}"
+    )
+
+
 REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
@@ -150,7 +156,8 @@ REJECT_COLUMNS = (
 # Only these make calls (EVENT_SPEC §2); messages and voicemail stay events.
 CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
-MAX_GROUP = 500  # events in one commit; far below SQLite's limit on bound parameters
+MAX_GROUP = 500  # events in one commit
+ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit
 
 
 def iso_sql(column: str) -> str:
@@ -161,27 +168,43 @@ def iso_sql(column: str) -> str:
     )
 
 
-# The export line, event_json(event, with_raw=True), made by SQLite: the same names and values,
-# as a test checks. raw_json is ours (add_functions): raw bytes that are not UTF-8 go out as
-# base64, which SQL alone cannot tell.
-EVENT_LINE_SQL = "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
-    ("id", "id"), ("myid", "myid"), ("event_type", "event_type"),
-    ("event_time", iso_sql("event_time_us")), ("call_id", "call_id"),
-    ("sub_call_id", "sub_call_id"), ("call_api_id", "call_api_id"),
-    ("callback_id", "callback_id"), ("caller_id_num", "caller_id_num"),
-    ("caller_id_name", "caller_id_name"), ("called_did", "called_did"),
-    ("called_number", "called_number"), ("caller_extension", "caller_extension"),
-    ("caller_extension_id", "caller_extension_id"), ("called_extension", "called_extension"),
-    ("called_extension_id", "called_extension_id"), ("call_status", "call_status"),
-    ("call_flow", "call_flow"), ("duration", "duration_us / 1000000.0"), ("rec_id", "rec_id"),
-    ("transferred", "json(CASE WHEN transferred THEN 'true' ELSE 'false' END)"),
-    ("bridged", "json(CASE bridged WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"),
-    ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
-    ("flags", "json(flags)"), ("received_at", iso_sql("received_at_us")), ("source", "source"),
-    ("event_time_us", "event_time_us"), ("duplicates", "duplicates"),
-    ("raw", "json(raw_json(raw_method, raw_query, raw_body, raw_content_type))"),
-)))  # fmt: skip
-INSERT_EVENT_LINES = f"INSERT INTO event_lines (id, line) SELECT id, {EVENT_LINE_SQL} FROM events"
+def event_line_sql(raw: str) -> str:
+    """SQL for the export line, event_json(event, with_raw=True), with `raw` as its "raw" value.
+
+    Made by SQLite: the same names and values, as a test checks. The raw request's JSON comes
+    from raw_json() in Python, which turns bytes that are not UTF-8 into base64.
+    """
+    return "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
+        ("id", "id"), ("myid", "myid"), ("event_type", "event_type"),
+        ("event_time", iso_sql("event_time_us")), ("call_id", "call_id"),
+        ("sub_call_id", "sub_call_id"), ("call_api_id", "call_api_id"),
+        ("callback_id", "callback_id"), ("caller_id_num", "caller_id_num"),
+        ("caller_id_name", "caller_id_name"), ("called_did", "called_did"),
+        ("called_number", "called_number"), ("caller_extension", "caller_extension"),
+        ("caller_extension_id", "caller_extension_id"), ("called_extension", "called_extension"),
+        ("called_extension_id", "called_extension_id"), ("call_status", "call_status"),
+        ("call_flow", "call_flow"), ("duration", "duration_us / 1000000.0"), ("rec_id", "rec_id"),
+        ("transferred", "json(CASE WHEN transferred THEN 'true' ELSE 'false' END)"),
+        ("bridged", "json(CASE bridged WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"),
+        ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
+        ("flags", "json(flags)"), ("received_at", iso_sql("received_at_us")), ("source", "source"),
+        ("event_time_us", "event_time_us"), ("duplicates", "duplicates"),
+        ("raw", raw),
+    )))  # fmt: skip
+
+
+# For events stored before the lines existed: raw_json as an SQL function (add_functions).
+INSERT_OLD_EVENT_LINES = (
+    "INSERT INTO event_lines (id, line) SELECT id, "
+    f"{event_line_sql('json(raw_json(raw_method, raw_query, raw_body, raw_content_type))')} "
+    "FROM events"
+)
+# For a group being stored: ?1 is a JSON array of the raw requests' JSON, ?2 the first one's id.
+INSERT_EVENT_LINES = (
+    f"INSERT INTO event_lines (id, line) SELECT id, {event_line_sql('json(raw_json)')} "
+    "FROM (SELECT events.*, raws.value AS raw_json "
+    "FROM json_each(?1) AS raws JOIN events ON events.id = ?2 + raws.key)"
+)
 # After a repeat is counted on an event, its line says so too.
 UPDATE_LINE_DUPLICATES = (
     "UPDATE event_lines SET line = json_set(line, '$.duplicates', "
@@ -220,7 +243,7 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
         )
     add_functions(connection)
     for version in range(found, target):
-        script = MIGRATIONS[version].replace("{insert_event_lines}", INSERT_EVENT_LINES)
+        script = MIGRATIONS[version].replace("{insert_event_lines}", INSERT_OLD_EVENT_LINES)
         connection.executescript(f"BEGIN; {script} PRAGMA user_version = {version + 1}; COMMIT;")
     return found
 
