@@ -157,10 +157,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store) -> None:
-    """Rebuild changed calls whenever ingest is quiet (queries also refresh before reading)."""
+    """Rebuild changed calls every second (queries also refresh before reading)."""
     while True:
         try:
-            await store.refresh_calls(only_when_idle=True)
+            await store.refresh_calls(background=True)
         except Exception:
             log.exception("rebuilding calls failed; trying again")
         await asyncio.sleep(CALLS_REFRESH_SECONDS)

@@ -129,6 +129,20 @@ def test_calls_are_rebuilt_in_the_background_when_ingest_is_quiet(server, db_pat
     assert rebuilt == 5
 
 
+def test_calls_are_rebuilt_in_the_background_under_steady_traffic(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # A delivery every 0.1 s: the receiver is never quiet, yet the calls table keeps up.
+    running = server()
+    rebuilt, sent = 0, 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (sent < 20 or rebuilt < 10):
+        assert httpx.get(f"{running.url}/webhook?myid=7&{delivery(1, sent)}").status_code == 200
+        sent += 1
+        time.sleep(0.1)
+        with sqlite3.connect(db_path) as check:  # read the table itself: no query refreshes it
+            rebuilt = check.execute("SELECT count(*) FROM calls").fetchone()[0]
+    assert rebuilt >= 10, (sent, rebuilt)
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 2 MB file system of its own (tmpfs; needs root, as CI has)."""

@@ -287,18 +287,18 @@ class Store:
             )
         return results
 
-    async def refresh_calls(self, *, only_when_idle: bool = False) -> int:
+    async def refresh_calls(self, *, background: bool = False) -> int:
         """Rebuild the calls whose events changed; returns how many. Live writes go between.
 
-        only_when_idle: stop as soon as events are arriving (the background refresher uses it,
-        so that rebuilding calls never slows ingest down; queries refresh fully first).
+        background: while events are arriving, rebuild one batch (CALLS_AT_ONCE) and stop, so
+        the background refresher, which calls this every second, keeps the calls table close
+        behind steady traffic for a few per cent of the writer's time. Queries refresh fully.
         """
         total = 0
-        while not (only_when_idle and self.busy()):
-            count = await self._run(self._refresh_some_calls, CALLS_AT_ONCE)
-            if not count:
-                break
+        while count := await self._run(self._refresh_some_calls, CALLS_AT_ONCE):
             total += count
+            if background and self.busy():
+                break
         return total
 
     def busy(self) -> bool:

@@ -369,7 +369,7 @@ LEG_COLUMNS = (
 )
 INSERT_LEG = f"INSERT INTO legs ({LEG_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 CALLS_AT_ONCE = 200  # calls rebuilt per writer turn (~20 ms), so live events wait little
-IDLE_AFTER = 0.5  # seconds without commits before the background rebuilds calls
+IDLE_AFTER = 0.5  # seconds without commits before the background rebuilds all changed calls
 
 
 def call_row(call: Call) -> tuple[Any, ...]:
