@@ -488,13 +488,14 @@ class Store:
         report = []
         with gc_paused():
             for number, shown, missed, first_us, last_us, dids, handled_us, way, by in rows:
+                last = iso_time(last_us)
                 report.append(
                     {
                         "number": shown,
                         "digits": number,
                         "missed": missed,
-                        "first_missed_at": iso_time(first_us),
-                        "last_missed_at": iso_time(last_us),
+                        "first_missed_at": last if missed == 1 else iso_time(first_us),
+                        "last_missed_at": last,
                         "dids": dids.split(",") if dids else [],
                         "handled": handled_us is not None,
                         "handled_by": None
