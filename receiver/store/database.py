@@ -271,10 +271,11 @@ class Store:
         if rows:  # their export lines (their ids run on from the first while we hold the lock)
             raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
             db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
-        db.execute(
-            "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
-            (json.dumps(sorted(changed)),),
-        )
+        if changed:
+            db.execute(
+                "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
+                (json.dumps(sorted(changed)),),
+            )
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
         db.executemany(UPDATE_LINE_DUPLICATES, repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
