@@ -157,12 +157,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store) -> None:
-    """Rebuild changed calls every second (queries also refresh before reading)."""
+    """Every second: rebuild changed calls (queries also refresh before reading), and make the
+    export lines of events stored before the lines existed."""
     while True:
         try:
             await store.refresh_calls(background=True)
+            await store.fill_event_lines(background=True)
         except Exception:
-            log.exception("rebuilding calls failed; trying again")
+            log.exception("background work on the database failed; trying again")
         await asyncio.sleep(CALLS_REFRESH_SECONDS)
 
 

@@ -169,17 +169,33 @@ async def test_events_stored_before_export_lines_get_theirs(db_path: Path) -> No
     from receiver.store import EventQuery
 
     async with Store(db_path) as store:
-        for n in range(3):
-            await store.add_event(numbered(n))
+        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(2500)))
     with sqlite3.connect(db_path) as old:  # as a database of schema version 4 has it
         old.executescript("DROP TABLE event_lines; PRAGMA user_version = 4;")
+
+    def lines_kept() -> int:
+        with sqlite3.connect(db_path) as check:
+            return int(check.execute("SELECT count(*) FROM event_lines").fetchone()[0])
+
     async with Store(db_path) as store:
-        lines = b"".join([chunk async for chunk in store.iter_event_lines(EventQuery())])
+        assert lines_kept() == 0  # the upgrade itself is instant
+        await store.add_event(numbered(9999))  # a new event gets its line as it is stored
         stored = [e async for e in store.iter_events(EventQuery())]
-    assert [json.loads(line) for line in lines.splitlines()] == [
-        event_json(e, with_raw=True) for e in stored
-    ]
-    assert len(stored) == 3
+        expected = [event_json(e, with_raw=True) for e in stored]
+
+        async def exported() -> list[dict[str, object]]:
+            chunks = [chunk async for chunk in store.iter_event_lines(EventQuery())]
+            return [json.loads(line) for line in b"".join(chunks).splitlines()]
+
+        assert lines_kept() == 1
+        assert await exported() == expected  # the missing lines are made as the export reads
+        await store.add_event(numbered(9999))  # a repeat, but a commit: the store is busy
+        assert await store.fill_event_lines(background=True) == 1000  # so one batch only
+        assert await store.fill_event_lines() == 1500
+        assert lines_kept() == 2501
+        stored = [e async for e in store.iter_events(EventQuery())]  # with the repeat counted
+        assert await exported() == [event_json(e, with_raw=True) for e in stored]
+        assert await store.fill_event_lines() == 0
 
 
 async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:

@@ -29,10 +29,12 @@ from receiver.store.schema import (
     CALL_EVENTS_SQL,
     CALLS_AT_ONCE,
     EVENT_COLUMNS,
+    EVENT_LINE_FROM_ROW,
     IDLE_AFTER,
     INSERT_CALL,
     INSERT_EVENT_LINES,
     INSERT_LEG,
+    LINES_AT_ONCE,
     MAX_GROUP,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
@@ -46,6 +48,7 @@ from receiver.store.schema import (
     migrate,
     reject_from_row,
     reject_row,
+    sql_raw_json,
 )
 
 log = logging.getLogger("receiver.store")
@@ -123,6 +126,7 @@ class Store:
         self._closing = False
         self.commits = 0  # how many group commits succeeded
         self._last_commit = 0.0
+        self._lines_missing_to = 0  # events up to this id may have no export line yet
 
     async def open(self) -> Store:
         """Create or migrate the database, then start the writer."""
@@ -130,6 +134,7 @@ class Store:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.executescript(connect_pragmas())
         await self._reader.create_function("digits", 1, digits, deterministic=True)
+        await self._reader.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")
         return self
 
@@ -219,7 +224,14 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._writer.executescript(connect_pragmas())
+        self._writer.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         migrate(self._writer)
+        # Events below the lowest one with an export line have none yet (stored before the
+        # lines existed); fill_event_lines() works down from there.
+        self._lines_missing_to = self._writer.execute(
+            "SELECT coalesce((SELECT min(id) FROM event_lines) - 1, "
+            "(SELECT max(id) FROM events), 0)"
+        ).fetchone()[0]
 
     def _write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
         """Store a group in one transaction; all of it or, raising, none of it."""
@@ -302,6 +314,40 @@ class Store:
                 break
         return total
 
+    async def fill_event_lines(self, *, background: bool = False) -> int:
+        """Make the export lines of events stored before the lines existed; returns how many.
+
+        background: while events are arriving, one batch (LINES_AT_ONCE) and stop. Until they
+        are all made, exports make the missing lines as they read (event_lines()).
+        """
+        total = 0
+        while count := await self._run(self._fill_some_lines, LINES_AT_ONCE):
+            total += count
+            if background and self.busy():
+                break
+        return total
+
+    def _fill_some_lines(self, limit: int) -> int:
+        db = self._writer
+        assert db is not None
+        top = self._lines_missing_to
+        if top <= 0:
+            return 0
+        bottom = max(top - limit, 0)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                f"INSERT OR IGNORE INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
+                "FROM events WHERE id > ? AND id <= ?",
+                (bottom, top),
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        self._lines_missing_to = bottom
+        return top - bottom
+
     def busy(self) -> bool:
         """Whether events are waiting, or were committed in the last IDLE_AFTER seconds."""
         return not self._queue.empty() or time.monotonic() - self._last_commit < IDLE_AFTER
@@ -369,7 +415,11 @@ class Store:
     ) -> Page:
         """A page of events as NDJSON lines with their raw request (made when they were stored)."""
         # As UTF-8 bytes, which go out as they are: no decoding here, no encoding in the response.
-        line = "CAST((SELECT line FROM event_lines WHERE event_lines.id = events.id) AS BLOB)"
+        # An event stored before the lines existed may have none yet: made here, then.
+        line = (
+            "CAST(coalesce((SELECT line FROM event_lines WHERE event_lines.id = events.id), "
+            f"{EVENT_LINE_FROM_ROW}) AS BLOB)"
+        )
         sql, params = event_page_sql(query, f"order_us, id, {line}", after)
         rows = await self._rows(sql, [*params, limit + 1])
         lines = [line for _, _, line in rows[:limit]]
