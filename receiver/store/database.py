@@ -515,25 +515,26 @@ class Store:
         """
         await self.refresh_calls()
         where, params = query.where()
-        # The first answered call with the number after the last missed one. SQLite gives the
-        # bare columns of a min() aggregate from the row holding the minimum.
+        # The first answered call with the number after the last missed one, found by one seek
+        # in calls_number per number. DIDs repeat here; they are made distinct below.
         sql = f"""
             WITH missed AS (
                 SELECT external_digits AS number, max(external_number) AS shown,
                        count(*) AS missed, min(started_us) AS first_us, max(started_us) AS last_us,
-                       group_concat(DISTINCT did) AS dids
+                       group_concat(did) AS dids
                 FROM calls
                 WHERE {" AND ".join([*where, "direction = 'in'", "status = 'missed'"])}
                   AND external_digits IS NOT NULL
                 GROUP BY external_digits
             )
-            SELECT missed.number, shown, missed, first_us, last_us, dids,
-                   min(later.started_us) AS handled_us, later.direction, later.answered_by
-            FROM missed LEFT JOIN calls AS later
-              ON later.external_digits = missed.number AND later.status = 'answered'
-             AND later.started_us > missed.last_us
-            GROUP BY missed.number
-            ORDER BY handled_us IS NOT NULL, last_us DESC
+            SELECT number, shown, missed, first_us, last_us, dids,
+                   later.started_us, later.direction, later.answered_by
+            FROM missed LEFT JOIN calls AS later ON later.rowid = (
+                SELECT rowid FROM calls AS next
+                WHERE next.external_digits = missed.number AND next.status = 'answered'
+                  AND next.started_us > missed.last_us
+                ORDER BY next.started_us LIMIT 1)
+            ORDER BY later.started_us IS NOT NULL, last_us DESC
         """
         rows = await self._rows(sql, params)
         report = []
@@ -547,7 +548,7 @@ class Store:
                         "missed": missed,
                         "first_missed_at": last if missed == 1 else iso_time(first_us),
                         "last_missed_at": last,
-                        "dids": dids.split(",") if dids else [],
+                        "dids": list(dict.fromkeys(dids.split(","))) if dids else [],
                         "handled": handled_us is not None,
                         "handled_by": None
                         if way is None
