@@ -85,6 +85,19 @@ def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[
 
 
 @contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; all of it or, raising, none of it (a failed COMMIT too)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("COMMIT")
+    except Exception:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while many records are made at once.
 
@@ -237,15 +250,8 @@ class Store:
         """Store a group in one transaction; all of it or, raising, none of it."""
         db = self._writer
         assert db is not None
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            results = self._insert_group(db, items)
-            db.execute("COMMIT")
-        except Exception:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        return results
+        with write_transaction(db):
+            return self._insert_group(db, items)
 
     def _insert_group(
         self, db: sqlite3.Connection, items: list[Event | Reject]
@@ -307,12 +313,7 @@ class Store:
         the background refresher, which calls this every second, keeps the calls table close
         behind steady traffic for a few per cent of the writer's time. Queries refresh fully.
         """
-        total = 0
-        while count := await self._run(self._refresh_some_calls, CALLS_AT_ONCE):
-            total += count
-            if background and self.busy():
-                break
-        return total
+        return await self._in_batches(self._refresh_some_calls, CALLS_AT_ONCE, background)
 
     async def fill_event_lines(self, *, background: bool = False) -> int:
         """Make the export lines of events stored before the lines existed; returns how many.
@@ -320,8 +321,15 @@ class Store:
         background: while events are arriving, one batch (LINES_AT_ONCE) and stop. Until they
         are all made, exports make the missing lines as they read (event_lines()).
         """
+        return await self._in_batches(self._fill_some_lines, LINES_AT_ONCE, background)
+
+    async def _in_batches(self, work: Callable[[int], int], size: int, background: bool) -> int:
+        """Call `work(size)` on the writer thread until it does nothing; returns its total.
+
+        Live writes go between the batches. background: stop after one if events are arriving.
+        """
         total = 0
-        while count := await self._run(self._fill_some_lines, LINES_AT_ONCE):
+        while count := await self._run(work, size):
             total += count
             if background and self.busy():
                 break
@@ -334,17 +342,12 @@ class Store:
         if top <= 0:
             return 0
         bottom = max(top - limit, 0)
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             db.execute(
                 f"INSERT OR IGNORE INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
                 "FROM events WHERE id > ? AND id <= ?",
                 (bottom, top),
             )
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
         self._lines_missing_to = bottom
         return top - bottom
 
@@ -365,16 +368,11 @@ class Store:
             event = event_from_row(row)
             by_call.setdefault(event.call_id or "", []).append(event)
         calls = [build_call(events, now_us=0, unknown_after_us=None) for events in by_call.values()]
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
             db.executemany(INSERT_CALL, [call_row(call) for call in calls])
             db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
             db.execute(f"DELETE FROM calls_dirty WHERE call_id IN ({marks})", ids)
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
         return len(ids)
 
     # Reading.
