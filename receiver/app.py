@@ -26,7 +26,7 @@ from receiver.store import SCHEMA_VERSION, Store
 
 log = logging.getLogger("receiver")
 
-CALLS_REFRESH_SECONDS = 1.0
+BACKGROUND_SECONDS = 0.2
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -157,15 +157,15 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store) -> None:
-    """Every second: rebuild changed calls (queries also refresh before reading), and make the
-    export lines of events stored before the lines existed."""
+    """Five times a second: rebuild changed calls (queries also refresh before reading), and
+    make the export lines of events stored before the lines existed."""
     while True:
         try:
             await store.refresh_calls(background=True)
             await store.fill_event_lines(background=True)
         except Exception:
             log.exception("background work on the database failed; trying again")
-        await asyncio.sleep(CALLS_REFRESH_SECONDS)
+        await asyncio.sleep(BACKGROUND_SECONDS)
 
 
 def create_app(settings: Settings) -> Starlette:

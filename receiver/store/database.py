@@ -28,6 +28,7 @@ from receiver.store.schema import (
     CALL_EVENT_TYPES,
     CALL_EVENTS_SQL,
     CALLS_AT_ONCE,
+    CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
     EVENT_LINE_FROM_ROW,
     IDLE_AFTER,
@@ -35,6 +36,7 @@ from receiver.store.schema import (
     INSERT_EVENT_LINES,
     INSERT_LEG,
     LINES_AT_ONCE,
+    LINES_WHILE_BUSY,
     MAX_GROUP,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
@@ -309,31 +311,39 @@ class Store:
     async def refresh_calls(self, *, background: bool = False) -> int:
         """Rebuild the calls whose events changed; returns how many. Live writes go between.
 
-        background: while events are arriving, rebuild one batch (CALLS_AT_ONCE) and stop, so
-        the background refresher, which calls this every second, keeps the calls table close
-        behind steady traffic for a few per cent of the writer's time. Queries refresh fully.
+        background: while events are arriving, rebuild a few (CALLS_WHILE_BUSY) and stop, so
+        that the background refresher, calling this five times a second, keeps the calls table
+        close behind steady traffic without holding deliveries up. Queries refresh fully.
         """
-        return await self._in_batches(self._refresh_some_calls, CALLS_AT_ONCE, background)
+        return await self._in_batches(
+            self._refresh_some_calls, CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
+        )
 
     async def fill_event_lines(self, *, background: bool = False) -> int:
         """Make the export lines of events stored before the lines existed; returns how many.
 
-        background: while events are arriving, one batch (LINES_AT_ONCE) and stop. Until they
-        are all made, exports make the missing lines as they read (event_lines()).
+        background: as for refresh_calls(). Until they are all made, exports make the missing
+        lines as they read (event_lines()).
         """
-        return await self._in_batches(self._fill_some_lines, LINES_AT_ONCE, background)
+        return await self._in_batches(
+            self._fill_some_lines, LINES_AT_ONCE, LINES_WHILE_BUSY, background
+        )
 
-    async def _in_batches(self, work: Callable[[int], int], size: int, background: bool) -> int:
+    async def _in_batches(
+        self, work: Callable[[int], int], size: int, busy_size: int, background: bool
+    ) -> int:
         """Call `work(size)` on the writer thread until it does nothing; returns its total.
 
-        Live writes go between the batches. background: stop after one if events are arriving.
+        Live writes go between the batches. background: while events are arriving, one batch
+        of `busy_size`, about as long as a commit, and stop.
         """
         total = 0
-        while count := await self._run(work, size):
+        while True:
+            busy = background and self.busy()
+            count = await self._run(work, busy_size if busy else size)
             total += count
-            if background and self.busy():
-                break
-        return total
+            if not count or busy:
+                return total
 
     def _fill_some_lines(self, limit: int) -> int:
         db = self._writer

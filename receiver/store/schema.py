@@ -158,6 +158,7 @@ CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
 LINES_AT_ONCE = 1000  # old events given their export line per writer turn (~20 ms)
+LINES_WHILE_BUSY = 100  # the same while deliveries arrive (~2 ms, about a commit)
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit
 
 
@@ -365,6 +366,7 @@ LEG_COLUMNS = (
 )
 INSERT_LEG = f"INSERT INTO legs ({LEG_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 CALLS_AT_ONCE = 200  # calls rebuilt per writer turn (~20 ms), so live events wait little
+CALLS_WHILE_BUSY = 20  # the same while deliveries arrive (~3 ms, about a commit)
 IDLE_AFTER = 0.5  # seconds without commits before the background rebuilds all changed calls
 
 
