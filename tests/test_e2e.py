@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -182,3 +183,46 @@ def test_full_disk_answers_503_and_keeps_what_it_answered(small_disk: Path, tmp_
     with sqlite3.connect(f"file:{small_disk / 'receiver.db'}?mode=ro", uri=True) as check:
         stored = {row[0] for row in check.execute("SELECT call_id FROM events")}
     assert answered <= stored
+
+
+def writer_pid(running) -> int:  # type: ignore[no-untyped-def]
+    """The pid of the server's writer process (its only child)."""
+    pid = running.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def gone(pid: int, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # ended; its parent (pytest, once the server is gone) has not reaped it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_server_leaves_no_writer_process_behind(server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    writer = writer_pid(running)
+    running.stop(signal.SIGKILL)
+    assert gone(writer)  # its stdin closed with the server, and it ended
+
+
+def test_a_dead_writer_process_is_replaced(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    assert httpx.get(f"{running.url}/webhook?myid=7&{delivery(2, 0)}").status_code == 200
+    old = writer_pid(running)
+    os.kill(old, signal.SIGKILL)
+    assert gone(old)
+    response = httpx.get(f"{running.url}/webhook?myid=7&{delivery(2, 1)}")
+    assert response.status_code == 200, response.text
+    assert writer_pid(running) != old
+    _, logged = running.stop()
+    assert "the writer process ended (exit code -9); starting a new one" in logged
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 2

@@ -15,6 +15,12 @@ from receiver.store import SCHEMA_VERSION, Store, migrate
 from tests.conftest import sample
 
 
+@pytest.fixture(params=[False, True], ids=["writer-thread", "writer-process"])
+def own_process(request: pytest.FixtureRequest) -> bool:
+    """Run the test with the writer on a thread, then with the writer in a process."""
+    return bool(request.param)
+
+
 def event(query: str, received: int = 1) -> Event:
     parsed, _ = parse_request(
         RawRequest("GET", query.encode()), received_at_us=received, source="t"
@@ -36,11 +42,11 @@ async def test_any_older_database_migrates_to_the_current_version(
         assert await store.check() == SCHEMA_VERSION
 
 
-async def test_a_newer_database_is_refused(db_path: Path) -> None:
+async def test_a_newer_database_is_refused(db_path: Path, own_process: bool) -> None:
     with sqlite3.connect(db_path) as newer:
         newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(RuntimeError, match="upgrade receiver"):
-        await Store(db_path).open()
+        await Store(db_path, own_process=own_process).open()
 
 
 async def test_wal_and_full_sync(db_path: Path) -> None:
@@ -49,17 +55,17 @@ async def test_wal_and_full_sync(db_path: Path) -> None:
             assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_round_trip_keeps_every_field(db_path: Path) -> None:
+async def test_round_trip_keeps_every_field(db_path: Path, own_process: bool) -> None:
     original = event("myid=175&" + sample("outbound-hangup") + "&Odd=%FF&Transfered=yes", 77)
-    async with Store(db_path) as store:
+    async with Store(db_path, own_process=own_process) as store:
         stored = await store.add_event(original)
         back = await store.get_event(stored.id)
     assert back == dataclasses.replace(original, id=stored.id)
     assert back is not None and back.flags == ("cp1251",)
 
 
-async def test_concurrent_events_share_commits(db_path: Path) -> None:
-    async with Store(db_path) as store:
+async def test_concurrent_events_share_commits(db_path: Path, own_process: bool) -> None:
+    async with Store(db_path, own_process=own_process) as store:
         results = await asyncio.gather(*(store.add_event(numbered(n)) for n in range(300)))
         commits = store.commits
     assert sorted(r.id for r in results) == list(range(1, 301))
@@ -69,8 +75,8 @@ async def test_concurrent_events_share_commits(db_path: Path) -> None:
         assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 300
 
 
-async def test_repeats_in_one_group_and_across_groups(db_path: Path) -> None:
-    async with Store(db_path) as store:
+async def test_repeats_in_one_group_and_across_groups(db_path: Path, own_process: bool) -> None:
+    async with Store(db_path, own_process=own_process) as store:
         first, second = await asyncio.gather(
             store.add_event(numbered(1)), store.add_event(numbered(1))
         )
@@ -81,16 +87,16 @@ async def test_repeats_in_one_group_and_across_groups(db_path: Path) -> None:
     assert stored is not None and stored.duplicates == 2
 
 
-async def test_ids_continue_after_reopening(db_path: Path) -> None:
-    async with Store(db_path) as store:
+async def test_ids_continue_after_reopening(db_path: Path, own_process: bool) -> None:
+    async with Store(db_path, own_process=own_process) as store:
         await store.add_event(numbered(1))
-    async with Store(db_path) as store:
+    async with Store(db_path, own_process=own_process) as store:
         assert (await store.add_event(numbered(2))).id == 2
         assert (await store.add_event(numbered(1))).duplicate is True
 
 
-async def test_a_failing_event_fails_alone(db_path: Path) -> None:
-    async with Store(db_path) as store:
+async def test_a_failing_event_fails_alone(db_path: Path, own_process: bool) -> None:
+    async with Store(db_path, own_process=own_process) as store:
         with sqlite3.connect(db_path) as setup:
             setup.execute(
                 "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.call_id = 'c13' "
@@ -111,8 +117,8 @@ async def test_a_failing_event_fails_alone(db_path: Path) -> None:
     assert len({e.id for e in page.items}) == 10
 
 
-async def test_writes_after_close_are_refused(db_path: Path) -> None:
-    store = await Store(db_path).open()
+async def test_writes_after_close_are_refused(db_path: Path, own_process: bool) -> None:
+    store = await Store(db_path, own_process=own_process).open()
     await store.close()
     with pytest.raises(RuntimeError, match="closed"):
         await store.add_event(numbered(1))

@@ -1,4 +1,4 @@
-"""SQLite storage: the only module that speaks SQL.
+"""The Store: what the rest of the receiver calls to write and read the database.
 
 One writer task owns the write connection and commits in groups: every request that arrives
 while a commit is running joins the next one, and each waits for the commit that includes it.
@@ -12,46 +12,34 @@ import contextlib
 import gc
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
-from receiver.event import Event, Reject, iso_time, raw_json, seconds
+from receiver.event import Event, Reject, iso_time, seconds
 from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Stored, parse_cursor
 from receiver.store.schema import (
-    CALL_EVENT_TYPES,
     CALL_EVENTS_SQL,
     CALLS_AT_ONCE,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
     EVENT_LINE_FROM_ROW,
+    GROUPS_IN_FLIGHT,
     IDLE_AFTER,
-    INSERT_CALL,
-    INSERT_EVENT_LINES,
-    INSERT_LEG,
     LINES_AT_ONCE,
     LINES_WHILE_BUSY,
     MAX_GROUP,
     REJECT_COLUMNS,
-    ROWS_AT_ONCE,
-    UPDATE_LINE_DUPLICATES,
-    call_row,
     connect_pragmas,
     event_from_row,
-    event_row,
-    insert_events,
-    leg_rows,
-    migrate,
     reject_from_row,
-    reject_row,
     sql_raw_json,
 )
+from receiver.store.writer import ProcessHost, ThreadHost
 
 log = logging.getLogger("receiver.store")
 
@@ -87,19 +75,6 @@ def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[
 
 
 @contextlib.contextmanager
-def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT; all of it or, raising, none of it (a failed COMMIT too)."""
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        yield
-        db.execute("COMMIT")
-    except Exception:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-@contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while many records are made at once.
 
@@ -122,17 +97,17 @@ class StoreClosed(RuntimeError):
 class Store:
     """The database of one receiver: a group-committing writer and a reader connection.
 
-    The writer is one thread of its own with a plain sqlite3 connection, and a whole group
-    (check for repeats, insert, commit) is one call on it. aiosqlite would hop between threads
-    for every statement, and each hop can wait for the GIL while the event loop parses requests;
-    under load those waits, not the disk, set the latency. Reads go through aiosqlite.
+    The writer (writer.py) has a plain sqlite3 connection of its own, on a thread or, with
+    own_process, in a child process; a whole group (check for repeats, insert, commit) is one
+    call on it. aiosqlite would hop between threads for every statement, and each hop can wait
+    for the GIL while the event loop parses requests; under load those waits, not the disk, set
+    the latency. Reads go through aiosqlite.
     """
 
-    def __init__(self, path: Path, rejects_max: int = 10_000) -> None:
+    def __init__(self, path: Path, rejects_max: int = 10_000, *, own_process: bool = False) -> None:
         self.path = path
         self.rejects_max = rejects_max
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
-        self._writer: sqlite3.Connection | None = None
+        self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[Event | Reject, asyncio.Future[Any]] | None] = (
             asyncio.Queue()
@@ -141,11 +116,14 @@ class Store:
         self._closing = False
         self.commits = 0  # how many group commits succeeded
         self._last_commit = 0.0
-        self._lines_missing_to = 0  # events up to this id may have no export line yet
 
     async def open(self) -> Store:
         """Create or migrate the database, then start the writer."""
-        await self._run(self._open_writer)
+        try:
+            await self._writer.start(self.path, self.rejects_max)
+        except BaseException:
+            await self._writer.stop()
+            raise
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.executescript(connect_pragmas())
         await self._reader.create_function("digits", 1, digits, deterministic=True)
@@ -163,10 +141,7 @@ class Store:
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        if self._writer is not None:
-            await self._run(self._writer.close)
-            self._writer = None
-        self._thread.shutdown()
+        await self._writer.stop()
 
     async def __aenter__(self) -> Store:
         return await self.open()
@@ -196,27 +171,37 @@ class Store:
         self._queue.put_nowait((item, future))
         return future
 
-    async def _run(self, function: Any, *args: Any) -> Any:
-        """Run `function` on the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
-
     async def _write_loop(self) -> None:
-        while True:
+        in_flight = asyncio.Semaphore(GROUPS_IN_FLIGHT)
+        commits: set[asyncio.Task[None]] = set()
+
+        async def commit(group: list[tuple[Event | Reject, asyncio.Future[Any]]]) -> None:
+            try:
+                await self._commit(group)
+            finally:
+                in_flight.release()
+
+        closing = False
+        while not closing:
             first = await self._queue.get()
             if first is None:
-                return
+                break
+            await in_flight.acquire()
             group = [first]
             while len(group) < MAX_GROUP and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
-                    await self._commit(group)
-                    return
+                    closing = True
+                    break
                 group.append(item)
-            await self._commit(group)
+            task = asyncio.create_task(commit(group))
+            commits.add(task)
+            task.add_done_callback(commits.discard)
+        await asyncio.gather(*commits)
 
     async def _commit(self, group: list[tuple[Event | Reject, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._run(self._write_group, [item for item, _ in group])
+            results = await self._writer.call("write_group", [item for item, _ in group])
         except Exception as error:
             if len(group) > 1:  # one by one, so only the deliveries that cannot be stored fail
                 for item in group:
@@ -233,81 +218,6 @@ class Store:
             if not future.done():  # the client may have gone; the event is stored anyway
                 future.set_result(result)
 
-    # On the writer thread.
-
-    def _open_writer(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._writer.executescript(connect_pragmas())
-        self._writer.create_function("raw_json", 4, sql_raw_json, deterministic=True)
-        migrate(self._writer)
-        # Events below the lowest one with an export line have none yet (stored before the
-        # lines existed); fill_event_lines() works down from there.
-        self._lines_missing_to = self._writer.execute(
-            "SELECT coalesce((SELECT min(id) FROM event_lines) - 1, "
-            "(SELECT max(id) FROM events), 0)"
-        ).fetchone()[0]
-
-    def _write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
-        """Store a group in one transaction; all of it or, raising, none of it."""
-        db = self._writer
-        assert db is not None
-        with write_transaction(db):
-            return self._insert_group(db, items)
-
-    def _insert_group(
-        self, db: sqlite3.Connection, items: list[Event | Reject]
-    ) -> list[Stored | None]:
-        keys = [item.dedup_key() if isinstance(item, Event) else b"" for item in items]
-        known: dict[bytes, int] = {}
-        if keys:
-            marks = ", ".join("?" * len(keys))
-            sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
-            known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
-        # Read under the write lock: another process (a replay, say) may write here too.
-        next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-        rows, new, repeats, changed = [], [], [], set()
-        results: list[Stored | None] = []
-        for item, key in zip(items, keys, strict=True):
-            if not isinstance(item, Event):
-                results.append(None)
-                continue
-            if key in known:
-                results.append(Stored(known[key], True))
-                repeats.append((known[key],))
-                continue
-            event_id = known[key] = next_id
-            next_id += 1
-            rows.append(event_row(item, event_id, key))
-            new.append(item)
-            results.append(Stored(event_id, False))
-            if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
-                changed.add(item.call_id)
-        # Few statements, each one step: the GIL is let go for SQLite's work and taken back once
-        # per statement, not once per row, so the event loop and this thread seldom wait on it.
-        for start in range(0, len(rows), ROWS_AT_ONCE):
-            chunk = rows[start : start + ROWS_AT_ONCE]
-            db.execute(insert_events(len(chunk)), [value for row in chunk for value in row])
-        if rows:  # their export lines (their ids run on from the first while we hold the lock)
-            raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
-            db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
-        if changed:
-            db.execute(
-                "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
-                (json.dumps(sorted(changed)),),
-            )
-        db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
-        db.executemany(UPDATE_LINE_DUPLICATES, repeats)
-        rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
-        if rejects:
-            marks = ", ".join("?" * (REJECT_COLUMNS.count(",") + 1))
-            db.executemany(f"INSERT INTO rejects ({REJECT_COLUMNS}) VALUES ({marks})", rejects)
-            db.execute(
-                "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?",
-                (self.rejects_max,),
-            )
-        return results
-
     async def refresh_calls(self, *, background: bool = False) -> int:
         """Rebuild the calls whose events changed; returns how many. Live writes go between.
 
@@ -316,7 +226,7 @@ class Store:
         close behind steady traffic without holding deliveries up. Queries refresh fully.
         """
         return await self._in_batches(
-            self._refresh_some_calls, CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
+            "refresh_some_calls", CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
         )
 
     async def fill_event_lines(self, *, background: bool = False) -> int:
@@ -326,13 +236,11 @@ class Store:
         lines as they read (event_lines()).
         """
         return await self._in_batches(
-            self._fill_some_lines, LINES_AT_ONCE, LINES_WHILE_BUSY, background
+            "fill_some_lines", LINES_AT_ONCE, LINES_WHILE_BUSY, background
         )
 
-    async def _in_batches(
-        self, work: Callable[[int], int], size: int, busy_size: int, background: bool
-    ) -> int:
-        """Call `work(size)` on the writer thread until it does nothing; returns its total.
+    async def _in_batches(self, work: str, size: int, busy_size: int, background: bool) -> int:
+        """Call the writer's `work(size)` until it does nothing; returns its total.
 
         Live writes go between the batches. background: while events are arriving, one batch
         of `busy_size`, about as long as a commit, and stop.
@@ -340,50 +248,14 @@ class Store:
         total = 0
         while True:
             busy = background and self.busy()
-            count = await self._run(work, busy_size if busy else size)
+            count = await self._writer.call(work, busy_size if busy else size)
             total += count
             if not count or busy:
                 return total
 
-    def _fill_some_lines(self, limit: int) -> int:
-        db = self._writer
-        assert db is not None
-        top = self._lines_missing_to
-        if top <= 0:
-            return 0
-        bottom = max(top - limit, 0)
-        with write_transaction(db):
-            db.execute(
-                f"INSERT OR IGNORE INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
-                "FROM events WHERE id > ? AND id <= ?",
-                (bottom, top),
-            )
-        self._lines_missing_to = bottom
-        return top - bottom
-
     def busy(self) -> bool:
         """Whether events are waiting, or were committed in the last IDLE_AFTER seconds."""
         return not self._queue.empty() or time.monotonic() - self._last_commit < IDLE_AFTER
-
-    def _refresh_some_calls(self, limit: int) -> int:
-        db = self._writer
-        assert db is not None
-        ids = [row[0] for row in db.execute("SELECT call_id FROM calls_dirty LIMIT ?", (limit,))]
-        if not ids:
-            return 0
-        marks = ", ".join("?" * len(ids))
-        by_call: dict[str, list[Event]] = {}
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id IN ({marks}) AND {CALL_EVENTS_SQL}"
-        for row in db.execute(sql, ids):
-            event = event_from_row(row)
-            by_call.setdefault(event.call_id or "", []).append(event)
-        calls = [build_call(events, now_us=0, unknown_after_us=None) for events in by_call.values()]
-        with write_transaction(db):
-            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
-            db.executemany(INSERT_CALL, [call_row(call) for call in calls])
-            db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
-            db.execute(f"DELETE FROM calls_dirty WHERE call_id IN ({marks})", ids)
-        return len(ids)
 
     # Reading.
 

@@ -157,6 +157,7 @@ REJECT_COLUMNS = (
 CALL_EVENT_TYPES = ("dial-in", "dial-out", "answer", "hangup")
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
+GROUPS_IN_FLIGHT = 2  # the next group goes to the writer while one commits: it never waits idle
 LINES_AT_ONCE = 1000  # old events given their export line per writer turn (~20 ms)
 LINES_WHILE_BUSY = 100  # the same while deliveries arrive (~2 ms, about a commit)
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit

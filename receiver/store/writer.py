@@ -1,0 +1,347 @@
+"""The write connection, and where it runs: a thread of this process, or a process of its own.
+
+`Writer` does every write (a group of events in one transaction, a batch of calls rebuilt, a
+batch of old events' export lines) with a plain sqlite3 connection. The Store calls it through a
+host, one call at a time:
+
+- `ThreadHost` runs it on a thread: no start-up cost (commands, tests).
+- `ProcessHost` runs it in a child process (`serve()`), for the server and
+  for replay. The writer's Python work (rows, JSON, SQLite's own calls) then has a GIL and a core
+  of its own instead of taking turns with the event loop that parses requests; under load those
+  turns cost more CPU than the work itself. Calls and results go over the child's stdin and
+  stdout as pickled frames. The child ignores SIGINT and SIGTERM (the server drains, then closes
+  it) and exits when its stdin closes, so a killed server never leaves it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import pickle
+import signal
+import sqlite3
+import struct
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from receiver.calls import build_call
+from receiver.event import Event, Reject, raw_json
+from receiver.store.queries import Stored
+from receiver.store.schema import (
+    CALL_EVENT_TYPES,
+    CALL_EVENTS_SQL,
+    EVENT_COLUMNS,
+    EVENT_LINE_FROM_ROW,
+    INSERT_CALL,
+    INSERT_EVENT_LINES,
+    INSERT_LEG,
+    REJECT_COLUMNS,
+    ROWS_AT_ONCE,
+    UPDATE_LINE_DUPLICATES,
+    call_row,
+    connect_pragmas,
+    event_from_row,
+    event_row,
+    insert_events,
+    leg_rows,
+    migrate,
+    reject_row,
+    sql_raw_json,
+)
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; all of it or, raising, none of it (a failed COMMIT too)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield
+        db.execute("COMMIT")
+    except Exception:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class Writer:
+    """The one write connection of a database, and every write made with it."""
+
+    def __init__(self, path: Path, rejects_max: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.rejects_max = rejects_max
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.executescript(connect_pragmas())
+        self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
+        migrate(self.db)
+        # Events below the lowest one with an export line have none yet (stored before the
+        # lines existed); fill_some_lines() works down from there.
+        self.lines_missing_to: int = self.db.execute(
+            "SELECT coalesce((SELECT min(id) FROM event_lines) - 1, "
+            "(SELECT max(id) FROM events), 0)"
+        ).fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
+        """Store a group in one transaction; all of it or, raising, none of it."""
+        with write_transaction(self.db):
+            return self._insert_group(items)
+
+    def _insert_group(self, items: list[Event | Reject]) -> list[Stored | None]:
+        db = self.db
+        keys = [item.dedup_key() if isinstance(item, Event) else b"" for item in items]
+        known: dict[bytes, int] = {}
+        if keys:
+            marks = ", ".join("?" * len(keys))
+            sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
+            known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
+        # Read under the write lock: another process (a replay, say) may write here too.
+        next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        rows, new, repeats, changed = [], [], [], set()
+        results: list[Stored | None] = []
+        for item, key in zip(items, keys, strict=True):
+            if not isinstance(item, Event):
+                results.append(None)
+                continue
+            if key in known:
+                results.append(Stored(known[key], True))
+                repeats.append((known[key],))
+                continue
+            event_id = known[key] = next_id
+            next_id += 1
+            rows.append(event_row(item, event_id, key))
+            new.append(item)
+            results.append(Stored(event_id, False))
+            if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
+                changed.add(item.call_id)
+        # Few statements, each one step: SQLite's work goes in a few calls, not one per row.
+        for start in range(0, len(rows), ROWS_AT_ONCE):
+            chunk = rows[start : start + ROWS_AT_ONCE]
+            db.execute(insert_events(len(chunk)), [value for row in chunk for value in row])
+        if rows:  # their export lines (their ids run on from the first while we hold the lock)
+            raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
+            db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
+        if changed:
+            db.execute(
+                "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
+                (json.dumps(sorted(changed)),),
+            )
+        db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
+        db.executemany(UPDATE_LINE_DUPLICATES, repeats)
+        rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
+        if rejects:
+            marks = ", ".join("?" * (REJECT_COLUMNS.count(",") + 1))
+            db.executemany(f"INSERT INTO rejects ({REJECT_COLUMNS}) VALUES ({marks})", rejects)
+            db.execute(
+                "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?",
+                (self.rejects_max,),
+            )
+        return results
+
+    def fill_some_lines(self, limit: int) -> int:
+        """Make the export lines of up to `limit` old events; returns how many were looked at."""
+        top = self.lines_missing_to
+        if top <= 0:
+            return 0
+        bottom = max(top - limit, 0)
+        with write_transaction(self.db):
+            self.db.execute(
+                f"INSERT OR IGNORE INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
+                "FROM events WHERE id > ? AND id <= ?",
+                (bottom, top),
+            )
+        self.lines_missing_to = bottom
+        return top - bottom
+
+    def refresh_some_calls(self, limit: int) -> int:
+        """Rebuild up to `limit` calls whose events changed; returns how many."""
+        db = self.db
+        ids = [row[0] for row in db.execute("SELECT call_id FROM calls_dirty LIMIT ?", (limit,))]
+        if not ids:
+            return 0
+        marks = ", ".join("?" * len(ids))
+        by_call: dict[str, list[Event]] = {}
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id IN ({marks}) AND {CALL_EVENTS_SQL}"
+        for row in db.execute(sql, ids):
+            event = event_from_row(row)
+            by_call.setdefault(event.call_id or "", []).append(event)
+        calls = [build_call(events, now_us=0, unknown_after_us=None) for events in by_call.values()]
+        with write_transaction(db):
+            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
+            db.executemany(INSERT_CALL, [call_row(call) for call in calls])
+            db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
+            db.execute(f"DELETE FROM calls_dirty WHERE call_id IN ({marks})", ids)
+        return len(ids)
+
+
+class ThreadHost:
+    """Runs a Writer on a thread of this process."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
+        self._writer: Writer | None = None
+
+    async def start(self, path: Path, rejects_max: int) -> None:
+        self._writer = await self._run(Writer, path, rejects_max)
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Writer.method(*args), on the writer thread."""
+        return await self._run(getattr(self._writer, method), *args)
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            await self._run(self._writer.close)
+            self._writer = None
+        self._thread.shutdown()
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+
+log = logging.getLogger("receiver.store")
+
+FRAME = struct.Struct("!I")  # each frame: its length, then a pickle
+
+
+class WriterGone(RuntimeError):
+    """The writer process ended, so nothing more can be stored."""
+
+
+class ProcessHost:
+    """Runs a Writer in a child process; calls and results go as frames over its stdin/stdout.
+
+    Calls go out at once and their results come back in order, one future each. If the process
+    dies, the calls waiting on it fail (their deliveries get 503s) and the next call starts a new
+    one.
+    """
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._gone: WriterGone | None = None
+        self._started_with: tuple[Path, int] | None = None
+        self._restarting = asyncio.Lock()
+
+    async def start(self, path: Path, rejects_max: int) -> None:
+        self._started_with = (path, rejects_max)
+        self._gone = None
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])",
+            str(path), str(rejects_max),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read_results(), name="receiver-writer-results")
+        await self.call("ready")  # raises what opening the database raised
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Writer.method(*args), in the writer process."""
+        if self._gone is not None:
+            await self._restart()
+        assert self._process is not None and self._process.stdin is not None
+        frame = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        self._process.stdin.write(FRAME.pack(len(frame)) + frame)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        return await future
+
+    async def _restart(self) -> None:
+        async with self._restarting:
+            if self._gone is None:
+                return  # another call has started the new one
+            assert self._started_with is not None
+            log.error("%s; starting a new one", self._gone)
+            await self.start(*self._started_with)
+
+    async def _read_results(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        stdout = self._process.stdout
+        try:
+            while True:
+                (size,) = FRAME.unpack(await stdout.readexactly(FRAME.size))
+                ok, value = pickle.loads(await stdout.readexactly(size))
+                future = self._waiting.popleft()
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            code = await self._process.wait()
+            self._gone = WriterGone(f"the writer process ended (exit code {code})")
+            while self._waiting:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_exception(self._gone)
+
+    async def stop(self) -> None:
+        if self._process is None:
+            return
+        if self._gone is None:
+            with contextlib.suppress(WriterGone):
+                await self.call("close")
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        await self._process.wait()
+        if self._reader is not None:
+            await self._reader
+        self._process = None
+
+
+def read_frame(channel: BinaryIO) -> Any:
+    head = channel.read(FRAME.size)
+    if len(head) < FRAME.size:
+        return None  # the server closed our stdin: it is gone or done
+    (size,) = FRAME.unpack(head)
+    return pickle.loads(channel.read(size))
+
+
+def write_frame(channel: BinaryIO, value: Any) -> None:
+    frame = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    channel.write(FRAME.pack(len(frame)) + frame)
+    channel.flush()
+
+
+def serve(argv: list[str]) -> None:
+    """The writer process (argv: database path, rejects_max): run the calls that come on stdin,
+    answer each on stdout."""
+    path, rejects_max = Path(argv[0]), int(argv[1])
+    # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    calls, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print goes to stderr, not into the results
+    try:
+        writer = Writer(path, rejects_max)
+    except Exception as error:  # the answer to the server's first call ("ready"), then exit
+        if read_frame(calls) is not None:
+            write_frame(results, (False, picklable(error)))
+        return
+    while (call := read_frame(calls)) is not None:
+        method, args = call
+        try:
+            result = None if method == "ready" else getattr(writer, method)(*args)
+            write_frame(results, (True, result))
+        except Exception as error:
+            write_frame(results, (False, picklable(error)))
+        if method == "close":
+            return
+    writer.close()
+
+
+def picklable(error: Exception) -> Exception:
+    """The error itself if it survives pickling, else a RuntimeError with its message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
