@@ -8,6 +8,7 @@ import enum
 import functools
 import hashlib
 import json
+import operator
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,9 @@ class RawRequest:
     body: bytes = b""
     content_type: str | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RawRequest, (self.method, self.query, self.body, self.content_type))
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Event:
@@ -101,6 +105,11 @@ class Event:
         """The time events are ordered by: EventTime, or the time of receipt without one."""
         return self.event_time_us if self.event_time_us is not None else self.received_at_us
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as the values of its fields, in order: half the time of the default for a
+        # slotted dataclass, and events go to the writer process pickled.
+        return (Event, EVENT_VALUES(self))
+
     def dedup_key(self) -> bytes:
         """Identity of a delivery (EVENT_SPEC §7): a repeat has the same key."""
         parts: tuple[Any, ...] = (self.call_id, self.sub_call_id, self.event_time_us)
@@ -113,6 +122,9 @@ class Event:
         for part in parts:
             digest.update(b"\x1f" + (part if isinstance(part, bytes) else str(part).encode()))
         return digest.digest()
+
+
+EVENT_VALUES = operator.attrgetter(*(field.name for field in dataclasses.fields(Event)))
 
 
 @functools.lru_cache(maxsize=65536)
