@@ -222,7 +222,9 @@ def create_app(settings: Settings) -> Webhook:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
-        async with Store(settings.db, rejects_max=settings.rejects_max, own_process=True) as store:
+        async with Store(
+            settings.db, rejects_max=settings.rejects_max, own_process=True, lines_later=True
+        ) as store:
             app.state.store = store
             refresher = asyncio.create_task(refresh_calls(store), name="receiver-calls")
             try:

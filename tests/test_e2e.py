@@ -117,17 +117,20 @@ def test_env_variables_configure_the_server(server, monkeypatch) -> None:  # typ
     assert httpx.get(f"{running.url}/webhook?myid=1&token=from-env&{HANGUP}").status_code == 200
 
 
-def test_calls_are_rebuilt_in_the_background_when_ingest_is_quiet(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_calls_and_export_lines_are_made_in_the_background_when_ingest_is_quiet(
+    server, db_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     running = server()
     for n in range(5):
         assert httpx.get(f"{running.url}/webhook?myid=7&{delivery(0, n)}").status_code == 200
     deadline = time.monotonic() + 10
-    rebuilt = 0
-    while time.monotonic() < deadline and rebuilt < 5:
+    rebuilt = lines = 0
+    while time.monotonic() < deadline and (rebuilt, lines) != (5, 5):
         time.sleep(0.2)
-        with sqlite3.connect(db_path) as check:  # read the table itself: no query refreshes it
+        with sqlite3.connect(db_path) as check:  # read the tables: no query refreshes them
             rebuilt = check.execute("SELECT count(*) FROM calls").fetchone()[0]
-    assert rebuilt == 5
+            lines = check.execute("SELECT count(*) FROM event_lines").fetchone()[0]
+    assert (rebuilt, lines) == (5, 5)
 
 
 def test_calls_are_rebuilt_in_the_background_under_steady_traffic(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]

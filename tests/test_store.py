@@ -204,6 +204,40 @@ async def test_events_stored_before_export_lines_get_theirs(db_path: Path) -> No
         assert await store.fill_event_lines() == 0
 
 
+async def test_lines_later_are_made_in_the_background_and_exports_never_miss_one(
+    db_path: Path, own_process: bool
+) -> None:
+    import json
+
+    from receiver.event import event_json
+    from receiver.store import EventQuery
+
+    def lines_kept() -> int:
+        with sqlite3.connect(db_path) as check:
+            return int(check.execute("SELECT count(*) FROM event_lines").fetchone()[0])
+
+    async with Store(db_path) as store:  # some events with their lines, as a replay makes them
+        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(30)))
+    async with Store(db_path, own_process=own_process, lines_later=True) as store:
+
+        async def exported() -> list[dict[str, object]]:
+            chunks = [chunk async for chunk in store.iter_event_lines(EventQuery())]
+            return [json.loads(line) for line in b"".join(chunks).splitlines()]
+
+        async def expected() -> list[dict[str, object]]:
+            return [event_json(e, with_raw=True) async for e in store.iter_events(EventQuery())]
+
+        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(30, 250)))
+        await store.add_event(numbered(40))  # a repeat of an event that has no line yet
+        assert lines_kept() == 30  # the new events' lines are not made in their commits
+        assert await exported() == await expected()  # the export makes them as it reads
+        assert await store.fill_event_lines(background=True) == 100  # busy: one small batch
+        assert await store.fill_event_lines() == 120
+        assert lines_kept() == 250
+        assert await exported() == await expected()  # the stored lines, repeat counted
+        assert await store.fill_event_lines() == 0
+
+
 async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:
     # e.g. `receiver replay` into the database of a running `receiver serve`
     async with Store(db_path) as first, Store(db_path) as second:

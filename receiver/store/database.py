@@ -101,12 +101,21 @@ class Store:
     own_process, in a child process; a whole group (check for repeats, insert, commit) is one
     call on it. aiosqlite would hop between threads for every statement, and each hop can wait
     for the GIL while the event loop parses requests; under load those waits, not the disk, set
-    the latency. Reads go through aiosqlite.
+    the latency. Reads go through aiosqlite. lines_later: events get their export lines from
+    fill_event_lines() rather than in their own commit (see Writer).
     """
 
-    def __init__(self, path: Path, rejects_max: int = 10_000, *, own_process: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        rejects_max: int = 10_000,
+        *,
+        own_process: bool = False,
+        lines_later: bool = False,
+    ) -> None:
         self.path = path
         self.rejects_max = rejects_max
+        self.lines_later = lines_later
         self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[Event | Reject, asyncio.Future[Any]] | None] = (
@@ -120,7 +129,7 @@ class Store:
     async def open(self) -> Store:
         """Create or migrate the database, then start the writer."""
         try:
-            await self._writer.start(self.path, self.rejects_max)
+            await self._writer.start(self.path, self.rejects_max, self.lines_later)
         except BaseException:
             await self._writer.stop()
             raise
@@ -230,7 +239,9 @@ class Store:
         )
 
     async def fill_event_lines(self, *, background: bool = False) -> int:
-        """Make the export lines of events stored before the lines existed; returns how many.
+        """Make the export lines of events that have none; returns how many.
+
+        Those are events stored with lines_later, and those stored before the lines existed.
 
         background: as for refresh_calls(). Until they are all made, exports make the missing
         lines as they read (event_lines()).

@@ -71,21 +71,28 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 class Writer:
-    """The one write connection of a database, and every write made with it."""
+    """The one write connection of a database, and every write made with it.
 
-    def __init__(self, path: Path, rejects_max: int) -> None:
+    lines_later: a group's events get their export lines afterwards, from fill_some_lines(),
+    not in the group's commit (the server: a fifth of a group's work, out of the deliveries'
+    way; exports make any line not made yet as they read).
+    """
+
+    def __init__(self, path: Path, rejects_max: int, lines_later: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_max = rejects_max
+        self.lines_later = lines_later
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.executescript(connect_pragmas())
         self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         migrate(self.db)
         # Events below the lowest one with an export line have none yet (stored before the
-        # lines existed); fill_some_lines() works down from there.
+        # lines existed); fill_some_lines() works down from there, and up from the highest.
         self.lines_missing_to: int = self.db.execute(
             "SELECT coalesce((SELECT min(id) FROM event_lines) - 1, "
             "(SELECT max(id) FROM events), 0)"
         ).fetchone()[0]
+        self.lines_from = self.lines_missing_to  # new events above it, if no line is higher
 
     def close(self) -> None:
         self.db.close()
@@ -126,7 +133,9 @@ class Writer:
         for start in range(0, len(rows), ROWS_AT_ONCE):
             chunk = rows[start : start + ROWS_AT_ONCE]
             db.execute(insert_events(len(chunk)), [value for row in chunk for value in row])
-        if rows:  # their export lines (their ids run on from the first while we hold the lock)
+        if (
+            rows and not self.lines_later
+        ):  # their export lines (their ids run on from the first while we hold the lock)
             raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
             db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
         if changed:
@@ -147,7 +156,21 @@ class Writer:
         return results
 
     def fill_some_lines(self, limit: int) -> int:
-        """Make the export lines of up to `limit` old events; returns how many were looked at."""
+        """Make the export lines of up to `limit` events without one; returns how many.
+
+        First the newest: those above the highest line (stored with lines_later). Then the old:
+        those stored before the lines existed, working down. Lines are only ever missing there,
+        unless two writers, one with lines_later, took turns; exports make any missing line.
+        """
+        with write_transaction(self.db):
+            made: int = self.db.execute(
+                f"INSERT INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
+                "FROM events WHERE id > (SELECT coalesce(max(id), ?) FROM event_lines) "
+                "ORDER BY id LIMIT ?",
+                (self.lines_from, limit),
+            ).rowcount
+        if made:
+            return made
         top = self.lines_missing_to
         if top <= 0:
             return 0
@@ -189,8 +212,8 @@ class ThreadHost:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
         self._writer: Writer | None = None
 
-    async def start(self, path: Path, rejects_max: int) -> None:
-        self._writer = await self._run(Writer, path, rejects_max)
+    async def start(self, path: Path, rejects_max: int, lines_later: bool) -> None:
+        self._writer = await self._run(Writer, path, rejects_max, lines_later)
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), on the writer thread."""
@@ -228,15 +251,15 @@ class ProcessHost:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
         self._gone: WriterGone | None = None
-        self._started_with: tuple[Path, int] | None = None
+        self._started_with: tuple[Path, int, bool] | None = None
         self._restarting = asyncio.Lock()
 
-    async def start(self, path: Path, rejects_max: int) -> None:
-        self._started_with = (path, rejects_max)
+    async def start(self, path: Path, rejects_max: int, lines_later: bool) -> None:
+        self._started_with = (path, rejects_max, lines_later)
         self._gone = None
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-c", "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])",
-            str(path), str(rejects_max),
+            str(path), str(rejects_max), "1" if lines_later else "0",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read_results(), name="receiver-writer-results")
@@ -312,16 +335,16 @@ def write_frame(channel: BinaryIO, value: Any) -> None:
 
 
 def serve(argv: list[str]) -> None:
-    """The writer process (argv: database path, rejects_max): run the calls that come on stdin,
-    answer each on stdout."""
-    path, rejects_max = Path(argv[0]), int(argv[1])
+    """The writer process (argv: database path, rejects_max, lines_later as 1 or 0): run the
+    calls that come on stdin, answer each on stdout."""
+    path, rejects_max, lines_later = Path(argv[0]), int(argv[1]), argv[2] == "1"
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     calls, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
-        writer = Writer(path, rejects_max)
+        writer = Writer(path, rejects_max, lines_later)
     except Exception as error:  # the answer to the server's first call ("ready"), then exit
         if read_frame(calls) is not None:
             write_frame(results, (False, picklable(error)))
