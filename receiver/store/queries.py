@@ -15,6 +15,10 @@ class Stored:
     id: int
     duplicate: bool
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its two values: the writer process sends one per delivery.
+        return (Stored, (self.id, self.duplicate))
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
