@@ -5,8 +5,8 @@
 Needs wrk (Debian: apt-get install wrk). Each server runs as its own process on a free local port;
 wrk sends real hangup deliveries with unique CallIDs, by GET and by POST. The three servers take
 turns, --rounds times (this machine is shared and noisy); prints each run's requests/s and
-p50/p99 latency, then the ratios of the medians, then the receiver's RSS after --memory-events
-events.
+p50/p99 latency, then the ratios of the medians, then the receiver's RSS (its server and writer
+processes together) after --memory-events events.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, python, rss_mb, start
+from common import ROOT, children, free_port, python, rss_mb, start
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = ROOT / "tests" / "samples" / "outbound-hangup.txt"
@@ -89,12 +89,18 @@ def memory(events: int, connections: int, work: Path) -> tuple[int, float]:
         sent = 0
         while sent < events:
             sent += int(wrk(port, "POST" if sent % 2 else "GET", 15, connections)["requests"])
-            print(f"  memory run: {sent} events sent, RSS {rss_mb(process.pid):.1f} MB", flush=True)
-        rss = rss_mb(process.pid)
+            print(f"  memory run: {sent} events sent, RSS {memory_text(process.pid)}", flush=True)
+        rss = memory_text(process.pid)
     finally:
         process.terminate()
         process.wait()
     return stored(db, "receiver"), rss
+
+
+def memory_text(pid: int) -> str:
+    """The RSS of the server and of its writer process, and their sum."""
+    server, writer = rss_mb(pid), sum(rss_mb(child) for child in children(pid))
+    return f"{server + writer:.1f} MB (server {server:.1f} MB + writer {writer:.1f} MB)"
 
 
 def main() -> None:
@@ -138,7 +144,7 @@ def main() -> None:
                     print(f"{method:4} WARNING: not every request was stored with a 2xx")
         if args.memory_events:
             count, rss = memory(args.memory_events, args.connections, work)
-            print(f"memory: RSS {rss:.1f} MB after {count} stored events (target < 150 MB)")
+            print(f"memory: RSS {rss} after {count} stored events (target < 150 MB)")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from receiver.settings import Settings, describe, env_name, flag_name
 log = logging.getLogger("receiver")
 
 # How long a thread keeps Python's GIL while another waits for it (Python's default: 5 ms).
-# The database writer thread needs it for a moment before and after each statement; with the
-# default, a busy event loop (serving, or parsing a replay) makes each of those moments wait up
-# to 5 ms, and every delivery waits for its group's commit. Measured at 0.1 ms: 25-30% more
-# deliveries a second under bench/ingest.py's load, a replay 15% faster.
+# A database thread (the writer of a replay, the readers of the API) needs it for a moment
+# before and after each statement; with the default, a busy event loop (parsing a replay, or
+# serving) makes each of those moments wait up to 5 ms. Measured at 0.1 ms: a replay 15%
+# faster (and, when the server's writer was a thread, 25-30% more deliveries a second).
 GIL_SWITCH_SECONDS = 0.0001
 
 
@@ -69,7 +69,7 @@ def main() -> None:
 @main.command()
 @all_settings
 def serve(**options: Any) -> None:
-    """Run the webhook service (uvicorn, one worker).
+    """Run the webhook service (uvicorn, one worker, and a writer process for the database).
 
     Point the PBX at http://HOST:PORT/webhook?myid=<extension id>.
     """
