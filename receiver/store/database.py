@@ -122,6 +122,7 @@ class Store:
             asyncio.Queue()
         )
         self._task: asyncio.Task[None] | None = None
+        self._groups_storing = 0  # groups of deliveries being stored right now
         self._closing = False
         self.commits = 0  # how many group commits succeeded
         self._last_commit = 0.0
@@ -182,13 +183,15 @@ class Store:
 
     async def _write_loop(self) -> None:
         in_flight = asyncio.Semaphore(GROUPS_IN_FLIGHT)
-        commits: set[asyncio.Task[None]] = set()
 
         async def commit(group: list[tuple[Event | Reject, asyncio.Future[Any]]]) -> None:
             try:
                 await self._commit(group)
-            finally:
+            finally:  # before anyone waiting for these deliveries runs again
+                self._groups_storing -= 1
                 in_flight.release()
+
+        commits: set[asyncio.Task[None]] = set()
 
         closing = False
         while not closing:
@@ -203,6 +206,7 @@ class Store:
                     closing = True
                     break
                 group.append(item)
+            self._groups_storing += 1
             task = asyncio.create_task(commit(group))
             commits.add(task)
             task.add_done_callback(commits.discard)
@@ -254,10 +258,13 @@ class Store:
         """Call the writer's `work(size)` until it does nothing; returns its total.
 
         Live writes go between the batches. background: while events are arriving, one batch
-        of `busy_size`, about as long as a commit, and stop.
+        of `busy_size`, about as long as a commit, and stop; none while a group of deliveries is
+        being stored (in a burst the work waits for its end, or for a query that needs it).
         """
         total = 0
         while True:
+            if background and self._groups_storing:
+                return total
             busy = background and self.busy()
             count = await self._writer.call(work, busy_size if busy else size)
             total += count
