@@ -43,16 +43,17 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, cap: int) -> tuple[bytes, int]:
-    """Up to `cap` bytes of the body, and how many bytes it had (at least cap + 1 if more)."""
+async def read_body(scope: Scope, receive: Receive, cap: int) -> tuple[bytes, int, bool]:
+    """Up to `cap` bytes of the body, how many bytes it had (at least cap + 1 if more), and
+    whether it all came (False: the client left before its end)."""
     declared = header(scope, b"content-length") or ""
     if declared.isdigit() and int(declared) > cap:
-        return b"", int(declared)  # refuse without reading what will not be kept anyway
+        return b"", int(declared), True  # refuse without reading what will not be kept anyway
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            return b"".join(chunks), size, False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
@@ -60,7 +61,7 @@ async def read_body(scope: Scope, receive: Receive, cap: int) -> tuple[bytes, in
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks), size
+    return b"".join(chunks), size, True
 
 
 def stored_response(stored: Stored) -> Response:
@@ -102,12 +103,15 @@ class Webhook:
         store: Store = self.app.state.store
         received = now_us()
         method = scope["method"]
-        body, size = await read_body(scope, receive, settings.max_body)
+        body, size, whole = await read_body(scope, receive, settings.max_body)
         raw = RawRequest(method, scope["query_string"], body, header(scope, b"content-type"))
         if size > settings.max_body:
             why = Rejected(
                 413, f"the body is {size} bytes, over the {settings.max_body}-byte limit"
             )
+            return await self.refuse(scope, received, raw, size, why)
+        if not whole:
+            why = Rejected(400, "the client closed the connection before the body ended")
             return await self.refuse(scope, received, raw, size, why)
         if method not in ("GET", "POST"):
             why = Rejected(405, f"method {method} is not allowed: the PBX delivers by GET or POST")

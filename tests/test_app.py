@@ -176,3 +176,30 @@ def test_a_failed_commit_answers_503_and_logs_the_request(client, db_path, caplo
     with sqlite3.connect(db_path) as setup:
         setup.execute("DROP TRIGGER full")
     assert client.get(f"/webhook?myid=175&{HANGUP}").json()["duplicate"] is False
+
+
+def test_a_client_gone_before_the_body_ended_is_kept_as_a_reject(client) -> None:  # type: ignore[no-untyped-def]
+    # Half a body, then the client leaves: not an event, but the bytes are kept.
+    messages = [
+        {"type": "http.request", "body": b"EventType=hangup&CallID=", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": "/webhook", "query_string": b"myid=1",
+        "headers": [(b"content-type", b"application/x-www-form-urlencoded")],
+        "client": ("10.0.0.1", 5060),
+    }  # fmt: skip
+    client.portal.call(client.app, scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert client.get("/api/events").json()["events"] == []
+    (kept,) = client.get("/api/rejects").json()["rejects"]
+    assert "before the body ended" in kept["reason"]
+    assert (kept["body"], kept["client"]) == ("EventType=hangup&CallID=", "10.0.0.1")
