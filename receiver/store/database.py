@@ -1,8 +1,9 @@
 """The Store: what the rest of the receiver calls to write and read the database.
 
-One writer task owns the write connection and commits in groups: every request that arrives
-while a commit is running joins the next one, and each waits for the commit that includes it.
-So an answered event is always on disk, and a burst costs one fsync per group, not per event.
+One writer (writer.py) owns the write connection and commits in groups: the requests that arrive
+while it is busy make the next group (up to GROUPS_IN_FLIGHT groups are handed to it ahead), and
+each waits for the commit that includes it. So an answered event is always on disk, and a burst
+costs one fsync per group, not per event.
 """
 
 from __future__ import annotations

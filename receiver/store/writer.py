@@ -56,6 +56,8 @@ from receiver.store.schema import (
     sql_raw_json,
 )
 
+log = logging.getLogger("receiver.store")
+
 
 @contextlib.contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
@@ -228,8 +230,6 @@ class ThreadHost:
     async def _run(self, function: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
-
-log = logging.getLogger("receiver.store")
 
 FRAME = struct.Struct("!I")  # each frame: its length, then a pickle
 
