@@ -84,8 +84,11 @@ def run_load_then(server_url: str, action, seconds: float = 1.0) -> set[str]:  #
 
 def test_sigkill_mid_load_loses_nothing_answered(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
     first = server()
+    writer = writer_pid(first)
     answered = run_load_then(first.url, lambda: first.stop(signal.SIGKILL))
     assert len(answered) > 50  # the load really ran before the kill
+    assert gone(writer)  # the writer process ended with its server, quietly
+    assert "Traceback" not in first.log.read_text()
     started = time.monotonic()
     second = server()
     assert time.monotonic() - started < 10

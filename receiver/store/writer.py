@@ -341,7 +341,7 @@ def serve(argv: list[str]) -> None:
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    calls, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    calls, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
         writer = Writer(path, rejects_max, lines_later)
@@ -349,16 +349,20 @@ def serve(argv: list[str]) -> None:
         if read_frame(calls) is not None:
             write_frame(results, (False, picklable(error)))
         return
-    while (call := read_frame(calls)) is not None:
-        method, args = call
-        try:
-            result = None if method == "ready" else getattr(writer, method)(*args)
-            write_frame(results, (True, result))
-        except Exception as error:
-            write_frame(results, (False, picklable(error)))
-        if method == "close":
-            return
-    writer.close()
+    try:
+        while (call := read_frame(calls)) is not None:
+            method, args = call
+            try:
+                answer = (True, None if method == "ready" else getattr(writer, method)(*args))
+            except Exception as error:
+                answer = (False, picklable(error))
+            write_frame(results, answer)
+            if method == "close":
+                return
+    except BrokenPipeError:
+        pass  # the server died while we stored: what is committed stays, nobody to tell
+    finally:
+        writer.close()
 
 
 def picklable(error: Exception) -> Exception:
