@@ -5,12 +5,12 @@ batch of old events' export lines) with a plain sqlite3 connection. The Store ca
 host, one call at a time:
 
 - `ThreadHost` runs it on a thread: no start-up cost (commands, tests).
-- `ProcessHost` runs it in a child process (`serve()`), for the server and
-  for replay. The writer's Python work (rows, JSON, SQLite's own calls) then has a GIL and a core
-  of its own instead of taking turns with the event loop that parses requests; under load those
-  turns cost more CPU than the work itself. Calls and results go over the child's stdin and
-  stdout as pickled frames. The child ignores SIGINT and SIGTERM (the server drains, then closes
-  it) and exits when its stdin closes, so a killed server never leaves it behind.
+- `ProcessHost` runs it in a child process (`serve()`), for the server. The writer's Python
+  work (rows, JSON, SQLite's own calls) then has a GIL and a core of its own instead of taking
+  turns with the event loop that parses requests; under load those turns cost more CPU than the
+  work itself. Calls and results go over the child's stdin and stdout as pickled frames. The
+  child ignores SIGINT and SIGTERM (the server drains, then closes it) and exits when its stdin
+  closes, so a killed server never leaves it behind.
 """
 
 from __future__ import annotations
@@ -328,10 +328,13 @@ def read_frame(channel: BinaryIO) -> Any:
     return pickle.loads(channel.read(size))
 
 
-def write_frame(channel: BinaryIO, value: Any) -> None:
+def write_frame(fd: int, value: Any) -> None:
+    """One frame, written straight to the file descriptor: nothing is left in a buffer to fail
+    again at exit if the server has gone."""
     frame = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    channel.write(FRAME.pack(len(frame)) + frame)
-    channel.flush()
+    data = memoryview(FRAME.pack(len(frame)) + frame)
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def serve(argv: list[str]) -> None:
@@ -341,7 +344,7 @@ def serve(argv: list[str]) -> None:
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    calls, results = sys.stdin.buffer, os.fdopen(os.dup(1), "wb", buffering=0)
+    calls, results = sys.stdin.buffer, os.dup(1)
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
         writer = Writer(path, rejects_max, lines_later)
