@@ -81,7 +81,7 @@ def median_run(runs: list[dict]) -> dict:
     }
 
 
-def memory(events: int, connections: int, work: Path) -> tuple[int, float]:
+def memory(events: int, connections: int, work: Path) -> tuple[int, str]:
     db = work / "memory.db"
     port = free_port()
     process = start(server_command("receiver", port, db), f"http://127.0.0.1:{port}/healthz")

@@ -282,3 +282,20 @@ def test_whole_string_decoding_equals_pair_by_pair(data: bytes | str) -> None:
 
     raw = data.encode() if isinstance(data, str) else data
     assert parse_urlencoded(raw) == parse_pairwise(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb"a=\x41&b=\\",  # backslashes are data, not escapes
+        b"a=%41%42&b=%zz",  # a bad escape is kept as it came
+        b"a=%4",  # cut short at the end
+        b"a=100%&b=%",  # a lone percent sign
+        b"a=%5Cx41",  # an escaped backslash before x41
+        b"a=%D0%AF+%2B7&b=%FF",  # UTF-8, a raw space, an escaped '+', then a byte that is not UTF-8
+    ],
+)
+def test_escapes_decoded_in_c_equal_pair_by_pair(raw: bytes) -> None:
+    from receiver.parse import parse_pairwise, parse_urlencoded
+
+    assert parse_urlencoded(raw) == parse_pairwise(raw)
