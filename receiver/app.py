@@ -77,7 +77,9 @@ class Webhook:
     """ASGI: /webhook, where the PBX delivers events; every other path goes on to `app`.
 
     Deliveries are the hot path, so they skip Starlette's routing and middleware (about a fifth
-    of the CPU time of a request); the answers have the same shapes as everywhere else.
+    of the CPU time of a request), and headers and body are read from the ASGI messages rather
+    than through a Request (measured: about 10 µs a request more); the answers have the same
+    shapes as everywhere else.
     """
 
     path = "/webhook"
