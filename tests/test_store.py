@@ -256,21 +256,17 @@ async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:
 
 
 def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) -> None:
-    import pickle
     import subprocess
-    import sys
 
-    from receiver.store.writer import FRAME
+    from receiver.store.writer import frame, writer_command
 
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])",
-         str(db_path), "100", "0"],
+        writer_command(db_path, 100, lines_later=False),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None
     writer.stdout.close()  # the server died before any answer came
-    frame = pickle.dumps(("write_group", ([numbered(1)],)))
-    writer.stdin.write(FRAME.pack(len(frame)) + frame)
+    writer.stdin.write(frame(("write_group", ([numbered(1)],))))
     writer.stdin.close()
     assert writer.wait(timeout=20) == 0
     with writer.stderr:

@@ -258,10 +258,10 @@ class ProcessHost:
         self._started_with = (path, rejects_max, lines_later)
         self._gone = None
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])",
-            str(path), str(rejects_max), "1" if lines_later else "0",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            *writer_command(path, rejects_max, lines_later),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         self._reader = asyncio.create_task(self._read_results(), name="receiver-writer-results")
         await self.call("ready")  # raises what opening the database raised
 
@@ -270,8 +270,7 @@ class ProcessHost:
         if self._gone is not None:
             await self._restart()
         assert self._process is not None and self._process.stdin is not None
-        frame = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
-        self._process.stdin.write(FRAME.pack(len(frame)) + frame)
+        self._process.stdin.write(frame((method, args)))
         future = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
         return await future
@@ -320,6 +319,12 @@ class ProcessHost:
         self._process = None
 
 
+def writer_command(path: Path, rejects_max: int, lines_later: bool) -> list[str]:
+    """The command line of a writer process: serve() with its arguments."""
+    program = "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])"
+    return [sys.executable, "-c", program, str(path), str(rejects_max), str(int(lines_later))]
+
+
 def read_frame(channel: BinaryIO) -> Any:
     head = channel.read(FRAME.size)
     if len(head) < FRAME.size:
@@ -328,11 +333,16 @@ def read_frame(channel: BinaryIO) -> Any:
     return pickle.loads(channel.read(size))
 
 
+def frame(value: Any) -> bytes:
+    """A value as a frame: its pickle's length, then the pickle."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(data)) + data
+
+
 def write_frame(fd: int, value: Any) -> None:
     """One frame, written straight to the file descriptor: nothing is left in a buffer to fail
     again at exit if the server has gone."""
-    frame = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    data = memoryview(FRAME.pack(len(frame)) + frame)
+    data = memoryview(frame(value))
     while data:
         data = data[os.write(fd, data) :]
 
