@@ -1,4 +1,5 @@
--- wrk script for bench/ingest.py: real hangup deliveries, each with a unique CallID.
+-- wrk script for bench/ingest.py: real hangup deliveries, each with a unique CallID and an
+-- EventTime that rises from delivery to delivery, as a live PBX's do.
 -- METHOD (GET or POST), PAYLOAD and RUN come from the environment.
 local method = os.getenv("METHOD") or "GET"
 local run = tonumber(os.getenv("RUN") or "0")  -- unique per wrk run, so no CallID repeats
@@ -6,6 +7,7 @@ local payload = os.getenv("PAYLOAD")
 local threads = {}
 local counter = 0
 local thread_id = 0
+local start_us = os.time() * 1000000
 
 function setup(thread)
   thread_id = thread_id + 1
@@ -16,7 +18,8 @@ end
 function request()
   counter = counter + 1
   local call_id = string.format("%08x%04x%020x", run, tid, counter)
-  local body = string.gsub(payload, "CALLID", call_id)
+  local event_time = string.format("%d", start_us + counter * 4 + tid)
+  local body = string.gsub(string.gsub(payload, "CALLID", call_id), "EVENTTIME", event_time)
   if method == "GET" then
     return wrk.format("GET", "/webhook?myid=175&" .. body)
   end

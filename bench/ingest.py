@@ -3,10 +3,10 @@
     python bench/ingest.py [--seconds 10] [--connections 32] [--rounds 3] [--memory-events 200000]
 
 Needs wrk (Debian: apt-get install wrk). Each server runs as its own process on a free local port;
-wrk sends real hangup deliveries with unique CallIDs, by GET and by POST. The three servers take
-turns, --rounds times (this machine is shared and noisy); prints each run's requests/s and
-p50/p99 latency, then the ratios of the medians, then the receiver's RSS (its server and writer
-processes together) after --memory-events events.
+wrk sends real hangup deliveries with unique CallIDs and rising EventTimes, by GET and by POST.
+The three servers take turns, --rounds times (this machine is shared and noisy); prints each
+run's requests/s and p50/p99 latency, then the ratios of the medians, then the receiver's RSS
+(its server and writer processes together) after --memory-events events.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ DATABASES = itertools.count(1)
 
 
 def wrk(port: int, method: str, seconds: float, connections: int) -> dict[str, float]:
-    payload = SAMPLE.read_text().strip().replace("b5187f38a9cc43f2ba068bce983a513e", "CALLID")
+    payload = (
+        SAMPLE.read_text()
+        .strip()
+        .replace("b5187f38a9cc43f2ba068bce983a513e", "CALLID")
+        .replace("EventTime=1502985750238219", "EventTime=EVENTTIME")
+    )
     result = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s",
          "-s", str(HERE / "ingest.lua"), f"http://127.0.0.1:{port}"],

@@ -12,6 +12,7 @@ import pytest
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
+from receiver.store.schema import event_row, insert_events
 from tests.conftest import sample
 
 
@@ -40,6 +41,23 @@ async def test_any_older_database_migrates_to_the_current_version(
         migrate(old, target=start)
     async with Store(db_path) as store:
         assert await store.check() == SCHEMA_VERSION
+
+
+async def test_keys_stored_before_version_6_still_catch_repeats(db_path: Path) -> None:
+    timed, untimed = numbered(1), event("myid=1&EventType=dial-in&CallID=c2")
+    with sqlite3.connect(db_path) as old:
+        migrate(old, target=5)
+        for event_id, stored in enumerate([timed, untimed], start=1):
+            # Before version 6 a key was the hash alone, without EventTime in front.
+            key = stored.dedup_key()[8:]
+            old.execute(insert_events(1), event_row(stored, event_id, key))
+    async with Store(db_path) as store:
+        results = [await store.add_event(e) for e in (timed, untimed, numbered(3))]
+    assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True), (3, False)]
+    with sqlite3.connect(db_path) as check:
+        keys = [key for (key,) in check.execute("SELECT dedup_key FROM events ORDER BY id")]
+    assert keys == [e.dedup_key() for e in (timed, untimed, numbered(3))]
+    assert keys[0][:8] == (1001).to_bytes(8, "big") and keys[1][:8] == bytes(8)
 
 
 async def test_a_newer_database_is_refused(db_path: Path, own_process: bool) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
-from receiver.event import Event, RawRequest, Reject, raw_json
+from receiver.event import Event, RawRequest, Reject, key_prefix, raw_json
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -129,6 +129,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE event_lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
+    # 6: de-dup keys start with EventTime (Event.dedup_key); prefixed_key() is migrate()'s.
+    """
+    UPDATE events SET dedup_key = prefixed_key(event_time_us, dedup_key);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -239,6 +243,9 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             f"the database is at schema version {found}, newer than this receiver knows "
             f"({SCHEMA_VERSION}): upgrade receiver"
         )
+    connection.create_function(
+        "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
+    )
     for version in range(found, target):
         connection.executescript(
             f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
