@@ -43,14 +43,26 @@ async def test_any_older_database_migrates_to_the_current_version(
         assert await store.check() == SCHEMA_VERSION
 
 
+def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
+    """A database of schema `version` holding `events` (ids from 1) as that version stored
+    them, with none of their calls built yet."""
+    with sqlite3.connect(db_path) as old:
+        migrate(old, target=version)
+        for event_id, stored in enumerate(events, start=1):
+            key = stored.dedup_key()
+            if version < 6:  # a key was the hash alone, without EventTime in front
+                key = key[8:]
+            old.execute(insert_events(1), event_row(stored, event_id, key))
+        if 2 <= version < 7:
+            old.execute(
+                "INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events "
+                "WHERE call_id IS NOT NULL"
+            )
+
+
 async def test_keys_stored_before_version_6_still_catch_repeats(db_path: Path) -> None:
     timed, untimed = numbered(1), event("myid=1&EventType=dial-in&CallID=c2")
-    with sqlite3.connect(db_path) as old:
-        migrate(old, target=5)
-        for event_id, stored in enumerate([timed, untimed], start=1):
-            # Before version 6 a key was the hash alone, without EventTime in front.
-            key = stored.dedup_key()[8:]
-            old.execute(insert_events(1), event_row(stored, event_id, key))
+    stored_by_version(db_path, 5, [timed, untimed])
     async with Store(db_path) as store:
         results = [await store.add_event(e) for e in (timed, untimed, numbered(3))]
     assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True), (3, False)]
@@ -58,6 +70,19 @@ async def test_keys_stored_before_version_6_still_catch_repeats(db_path: Path) -
         keys = [key for (key,) in check.execute("SELECT dedup_key FROM events ORDER BY id")]
     assert keys == [e.dedup_key() for e in (timed, untimed, numbered(3))]
     assert keys[0][:8] == (1001).to_bytes(8, "big") and keys[1][:8] == bytes(8)
+
+
+async def test_calls_left_to_build_before_version_7_are_built(db_path: Path) -> None:
+    stored_by_version(db_path, 6, [numbered(n) for n in range(1, 5)])
+    with sqlite3.connect(db_path) as old:  # c1's call was built; c2's not, nor those after it
+        old.execute("DELETE FROM calls_dirty WHERE call_id = 'c1'")
+    async with Store(db_path) as store:
+        assert await store.refresh_calls() == 3
+        await store.add_event(numbered(5))
+        assert await store.refresh_calls() == 1
+    with sqlite3.connect(db_path) as check:
+        built = [call_id for (call_id,) in check.execute("SELECT call_id FROM calls")]
+    assert sorted(built) == ["c2", "c3", "c4", "c5"]
 
 
 async def test_a_newer_database_is_refused(db_path: Path, own_process: bool) -> None:
@@ -192,17 +217,14 @@ async def test_events_stored_before_export_lines_get_theirs(db_path: Path) -> No
     from receiver.event import event_json
     from receiver.store import EventQuery
 
-    async with Store(db_path) as store:
-        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(2500)))
-    with sqlite3.connect(db_path) as old:  # as a database of schema version 4 has it
-        old.executescript("DROP TABLE event_lines; PRAGMA user_version = 4;")
+    stored_by_version(db_path, 4, [numbered(n) for n in range(2500)])
 
     def lines_kept() -> int:
         with sqlite3.connect(db_path) as check:
             return int(check.execute("SELECT count(*) FROM event_lines").fetchone()[0])
 
     async with Store(db_path) as store:
-        assert lines_kept() == 0  # the upgrade itself is instant
+        assert lines_kept() == 0  # the upgrade makes none itself
         await store.add_event(numbered(9999))  # a new event gets its line as it is stored
         stored = [e async for e in store.iter_events(EventQuery())]
         expected = [event_json(e, with_raw=True) for e in stored]

@@ -233,11 +233,12 @@ class Store:
                 future.set_result(result)
 
     async def refresh_calls(self, *, background: bool = False) -> int:
-        """Rebuild the calls whose events changed; returns how many. Live writes go between.
+        """Rebuild the calls of the events stored since the last rebuild; returns their number.
 
-        background: while events are arriving, rebuild a few (CALLS_WHILE_BUSY) and stop, so
-        that the background refresher, calling this five times a second, keeps the calls table
-        close behind steady traffic without holding deliveries up. Queries refresh fully.
+        Live writes go between. background: while events are arriving, the calls of a few
+        events (CALLS_WHILE_BUSY) and stop, so that the background refresher, calling this five
+        times a second, keeps the calls table close behind steady traffic without holding
+        deliveries up. Queries refresh fully.
         """
         return await self._in_batches(
             "refresh_some_calls", CALLS_AT_ONCE, CALLS_WHILE_BUSY, background

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import os
 import pickle
@@ -35,7 +34,6 @@ from receiver.calls import build_call
 from receiver.event import Event, Reject, raw_json
 from receiver.store.queries import Stored
 from receiver.store.schema import (
-    CALL_EVENT_TYPES,
     CALL_EVENTS_SQL,
     EVENT_COLUMNS,
     EVENT_LINE_FROM_ROW,
@@ -114,7 +112,7 @@ class Writer:
             known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-        rows, new, repeats, changed = [], [], [], set()
+        rows, new, repeats = [], [], []
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
             if not isinstance(item, Event):
@@ -129,8 +127,6 @@ class Writer:
             rows.append(event_row(item, event_id, key))
             new.append(item)
             results.append(Stored(event_id, False))
-            if item.call_id is not None and item.event_type in CALL_EVENT_TYPES:
-                changed.add(item.call_id)
         # Few statements, each one step: SQLite's work goes in a few calls, not one per row.
         for start in range(0, len(rows), ROWS_AT_ONCE):
             chunk = rows[start : start + ROWS_AT_ONCE]
@@ -140,11 +136,6 @@ class Writer:
         ):  # their export lines (their ids run on from the first while we hold the lock)
             raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
             db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
-        if changed:
-            db.execute(
-                "INSERT OR IGNORE INTO calls_dirty (call_id) SELECT value FROM json_each(?)",
-                (json.dumps(sorted(changed)),),
-            )
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
         db.executemany(UPDATE_LINE_DUPLICATES, repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
@@ -187,24 +178,41 @@ class Writer:
         return top - bottom
 
     def refresh_some_calls(self, limit: int) -> int:
-        """Rebuild up to `limit` calls whose events changed; returns how many."""
+        """Rebuild the calls of the next `limit` call events stored since the last rebuild.
+
+        Returns how many such events it read (0: the calls are up to date). All under the
+        write lock, so an event another process stores meanwhile is not skipped.
+        """
         db = self.db
-        ids = [row[0] for row in db.execute("SELECT call_id FROM calls_dirty LIMIT ?", (limit,))]
-        if not ids:
-            return 0
+        with write_transaction(db):
+            (done_to,) = db.execute("SELECT events_to FROM calls_built").fetchone()
+            read = db.execute(
+                f"SELECT id, call_id FROM events WHERE id > ? AND call_id IS NOT NULL "
+                f"AND {CALL_EVENTS_SQL} ORDER BY id LIMIT ?",
+                (done_to, limit),
+            ).fetchall()
+            if len(read) < limit:  # that was all of them: the calls are up to the newest event
+                top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+            else:
+                top = read[-1][0]
+            if top != done_to:
+                db.execute("UPDATE calls_built SET events_to = ?", (top,))
+            if read:
+                self._rebuild_calls(sorted({call_id for _, call_id in read}))
+        return len(read)
+
+    def _rebuild_calls(self, ids: list[str]) -> None:
+        db = self.db
         marks = ", ".join("?" * len(ids))
         by_call: dict[str, list[Event]] = {}
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id IN ({marks}) AND {CALL_EVENTS_SQL}"
-        for row in db.execute(sql, ids):
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {CALL_EVENTS_SQL} AND call_id IN "
+        for row in db.execute(f"{sql}({marks})", ids):
             event = event_from_row(row)
             by_call.setdefault(event.call_id or "", []).append(event)
-        calls = [build_call(events, now_us=0, unknown_after_us=None) for events in by_call.values()]
-        with write_transaction(db):
-            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
-            db.executemany(INSERT_CALL, [call_row(call) for call in calls])
-            db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
-            db.execute(f"DELETE FROM calls_dirty WHERE call_id IN ({marks})", ids)
-        return len(ids)
+        calls = [build_call(e, now_us=0, unknown_after_us=None) for e in by_call.values()]
+        db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
+        db.executemany(INSERT_CALL, [call_row(call) for call in calls])
+        db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
 
 
 class ThreadHost:
