@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import string
 
 import pytest
@@ -257,6 +258,7 @@ def test_any_input_gives_an_event_or_a_clear_rejection(
         record = event_json(event, with_raw=True)
         assert record["event_type"]
         assert record["myid"]
+        assert pickle.loads(pickle.dumps(event)) == event  # as it goes to the writer process
 
 
 PAYLOADS = sorted((ROOT / "sample_payloads").glob("*.txt"))
