@@ -130,10 +130,9 @@ class Event:
 
 
 def key_prefix(event_time_us: int | None) -> bytes:
-    """The first 8 bytes of a dedup key: EventTime big-endian, zeros without one."""
-    if event_time_us is None or not 0 <= event_time_us < 1 << 63:
-        return bytes(8)
-    return event_time_us.to_bytes(8, "big")
+    """The first 8 bytes of a dedup key: EventTime big-endian (under 2**63, as parsing keeps
+    every whole number), zeros without one."""
+    return (event_time_us or 0).to_bytes(8, "big")
 
 
 EVENT_VALUES = operator.attrgetter(*(field.name for field in dataclasses.fields(Event)))

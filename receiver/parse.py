@@ -214,8 +214,8 @@ def strip_token(query: bytes) -> bytes:
 def parse_value(kind: str, value: str) -> tuple[Any, list[str]]:
     """One documented field's typed value, and the flags it earned. Raises ValueError if bad."""
     if kind == "int":
-        if not (value.isascii() and value.isdigit()):
-            raise ValueError(value)
+        if not (value.isascii() and value.isdigit()) or int(value) >= 1 << 63:
+            raise ValueError(value)  # not a whole number that fits a 64-bit SQLite INTEGER
         return int(value), []
     if kind == "bool":
         if value.lower() not in ("yes", "no"):

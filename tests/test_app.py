@@ -38,6 +38,16 @@ def test_post_delivery_is_stored_with_its_raw_body(client) -> None:  # type: ign
     assert stored["raw"]["body"] == HANGUP
 
 
+def test_numbers_too_big_for_sqlite_are_stored_as_text(client) -> None:  # type: ignore[no-untyped-def]
+    huge = "9" * 20  # a 20-digit EventTime or Duration: over the 64-bit integer SQLite keeps
+    delivery = HANGUP.replace("Duration=11420018", f"Duration={huge}")
+    response = client.get(f"/webhook?myid=175&{delivery}")
+    assert response.json() == {"ok": True, "id": 1, "duplicate": False}
+    stored = client.get("/api/events/1").json()
+    assert (stored["duration"], stored["extra"]["Duration"]) == (None, huge)
+    assert "bad_value" in stored["flags"]
+
+
 def test_repeat_is_acknowledged_counted_and_not_stored_twice(client) -> None:  # type: ignore[no-untyped-def]
     first = client.get(f"/webhook?myid=175&{HANGUP}").json()
     again = client.post("/webhook?myid=175", content=HANGUP, headers=FORM).json()

@@ -139,6 +139,9 @@ EDGES = [
     # a typed field that does not parse keeps its text in extra
     ("myid=1&EventType=hangup&EventTime=5&Duration=12.5", "extra", {"Duration": "12.5"},
      ["bad_value"]),
+    # ... as does a number too big for SQLite's 64-bit integers
+    ("myid=1&EventType=hangup&EventTime=99999999999999999999", "extra",
+     {"EventTime": "99999999999999999999"}, ["bad_value", "no_event_time"]),
     # Transfered (sic) and Bridged are booleans
     ("myid=1&EventType=hangup&EventTime=5&Transfered=yes&Bridged=no", "transferred", True, []),
     ("myid=1&EventType=hangup&EventTime=5&Bridged=no", "bridged", False, []),
