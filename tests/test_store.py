@@ -85,6 +85,16 @@ async def test_calls_left_to_build_before_version_7_are_built(db_path: Path) -> 
     assert sorted(built) == ["c2", "c3", "c4", "c5"]
 
 
+async def test_calls_up_to_date_take_no_write_lock(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        await store.add_event(numbered(1))
+        assert await store.refresh_calls() == 1
+        with sqlite3.connect(db_path, isolation_level=None) as other:
+            other.execute("BEGIN IMMEDIATE")  # another writer's long transaction (a replay)
+            assert await store.refresh_calls() == 0  # at once, not after the busy timeout
+            other.execute("ROLLBACK")
+
+
 async def test_a_newer_database_is_refused(db_path: Path, own_process: bool) -> None:
     with sqlite3.connect(db_path) as newer:
         newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")

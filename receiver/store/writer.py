@@ -186,6 +186,9 @@ class Writer:
         write lock, so an event another process stores meanwhile is not skipped.
         """
         db = self.db
+        newest = "SELECT coalesce(max(id), 0) FROM events"
+        if db.execute(f"SELECT events_to = ({newest}) FROM calls_built").fetchone()[0]:
+            return 0  # up to date: no need to wait for the write lock
         with write_transaction(db):
             (done_to,) = db.execute("SELECT events_to FROM calls_built").fetchone()
             read = db.execute(
@@ -194,7 +197,7 @@ class Writer:
                 (done_to, limit),
             ).fetchall()
             if len(read) < limit:  # that was all of them: the calls are up to the newest event
-                top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+                top = db.execute(newest).fetchone()[0]
             else:
                 top = read[-1][0]
             if top != done_to:
