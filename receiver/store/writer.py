@@ -196,10 +196,8 @@ class Writer:
                 f"AND {CALL_EVENTS_SQL} ORDER BY id LIMIT ?",
                 (done_to, limit),
             ).fetchall()
-            if len(read) < limit:  # that was all of them: the calls are up to the newest event
-                top = db.execute(newest).fetchone()[0]
-            else:
-                top = read[-1][0]
+            # Fewer than the limit: that was all of them, the calls are up to the newest event.
+            top = db.execute(newest).fetchone()[0] if len(read) < limit else read[-1][0]
             if top != done_to:
                 db.execute("UPDATE calls_built SET events_to = ?", (top,))
             if read:
