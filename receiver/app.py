@@ -211,12 +211,14 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store) -> None:
-    """Five times a second: rebuild changed calls (queries also refresh before reading), and
-    make the export lines of events stored before the lines existed."""
+    """Five times a second: rebuild changed calls (queries also refresh before reading), make
+    the export lines of new events and of events stored before the lines existed, and give
+    events stored before schema version 6 their new de-dup key."""
     while True:
         try:
             await store.refresh_calls(background=True)
             await store.fill_event_lines(background=True)
+            await store.rekey_old_events(background=True)
         except Exception:
             log.exception("background work on the database failed; trying again")
         await asyncio.sleep(BACKGROUND_SECONDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from receiver.app import create_app
+from receiver.event import Event
 from receiver.settings import Settings
+from receiver.store import migrate
+from receiver.store.schema import event_row, insert_events
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "samples"  # real deliveries, copied from EVENT_SPEC's sample set
@@ -24,6 +28,23 @@ SAMPLES = ROOT / "tests" / "samples"  # real deliveries, copied from EVENT_SPEC'
 def sample(name: str) -> str:
     """One real delivery's query string."""
     return (SAMPLES / f"{name}.txt").read_text().strip()
+
+
+def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
+    """A database of schema `version` holding `events` (ids from 1) as that version stored
+    them, with none of their calls built yet."""
+    with sqlite3.connect(db_path) as old:
+        migrate(old, target=version)
+        for event_id, stored in enumerate(events, start=1):
+            key = stored.dedup_key()
+            if version < 6:  # a key was the hash alone, without EventTime in front
+                key = key[8:]
+            old.execute(insert_events(1), event_row(stored, event_id, key))
+        if 2 <= version < 7:
+            old.execute(
+                "INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events "
+                "WHERE call_id IS NOT NULL"
+            )
 
 
 @pytest.fixture

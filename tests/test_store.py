@@ -12,8 +12,7 @@ import pytest
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
-from receiver.store.schema import event_row, insert_events
-from tests.conftest import sample
+from tests.conftest import sample, stored_by_version
 
 
 @pytest.fixture(params=[False, True], ids=["writer-thread", "writer-process"])
@@ -43,31 +42,25 @@ async def test_any_older_database_migrates_to_the_current_version(
         assert await store.check() == SCHEMA_VERSION
 
 
-def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
-    """A database of schema `version` holding `events` (ids from 1) as that version stored
-    them, with none of their calls built yet."""
-    with sqlite3.connect(db_path) as old:
-        migrate(old, target=version)
-        for event_id, stored in enumerate(events, start=1):
-            key = stored.dedup_key()
-            if version < 6:  # a key was the hash alone, without EventTime in front
-                key = key[8:]
-            old.execute(insert_events(1), event_row(stored, event_id, key))
-        if 2 <= version < 7:
-            old.execute(
-                "INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events "
-                "WHERE call_id IS NOT NULL"
-            )
-
-
-async def test_keys_stored_before_version_6_still_catch_repeats(db_path: Path) -> None:
+async def test_keys_stored_before_version_6_catch_repeats_before_and_after_rekeying(
+    db_path: Path, own_process: bool
+) -> None:
     timed, untimed = numbered(1), event("myid=1&EventType=dial-in&CallID=c2")
+
+    def stored_keys() -> list[bytes]:
+        with sqlite3.connect(db_path) as check:
+            return [key for (key,) in check.execute("SELECT dedup_key FROM events ORDER BY id")]
+
     stored_by_version(db_path, 5, [timed, untimed])
-    async with Store(db_path) as store:
+    async with Store(db_path, own_process=own_process) as store:
         results = [await store.add_event(e) for e in (timed, untimed, numbered(3))]
-    assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True), (3, False)]
-    with sqlite3.connect(db_path) as check:
-        keys = [key for (key,) in check.execute("SELECT dedup_key FROM events ORDER BY id")]
+        assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True), (3, False)]
+        assert [len(key) for key in stored_keys()] == [16, 16, 24]  # the upgrade rewrote none
+        assert await store.rekey_old_events() == 2
+        assert await store.rekey_old_events() == 0
+        results = [await store.add_event(e) for e in (timed, untimed)]
+        assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True)]
+    keys = stored_keys()
     assert keys == [e.dedup_key() for e in (timed, untimed, numbered(3))]
     assert keys[0][:8] == (1001).to_bytes(8, "big") and keys[1][:8] == bytes(8)
 

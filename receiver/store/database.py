@@ -31,6 +31,8 @@ from receiver.store.schema import (
     EVENT_LINE_FROM_ROW,
     GROUPS_IN_FLIGHT,
     IDLE_AFTER,
+    KEYS_AT_ONCE,
+    KEYS_WHILE_BUSY,
     LINES_AT_ONCE,
     LINES_WHILE_BUSY,
     MAX_GROUP,
@@ -254,6 +256,13 @@ class Store:
         """
         return await self._in_batches(
             "fill_some_lines", LINES_AT_ONCE, LINES_WHILE_BUSY, background
+        )
+
+    async def rekey_old_events(self, *, background: bool = False) -> int:
+        """Give the events stored before schema version 6 their new de-dup key; returns how
+        many ids that went through. background: as for refresh_calls()."""
+        return await self._in_batches(
+            "rekey_some_events", KEYS_AT_ONCE, KEYS_WHILE_BUSY, background
         )
 
     async def _in_batches(self, work: str, size: int, busy_size: int, background: bool) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
-from receiver.event import Event, RawRequest, Reject, key_prefix, raw_json
+from receiver.event import Event, RawRequest, Reject, raw_json
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -129,9 +129,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE event_lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
-    # 6: de-dup keys start with EventTime (Event.dedup_key); prefixed_key() is migrate()'s.
+    # 6: de-dup keys start with EventTime (Event.dedup_key). The events stored before get it in
+    # the background (Store.rekey_old_events), down from old_keys.up_to to 0; until then a
+    # lookup tries both forms of a key.
     """
-    UPDATE events SET dedup_key = prefixed_key(event_time_us, dedup_key);
+    CREATE TABLE old_keys (up_to INTEGER NOT NULL);
+    INSERT INTO old_keys SELECT coalesce(max(id), 0) FROM events;
     """,
     # 7: the calls are built from every event up to one id, instead of from a list of the
     # changed calls (a random insert into that list cost two pages written in every commit).
@@ -174,6 +177,8 @@ MAX_GROUP = 500  # events in one commit
 GROUPS_IN_FLIGHT = 3  # groups sent to the writer before the first is answered: it never waits idle
 LINES_AT_ONCE = 1000  # old events given their export line per writer turn (~20 ms)
 LINES_WHILE_BUSY = 100  # the same while deliveries arrive (~2 ms, about a commit)
+KEYS_AT_ONCE = 1000  # old events given their new de-dup key per writer turn (~30 ms)
+KEYS_WHILE_BUSY = 100  # the same while deliveries arrive (~3 ms, about a commit)
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit
 
 
@@ -253,9 +258,6 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             f"the database is at schema version {found}, newer than this receiver knows "
             f"({SCHEMA_VERSION}): upgrade receiver"
         )
-    connection.create_function(
-        "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
-    )
     for version in range(found, target):
         connection.executescript(
             f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from receiver.calls import build_call
-from receiver.event import Event, Reject, raw_json
+from receiver.event import Event, Reject, key_prefix, raw_json
 from receiver.store.queries import Stored
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
@@ -87,7 +87,12 @@ class Writer:
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
         self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
+        self.db.create_function(
+            "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
+        )
         migrate(self.db)
+        # Events up to this id may have a de-dup key without EventTime in front (schema < 6).
+        self.old_keys_to: int = self.db.execute("SELECT up_to FROM old_keys").fetchone()[0]
         # Events below the lowest one with an export line have none yet (stored before the
         # lines existed); fill_some_lines() works down from there, and up from the highest.
         self.lines_missing_to: int = self.db.execute(
@@ -109,9 +114,13 @@ class Writer:
         keys = [item.dedup_key() if isinstance(item, Event) else b"" for item in items]
         known: dict[bytes, int] = {}
         if keys:
-            marks = ", ".join("?" * len(keys))
+            # Until rekey_some_events() is done, a repeat may have its key in the old form.
+            old = {key[8:]: key for key in keys if key} if self.old_keys_to else {}
+            lookup = [*keys, *old]
+            marks = ", ".join("?" * len(lookup))
             sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
-            known = {bytes(key): event_id for key, event_id in db.execute(sql, keys)}
+            for found, event_id in db.execute(sql, lookup):
+                known[old.get(bytes(found), bytes(found))] = event_id
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
         rows, new, repeats = [], [], []
@@ -177,6 +186,23 @@ class Writer:
                 (bottom, top),
             )
         self.lines_missing_to = bottom
+        return top - bottom
+
+    def rekey_some_events(self, limit: int) -> int:
+        """Put EventTime in front of the de-dup keys of up to `limit` events stored before
+        schema version 6, working down; returns how many ids it went through (0: all done)."""
+        top = self.old_keys_to
+        if top <= 0:
+            return 0
+        bottom = max(top - limit, 0)
+        with write_transaction(self.db):
+            self.db.execute(
+                "UPDATE events SET dedup_key = prefixed_key(event_time_us, dedup_key) "
+                "WHERE id > ? AND id <= ? AND length(dedup_key) = 16",
+                (bottom, top),
+            )
+            self.db.execute("UPDATE old_keys SET up_to = ?", (bottom,))
+        self.old_keys_to = bottom
         return top - bottom
 
     def refresh_some_calls(self, limit: int) -> int:
