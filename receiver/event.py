@@ -15,6 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
+# a time up to the last µs of the year 9999, where Python's datetime and SQLite's strftime end;
+# a duration under 10**15 µs (31 years), whose seconds a float holds to the µs and SQLite's
+# JSON (15 significant digits) writes exactly. Two times of 0 to LAST_TIME_US differ by less than
+# a 64-bit integer holds; sums of many spans are checked where they are made (calls.storable).
+LAST_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+LAST_DURATION_US = 10**15 - 1
 quoted = json.encoder.encode_basestring_ascii  # a JSON string literal, made in C
 
 
@@ -130,9 +137,9 @@ class Event:
 
 
 def key_prefix(event_time_us: int | None) -> bytes:
-    """The first 8 bytes of a dedup key: EventTime big-endian (under 2**63, as parsing keeps
-    every whole number), zeros without one."""
-    return (event_time_us or 0).to_bytes(8, "big")
+    """The first 8 bytes of a dedup key: EventTime big-endian (two's complement, so that any
+    value a column holds has one), zeros without one."""
+    return (event_time_us or 0).to_bytes(8, "big", signed=True)
 
 
 EVENT_VALUES = operator.attrgetter(*(field.name for field in dataclasses.fields(Event)))
@@ -153,8 +160,12 @@ def now_us() -> int:
 
 
 def iso_time(us: int | None) -> str | None:
-    """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats)."""
-    if us is None:
+    """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats).
+
+    None outside 1970 to 9999 (0 to LAST_TIME_US), as iso_sql() in SQL: an event stored before
+    parsing checked EventTime may hold any 64-bit integer.
+    """
+    if us is None or not 0 <= us <= LAST_TIME_US:
         return None
     minute, micro = divmod(us, 60_000_000)
     second, micro = divmod(micro, 1_000_000)
@@ -184,9 +195,12 @@ def parse_time(text: str) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def seconds(us: int | None) -> float | None:
-    """Microseconds as seconds; a float keeps µs precision for any realistic duration."""
-    return None if us is None else us / 1_000_000
+def seconds(us: int | float | None) -> float | None:
+    """Microseconds as seconds, exact to the µs; None beyond LAST_DURATION_US either way (as
+    seconds_sql() in SQL), which neither a float nor SQLite's JSON would show exactly."""
+    if us is None or not -LAST_DURATION_US <= us <= LAST_DURATION_US:
+        return None
+    return us / 1_000_000
 
 
 def text_or_base64(data: bytes, name: str) -> dict[str, str]:

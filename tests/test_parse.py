@@ -142,6 +142,20 @@ EDGES = [
     # ... as does a number too big for SQLite's 64-bit integers
     ("myid=1&EventType=hangup&EventTime=99999999999999999999", "extra",
      {"EventTime": "99999999999999999999"}, ["bad_value", "no_event_time"]),
+    # ... and a time or a duration some output cannot show: after the year 9999, 10**15 µs or more
+    ("myid=1&EventType=hangup&EventTime=253402300800000000", "extra",
+     {"EventTime": "253402300800000000"}, ["bad_value", "no_event_time"]),
+    ("myid=1&EventType=hangup&EventTime=5&Duration=1000000000000000", "extra",
+     {"Duration": "1000000000000000"}, ["bad_value"]),
+    # the last of each is taken, with any number of leading zeros
+    ("myid=1&EventType=hangup&EventTime=253402300799999999", "event_time",
+     "9999-12-31T23:59:59.999999Z", []),
+    ("myid=1&EventType=hangup&EventTime=5&Duration=999999999999999", "duration",
+     999999999.999999, []),
+    (f"myid=1&EventType=hangup&EventTime={'0' * 5000}7", "event_time_us", 7, []),
+    # digits that are not ASCII are not a number
+    ("myid=1&EventType=hangup&EventTime=%D9%A1", "extra", {"EventTime": "\u0661"},
+     ["bad_value", "no_event_time"]),
     # Transfered (sic) and Bridged are booleans
     ("myid=1&EventType=hangup&EventTime=5&Transfered=yes&Bridged=no", "transferred", True, []),
     ("myid=1&EventType=hangup&EventTime=5&Bridged=no", "bridged", False, []),
