@@ -124,16 +124,47 @@ class Event:
         time, so the unique index on them takes each new key at its end, not on a random page
         (which cost a page of the index per delivery in every commit).
         """
-        parts: tuple[Any, ...] = (self.call_id, self.sub_call_id, self.event_time_us)
-        if all(part is None for part in parts):
-            parts = ("raw", self.raw.query, self.raw.body)
+        if self.call_id is None and self.sub_call_id is None and self.event_time_us is None:
+            parts: tuple[str | bytes | int | None, ...] = (
+                self.myid,
+                "raw",
+                self.raw.query,
+                self.raw.body,
+            )
         else:
-            parts = ("event", self.event_type, *parts)
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(self.myid.encode())
-        for part in parts:
-            digest.update(b"\x1f" + (part if isinstance(part, bytes) else str(part).encode()))
-        return key_prefix(self.event_time_us) + digest.digest()
+            parts = (
+                self.myid,
+                "event",
+                self.event_type,
+                self.call_id,
+                self.sub_call_id,
+                self.event_time_us,
+            )
+        # A missing CallID or SubCallID was written as the text "None" in the old form.
+        ambiguous = self.call_id == "None" or self.sub_call_id == "None"
+        return key_prefix(self.event_time_us) + identity_hash(parts, ambiguous)
+
+
+def identity_hash(parts: tuple[str | bytes | int | None, ...], ambiguous: bool = False) -> bytes:
+    """16 bytes of hash over the parts of an identity; other parts hash other bytes.
+
+    The parts joined by \x1f, None written `None`, as the keys stored so far were made: a
+    repeat of a stored event still matches. That form is ambiguous only when a part holds \x1f
+    (where does it end?) or, `ambiguous`, a text that may be missing is `None`. Then each part
+    is written with a mark of presence and its length instead, after two \x1f: the joined form
+    never starts so, as its first part has no \x1f and its second is a word.
+    """
+    texts = [
+        b"None" if part is None else part if isinstance(part, bytes) else str(part).encode()
+        for part in parts
+    ]
+    data = b"\x1f".join(texts)
+    if ambiguous or data.count(b"\x1f") != len(texts) - 1:
+        data = b"\x1f\x1f" + b"".join(
+            b"-" if part is None else b"+%d:%b" % (len(text), text)
+            for part, text in zip(parts, texts, strict=True)
+        )
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def key_prefix(event_time_us: int | None) -> bytes:

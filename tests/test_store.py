@@ -12,6 +12,8 @@ import pytest
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
+from receiver.store.queries import Stored
+from receiver.store.schema import event_row, insert_events
 from tests.conftest import sample, stored_by_version
 
 
@@ -322,3 +324,27 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
         assert writer.stderr.read() == b""  # no traceback for the answer nobody could take
     with sqlite3.connect(db_path) as check:  # what it committed stays
         assert check.execute("SELECT call_id FROM events").fetchall() == [("c1",)]
+
+
+async def test_a_missing_call_id_and_the_text_none_are_two_events(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        missing = await store.add_event(event("myid=1&EventType=answer&EventTime=5"))
+        text = await store.add_event(event("myid=1&EventType=answer&EventTime=5&CallID=None"))
+        assert (missing.duplicate, text.duplicate) == (False, False)
+        assert text.id != missing.id
+
+
+async def test_a_repeat_of_an_event_stored_before_the_new_key_form_is_caught(
+    db_path: Path,
+) -> None:
+    from tests.test_parse import key_as_before
+
+    stored = event(f"myid=175&{sample('outbound-hangup')}")
+    no_ids = event("myid=1&EventType=answer&EventTime=5")
+    with sqlite3.connect(db_path) as old:
+        migrate(old)
+        for event_id, one in enumerate((stored, no_ids), start=1):
+            old.execute(insert_events(1), event_row(one, event_id, key_as_before(one)))
+    async with Store(db_path) as store:
+        assert await store.add_event(stored) == Stored(1, True)
+        assert await store.add_event(no_ids) == Stored(2, True)
