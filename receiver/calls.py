@@ -41,6 +41,16 @@ ENDINGS = {
     "CHANUNAVAIL": CallStatus.FAILED,
 }
 DEFAULT_UNKNOWN_AFTER_US = 4 * 3600 * 1_000_000
+SMALLEST, LARGEST = -(2**63), 2**63 - 1  # an SQLite INTEGER
+
+
+def storable(us: int | None) -> int | None:
+    """A span made here (a difference, a sum), or None when no INTEGER column holds it.
+
+    Parsing keeps spans far below that, but many legs can add up past it, and an event stored
+    before values were checked may hold any 64-bit integer.
+    """
+    return us if us is None or SMALLEST <= us <= LARGEST else None
 
 
 def digits(number: str | None) -> str | None:
@@ -90,7 +100,7 @@ class CallLeg:
     def ring_us(self) -> int | None:
         if self.answered_us is None or self.started_us is None:
             return None
-        return self.answered_us - self.started_us
+        return storable(self.answered_us - self.started_us)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +146,7 @@ def build_leg(sub_call_id: str, events: list[Event]) -> CallLeg:
     extension, extension_id = leg_extension(dial or events[0])
     talk = hangup.duration_us if hangup and hangup.duration_us is not None else None
     if talk is None and hangup and answer:
-        talk = hangup.order_us - answer.order_us  # Duration is talk time (EVENT_SPEC §3)
+        talk = storable(hangup.order_us - answer.order_us)  # Duration is talk (EVENT_SPEC §3)
     return CallLeg(
         sub_call_id=sub_call_id,
         extension=extension,
@@ -210,7 +220,7 @@ def build_call(
         external = None
     # Internal calls show one conversation on both legs: count the callee's side only.
     talkers = [leg for leg in answered if direction != Direction.INTERNAL or leg.direction == "in"]
-    talk = sum(leg.talk_us or 0 for leg in talkers) if talkers else None
+    talk = storable(sum(leg.talk_us or 0 for leg in talkers)) if talkers else None
     answered_at = answered[0].answered_us if answered else None
     answered_by = talkers[0].extension if talkers and direction != Direction.OUT else None
     return Call(
@@ -222,7 +232,7 @@ def build_call(
         answered_us=answered_at,
         ended_us=max(leg.ended_us for leg in legs if leg.ended_us is not None) if ended else None,
         last_event_us=last_us,
-        ring_us=answered_at - first.order_us if answered_at is not None else None,
+        ring_us=storable(answered_at - first.order_us) if answered_at is not None else None,
         talk_us=talk,
         status=status,
         external_number=external,

@@ -15,6 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
+# a time up to the last µs of the year 9999, where Python's datetime and SQLite's strftime end;
+# a duration under 10**15 µs (31 years), whose seconds a float holds to the µs and SQLite's
+# JSON (15 significant digits) writes exactly. Two times of 0 to LAST_TIME_US differ by less than
+# a 64-bit integer holds; sums of many spans are checked where they are made (calls.storable).
+LAST_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+LAST_DURATION_US = 10**15 - 1
 quoted = json.encoder.encode_basestring_ascii  # a JSON string literal, made in C
 
 
@@ -117,22 +124,53 @@ class Event:
         time, so the unique index on them takes each new key at its end, not on a random page
         (which cost a page of the index per delivery in every commit).
         """
-        parts: tuple[Any, ...] = (self.call_id, self.sub_call_id, self.event_time_us)
-        if all(part is None for part in parts):
-            parts = ("raw", self.raw.query, self.raw.body)
+        if self.call_id is None and self.sub_call_id is None and self.event_time_us is None:
+            parts: tuple[str | bytes | int | None, ...] = (
+                self.myid,
+                "raw",
+                self.raw.query,
+                self.raw.body,
+            )
         else:
-            parts = ("event", self.event_type, *parts)
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(self.myid.encode())
-        for part in parts:
-            digest.update(b"\x1f" + (part if isinstance(part, bytes) else str(part).encode()))
-        return key_prefix(self.event_time_us) + digest.digest()
+            parts = (
+                self.myid,
+                "event",
+                self.event_type,
+                self.call_id,
+                self.sub_call_id,
+                self.event_time_us,
+            )
+        # A missing CallID or SubCallID was written as the text "None" in the old form.
+        ambiguous = self.call_id == "None" or self.sub_call_id == "None"
+        return key_prefix(self.event_time_us) + identity_hash(parts, ambiguous)
+
+
+def identity_hash(parts: tuple[str | bytes | int | None, ...], ambiguous: bool = False) -> bytes:
+    """16 bytes of hash over the parts of an identity; other parts hash other bytes.
+
+    The parts joined by \x1f, None written `None`, as the keys stored so far were made: a
+    repeat of a stored event still matches. That form is ambiguous only when a part holds \x1f
+    (where does it end?) or, `ambiguous`, a text that may be missing is `None`. Then each part
+    is written with a mark of presence and its length instead, after two \x1f: the joined form
+    never starts so, as its first part has no \x1f and its second is a word.
+    """
+    texts = [
+        b"None" if part is None else part if isinstance(part, bytes) else str(part).encode()
+        for part in parts
+    ]
+    data = b"\x1f".join(texts)
+    if ambiguous or data.count(b"\x1f") != len(texts) - 1:
+        data = b"\x1f\x1f" + b"".join(
+            b"-" if part is None else b"+%d:%b" % (len(text), text)
+            for part, text in zip(parts, texts, strict=True)
+        )
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def key_prefix(event_time_us: int | None) -> bytes:
-    """The first 8 bytes of a dedup key: EventTime big-endian (under 2**63, as parsing keeps
-    every whole number), zeros without one."""
-    return (event_time_us or 0).to_bytes(8, "big")
+    """The first 8 bytes of a dedup key: EventTime big-endian (two's complement, so that any
+    value a column holds has one), zeros without one."""
+    return (event_time_us or 0).to_bytes(8, "big", signed=True)
 
 
 EVENT_VALUES = operator.attrgetter(*(field.name for field in dataclasses.fields(Event)))
@@ -153,8 +191,12 @@ def now_us() -> int:
 
 
 def iso_time(us: int | None) -> str | None:
-    """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats)."""
-    if us is None:
+    """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats).
+
+    None outside 1970 to 9999 (0 to LAST_TIME_US), as iso_sql() in SQL: an event stored before
+    parsing checked EventTime may hold any 64-bit integer.
+    """
+    if us is None or not 0 <= us <= LAST_TIME_US:
         return None
     minute, micro = divmod(us, 60_000_000)
     second, micro = divmod(micro, 1_000_000)
@@ -184,9 +226,12 @@ def parse_time(text: str) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def seconds(us: int | None) -> float | None:
-    """Microseconds as seconds; a float keeps µs precision for any realistic duration."""
-    return None if us is None else us / 1_000_000
+def seconds(us: int | float | None) -> float | None:
+    """Microseconds as seconds, exact to the µs; None beyond LAST_DURATION_US either way (as
+    seconds_sql() in SQL), which neither a float nor SQLite's JSON would show exactly."""
+    if us is None or not -LAST_DURATION_US <= us <= LAST_DURATION_US:
+        return None
+    return us / 1_000_000
 
 
 def text_or_base64(data: bytes, name: str) -> dict[str, str]:

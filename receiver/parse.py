@@ -13,12 +13,12 @@ from urllib.parse import unquote_to_bytes
 import python_multipart
 from python_multipart.exceptions import FormParserError
 
-from receiver.event import Event, EventType, Flag, RawRequest
+from receiver.event import LAST_DURATION_US, LAST_TIME_US, Event, EventType, Flag, RawRequest
 
 # Documented fields (EVENT_SPEC §3): canonical spelling -> (Event attribute, kind).
 FIELDS: dict[str, tuple[str, str]] = {
     "EventType": ("event_type", "text"),
-    "EventTime": ("event_time_us", "int"),
+    "EventTime": ("event_time_us", "time"),
     "CallID": ("call_id", "text"),
     "SubCallID": ("sub_call_id", "text"),
     "CallAPIID": ("call_api_id", "text"),
@@ -33,7 +33,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "CalledExtensionID": ("called_extension_id", "int"),
     "CallStatus": ("call_status", "text"),
     "CallFlow": ("call_flow", "text"),
-    "Duration": ("duration_us", "int"),
+    "Duration": ("duration_us", "duration"),
     "RecID": ("rec_id", "text"),
     "Transfered": ("transferred", "bool"),  # sic, EVENT_SPEC §3
     "Bridged": ("bridged", "bool"),
@@ -211,12 +211,25 @@ def strip_token(query: bytes) -> bytes:
     return b"&".join(kept)
 
 
+# The largest value of each kind of whole number: what every output can show (event.py). An
+# EventTime up to 9999-12-31T23:59:59.999999Z, a Duration up to 10**15 - 1 µs (31 years), any
+# other number up to 2**63 - 1, the largest SQLite INTEGER. The smallest is 0: no sign is taken.
+LARGEST = {"time": LAST_TIME_US, "duration": LAST_DURATION_US, "int": (1 << 63) - 1}
+
+
 def parse_value(kind: str, value: str) -> tuple[Any, list[str]]:
     """One documented field's typed value, and the flags it earned. Raises ValueError if bad."""
-    if kind == "int":
-        if not (value.isascii() and value.isdigit()) or int(value) >= 1 << 63:
-            raise ValueError(value)  # not a whole number that fits a 64-bit SQLite INTEGER
-        return int(value), []
+    largest = LARGEST.get(kind)
+    if largest is not None:
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(value)
+        # Leading zeros are fine. Over 19 digits after them is over 2**63 anyway: refused before
+        # int() spends its time on thousands of them.
+        significant = value.lstrip("0") or "0"
+        number = int(significant) if len(significant) <= 19 else largest + 1
+        if number > largest:
+            raise ValueError(value)  # a whole number, but one that some output cannot show
+        return number, []
     if kind == "bool":
         if value.lower() not in ("yes", "no"):
             raise ValueError(value)

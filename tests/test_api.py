@@ -223,3 +223,43 @@ def test_a_call_belongs_to_every_myid_with_one_of_its_events(client) -> None:  #
         calls = client.get(f"/api/calls?myid={myid}").json()["calls"]
         assert [c["answered_by"] for c in calls] == ["2566*102"]
         assert calls[0]["myids"] == ["96857", "85219"]
+
+
+# Every read, in every format: none may fail because of what an event holds.
+READS = [
+    "/api/events", "/api/events?format=ndjson", "/api/events?format=csv", "/api/calls",
+    "/api/calls?format=ndjson", "/api/calls?format=csv", "/api/reports/missed",
+    "/api/reports/extensions", "/api/reports/extensions?by=day",
+    "/api/reports/extensions?by=hour", "/api/rejects",
+]  # fmt: skip
+
+
+def assert_every_read_answers(client, event_ids: list[int], call_ids: set[str]) -> None:  # type: ignore[no-untyped-def]
+    """Every read endpoint answers 200, each event by id too, and every call is built."""
+    for path in READS:
+        assert client.get(path).status_code == 200, path
+    for event_id in event_ids:
+        assert client.get(f"/api/events/{event_id}").status_code == 200
+    for call_id in call_ids:
+        assert client.get(f"/api/calls/{call_id}").status_code == 200
+    assert {c["call_id"] for c in client.get("/api/calls").json()["calls"]} == call_ids
+
+
+def test_times_and_durations_no_output_can_show_are_bad_values(client) -> None:  # type: ignore[no-untyped-def]
+    out_of_range = [
+        ("EventTime", "253402300800000000"),  # the first µs of the year 10000
+        ("EventTime", "9223372036854775807"),  # the largest 64-bit integer
+        ("Duration", "9223372036854775807"),  # some 292,000 years of talk
+        ("Duration", "1000000000000000"),  # 10**15 µs: SQLite's JSON no longer shows the µs
+    ]
+    ids = []
+    for n, (name, value) in enumerate(out_of_range):
+        fields = {"EventTime": "1764576000000000", "CallStatus": "ANSWER", name: value}
+        sent = "&".join(f"{key}={text}" for key, text in fields.items())
+        answer = client.get(f"/webhook?myid=1&EventType=hangup&CallID=c{n}&SubCallID=s{n}&{sent}")
+        assert answer.status_code == 200
+        ids.append(answer.json()["id"])
+        stored = client.get(f"/api/events/{ids[-1]}").json()
+        assert stored["extra"] == {name: value}
+        assert "bad_value" in stored["flags"]
+    assert_every_read_answers(client, ids, {f"c{n}" for n in range(len(out_of_range))})

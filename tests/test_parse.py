@@ -6,7 +6,7 @@ import pickle
 import string
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from receiver.event import Event, RawRequest, event_json
@@ -142,6 +142,20 @@ EDGES = [
     # ... as does a number too big for SQLite's 64-bit integers
     ("myid=1&EventType=hangup&EventTime=99999999999999999999", "extra",
      {"EventTime": "99999999999999999999"}, ["bad_value", "no_event_time"]),
+    # ... and a time or a duration some output cannot show: after the year 9999, 10**15 µs or more
+    ("myid=1&EventType=hangup&EventTime=253402300800000000", "extra",
+     {"EventTime": "253402300800000000"}, ["bad_value", "no_event_time"]),
+    ("myid=1&EventType=hangup&EventTime=5&Duration=1000000000000000", "extra",
+     {"Duration": "1000000000000000"}, ["bad_value"]),
+    # the last of each is taken, with any number of leading zeros
+    ("myid=1&EventType=hangup&EventTime=253402300799999999", "event_time",
+     "9999-12-31T23:59:59.999999Z", []),
+    ("myid=1&EventType=hangup&EventTime=5&Duration=999999999999999", "duration",
+     999999999.999999, []),
+    (f"myid=1&EventType=hangup&EventTime={'0' * 5000}7", "event_time_us", 7, []),
+    # digits that are not ASCII are not a number
+    ("myid=1&EventType=hangup&EventTime=%D9%A1", "extra", {"EventTime": "\u0661"},
+     ["bad_value", "no_event_time"]),
     # Transfered (sic) and Bridged are booleans
     ("myid=1&EventType=hangup&EventTime=5&Transfered=yes&Bridged=no", "transferred", True, []),
     ("myid=1&EventType=hangup&EventTime=5&Bridged=no", "bridged", False, []),
@@ -304,3 +318,123 @@ def test_escapes_decoded_in_c_equal_pair_by_pair(raw: bytes) -> None:
     from receiver.parse import parse_pairwise, parse_urlencoded
 
     assert parse_urlencoded(raw) == parse_pairwise(raw)
+
+
+def key_as_before(event: Event) -> bytes:
+    """Event.dedup_key() as it was made before a missing part and text were told apart."""
+    import hashlib
+
+    parts: tuple[object, ...] = (event.call_id, event.sub_call_id, event.event_time_us)
+    if all(part is None for part in parts):
+        parts = ("raw", event.raw.query, event.raw.body)
+    else:
+        parts = ("event", event.event_type, *parts)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(event.myid.encode())
+    for part in parts:
+        digest.update(b"\x1f" + (part if isinstance(part, bytes) else str(part).encode()))
+    return (event.event_time_us or 0).to_bytes(8, "big") + digest.digest()
+
+
+def test_a_missing_field_and_any_text_never_share_a_key() -> None:
+    missing = parse("myid=1&EventType=answer&EventTime=5")
+    assert parse("myid=1&EventType=answer&EventTime=5&CallID=None").dedup_key() != (
+        missing.dedup_key()
+    )
+    assert parse("myid=1&EventType=answer&EventTime=5&SubCallID=None").dedup_key() != (
+        missing.dedup_key()
+    )
+    # the old separator inside a value
+    assert parse("myid=1&EventType=answer&EventTime=5&CallID=a%1Fb").dedup_key() != (
+        parse("myid=1&EventType=answer&EventTime=5&CallID=a&SubCallID=b").dedup_key()
+    )
+    # and the common case keeps the key it always had, so repeats of stored events still match
+    assert missing.dedup_key() == key_as_before(missing)
+    real = parse("myid=175&" + sample("outbound-hangup"))
+    assert real.dedup_key() == key_as_before(real)
+
+
+# Parts of identities, few, so that many share all parts but one; each could make the old key
+# of another: the old separator \x1f inside them, the text "None".
+PARTS = {
+    "myid": st.sampled_from(["1", "1\x1fevent"]),
+    "event_type": st.sampled_from(["answer", "a\x1f"]),
+    "call_id": st.sampled_from([None, "None", "a", "a\x1fb"]),
+    "sub_call_id": st.sampled_from([None, "None", "b\x1fNone"]),
+    "event_time_us": st.sampled_from([None, 5]),
+    "query": st.sampled_from([b"a", b"a\x1fb"]),
+    "body": st.sampled_from([b"", b"b\x1f"]),
+}
+SAME = {"myid": "1", "event_type": "answer", "event_time_us": 5, "query": b"a", "body": b""}
+
+
+def identity(event: Event) -> tuple[object, ...]:
+    """What makes a delivery the same (EVENT_SPEC §7), as the key must tell it."""
+    if (event.call_id, event.sub_call_id, event.event_time_us) == (None, None, None):
+        return (event.myid, "raw", event.raw.query, event.raw.body)
+    return (event.myid, event.event_type, event.call_id, event.sub_call_id, event.event_time_us)
+
+
+def made(parts: dict[str, object]) -> Event:
+    raw = RawRequest("POST", parts["query"], parts["body"])  # type: ignore[arg-type]
+    named = {k: v for k, v in parts.items() if k not in ("query", "body")}
+    return Event(received_at_us=1, source="t", raw=raw, **named)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries(PARTS), min_size=2, max_size=30))
+# The collisions the old form made: the text "None" for a missing part; a part holding \x1f.
+@example(
+    [
+        {**SAME, "call_id": None, "sub_call_id": None},
+        {**SAME, "call_id": "None", "sub_call_id": None},
+    ]
+)
+@example(
+    [
+        {**SAME, "call_id": "a\x1fb", "sub_call_id": None},
+        {**SAME, "call_id": "a", "sub_call_id": "b\x1fNone"},
+    ]
+)
+@example(
+    [
+        {**SAME, "call_id": None, "sub_call_id": None, "event_time_us": None},
+        {
+            **SAME,
+            "call_id": None,
+            "sub_call_id": None,
+            "event_time_us": None,
+            "query": b"a\x1fb",
+            "body": b"b\x1f",
+        },
+    ]
+)
+def test_distinct_identities_have_distinct_keys(batch: list[dict[str, object]]) -> None:
+    events = [made(parts) for parts in batch]
+    pairs = {(event.dedup_key(), identity(event)) for event in events}
+    # one key for each identity, and one identity for each key
+    assert len(pairs) == len({key for key, _ in pairs}) == len({who for _, who in pairs})
+    for event in events:  # without \x1f or a text "None", the key is the one it always was
+        texts = [event.myid, event.event_type, event.call_id, event.sub_call_id]
+        clean = not any("\x1f" in (t or "") for t in texts) and "None" not in texts[2:]
+        if clean and b"\x1f" not in event.raw.query + event.raw.body:
+            assert event.dedup_key() == key_as_before(event)
+
+
+# Any text without the old separator (and no lone surrogate, which is never parsed).
+PLAIN = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x1f"), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    myid=PLAIN.filter(bool),
+    event_type=PLAIN,
+    call_id=st.none() | PLAIN.filter(lambda text: text != "None"),
+    sub_call_id=st.none() | PLAIN.filter(lambda text: text != "None"),
+    event_time_us=st.none() | st.integers(0, 2**63 - 1),
+    query=st.binary(max_size=20).filter(lambda data: b"\x1f" not in data),
+    body=st.binary(max_size=20).filter(lambda data: b"\x1f" not in data),
+)
+def test_keys_without_a_possible_collision_are_made_as_before(**parts: object) -> None:
+    event = made(parts)
+    assert event.dedup_key() == key_as_before(event)

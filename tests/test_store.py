@@ -12,6 +12,8 @@ import pytest
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
+from receiver.store.queries import Stored
+from receiver.store.schema import event_row, insert_events
 from tests.conftest import sample, stored_by_version
 
 
@@ -199,6 +201,12 @@ async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> No
         "myid=%D0%AF&EventType=x&EventTime=9007199254740993",  # unknown type, far future
     ]
     events = [event(query, received=1_700_000_000_123_456) for query in queries]
+    # Values parsing no longer takes, as a database of an earlier version may hold: both forms
+    # show them as null.
+    for time_us, duration_us in [(2**63 - 1, 2**63 - 1), (-1, -(10**15)), (-(2**63), 10**15)]:
+        events.append(
+            dataclasses.replace(events[-1], event_time_us=time_us, duration_us=duration_us)
+        )
     odd_body = RawRequest("POST", b"myid=3", b"EventType=answer&EventTime=5&N=\xff", None)
     events.append(parse_request(odd_body, received_at_us=5, source="http-post")[0])
     async with Store(db_path) as store:
@@ -316,3 +324,27 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
         assert writer.stderr.read() == b""  # no traceback for the answer nobody could take
     with sqlite3.connect(db_path) as check:  # what it committed stays
         assert check.execute("SELECT call_id FROM events").fetchall() == [("c1",)]
+
+
+async def test_a_missing_call_id_and_the_text_none_are_two_events(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        missing = await store.add_event(event("myid=1&EventType=answer&EventTime=5"))
+        text = await store.add_event(event("myid=1&EventType=answer&EventTime=5&CallID=None"))
+        assert (missing.duplicate, text.duplicate) == (False, False)
+        assert text.id != missing.id
+
+
+async def test_a_repeat_of_an_event_stored_before_the_new_key_form_is_caught(
+    db_path: Path,
+) -> None:
+    from tests.test_parse import key_as_before
+
+    stored = event(f"myid=175&{sample('outbound-hangup')}")
+    no_ids = event("myid=1&EventType=answer&EventTime=5")
+    with sqlite3.connect(db_path) as old:
+        migrate(old)
+        for event_id, one in enumerate((stored, no_ids), start=1):
+            old.execute(insert_events(1), event_row(one, event_id, key_as_before(one)))
+    async with Store(db_path) as store:
+        assert await store.add_event(stored) == Stored(1, True)
+        assert await store.add_event(no_ids) == Stored(2, True)

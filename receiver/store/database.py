@@ -477,13 +477,15 @@ class Store:
         where, params = query.where(table="c")
         bucket_us = {"day": 86_400_000_000, "hour": 3_600_000_000}.get(by or "")
         bucket = f"(c.started_us / {bucket_us}) * {bucket_us}" if bucket_us else "NULL"
+        # Talk is summed as REAL: an INTEGER sum() fails the whole report when it passes 2**63,
+        # and enough legs reach that; a REAL sum is exact up to 2**53 µs (285 years).
         sql = f"""
             SELECT l.extension, {bucket} AS bucket,
                    count(DISTINCT l.call_id),
                    count(DISTINCT CASE WHEN l.answered THEN l.call_id END),
                    count(DISTINCT CASE WHEN c.status = 'missed' THEN l.call_id END),
                    avg(CASE WHEN l.answered THEN l.ring_us END),
-                   sum(CASE WHEN l.answered THEN l.talk_us END),
+                   sum(CASE WHEN l.answered THEN CAST(l.talk_us AS REAL) END),
                    avg(CASE WHEN l.answered THEN l.talk_us END)
             FROM legs AS l JOIN calls AS c ON c.call_id = l.call_id
             WHERE {" AND ".join([*where, "l.routing = 0", "l.extension IS NOT NULL"])}

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
-from receiver.event import Event, RawRequest, Reject, raw_json
+from receiver.event import LAST_DURATION_US, LAST_TIME_US, Event, RawRequest, Reject, raw_json
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -183,11 +183,19 @@ ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite'
 
 
 def iso_sql(column: str) -> str:
-    """SQL for iso_time(): µs since the epoch as ISO 8601 UTC with microseconds."""
+    """SQL for iso_time(): µs since the epoch as ISO 8601 UTC with microseconds; NULL outside
+    1970 to 9999, as in iso_time() (and where SQLite's / and % would not floor, or strftime end).
+    """
     return (
-        f"CASE WHEN {column} IS NULL THEN NULL ELSE strftime('%Y-%m-%dT%H:%M:%S', "
+        f"CASE WHEN {column} BETWEEN 0 AND {LAST_TIME_US} THEN strftime('%Y-%m-%dT%H:%M:%S', "
         f"{column} / 1000000, 'unixepoch') || printf('.%06dZ', {column} % 1000000) END"
     )
+
+
+def seconds_sql(column: str) -> str:
+    """SQL for seconds(): µs as seconds; NULL beyond LAST_DURATION_US either way, as there."""
+    limit = LAST_DURATION_US
+    return f"CASE WHEN {column} BETWEEN -{limit} AND {limit} THEN {column} / 1000000.0 END"
 
 
 def event_line_sql(raw: str) -> str:
@@ -205,7 +213,7 @@ def event_line_sql(raw: str) -> str:
         ("called_number", "called_number"), ("caller_extension", "caller_extension"),
         ("caller_extension_id", "caller_extension_id"), ("called_extension", "called_extension"),
         ("called_extension_id", "called_extension_id"), ("call_status", "call_status"),
-        ("call_flow", "call_flow"), ("duration", "duration_us / 1000000.0"), ("rec_id", "rec_id"),
+        ("call_flow", "call_flow"), ("duration", seconds_sql("duration_us")), ("rec_id", "rec_id"),
         ("transferred", "json(CASE WHEN transferred THEN 'true' ELSE 'false' END)"),
         ("bridged", "json(CASE bridged WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"),
         ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
