@@ -47,6 +47,10 @@ KNOWN_TYPES = frozenset(EventType)
 MYID = "myid"
 TOKEN = "token"
 RECEIVER_NAMES = (MYID, TOKEN)
+# A myid is the subscriber's tag: one named rule, for the parser, the settings and the API's docs.
+MYID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+MYID_SHAPE = "1 to 64 ASCII letters, digits, '_', '-' or '.'"
+VALID_MYID = re.compile(MYID_PATTERN)
 ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 OVERRIDDEN = "_overridden"  # key in extra: values that lost to a later or body value
@@ -74,6 +78,50 @@ class MissingMyid(Rejected):
             "myid is missing from the query string: register the URL as "
             "https://host/webhook?myid=<extension id>",
         )
+
+
+class BadMyid(Rejected):
+    """A myid that is not the shape of a subscriber's tag, or two different ones."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(400, f"{problem}: a myid is {MYID_SHAPE}, sent once, as in ?myid=175")
+
+
+def is_valid_myid(myid: str) -> bool:
+    """Whether `myid` has the shape of MYID_PATTERN."""
+    return VALID_MYID.fullmatch(myid) is not None
+
+
+def shown(value: str, limit: int = 24) -> str:
+    """A value for an error message, cut so a long one is not copied back whole."""
+    return (
+        repr(value)
+        if len(value) <= limit
+        else repr(value[:limit]) + f"... ({len(value)} characters)"
+    )
+
+
+def choose_myid(given: list[str], default: str | None) -> str:
+    """The delivery's myid: the query's (the same one any number of times), else `default`.
+    Raises MissingMyid or BadMyid."""
+    distinct = list(dict.fromkeys(myid for myid in given if myid))  # an empty myid is absent
+    if len(distinct) > 1:
+        listed = ", ".join(shown(myid) for myid in distinct[:3])
+        raise BadMyid(f"the query has {len(distinct)} different myids ({listed})")
+    myid = distinct[0] if distinct else default
+    if not myid:
+        raise MissingMyid
+    if not is_valid_myid(myid):
+        raise BadMyid(f"myid {shown(myid)} is not valid")
+    return myid
+
+
+def query_myid(query: bytes) -> str | None:
+    """The myid of a raw query string if it has one valid one (kept with a reject), else None."""
+    try:
+        return choose_myid(parse_urlencoded(query).values(MYID), None)
+    except Rejected:
+        return None
 
 
 class TokenInBody(Rejected):
@@ -433,8 +481,6 @@ def parse_request(
         raw = dataclasses.replace(raw, query=strip_token(raw.query))
     if merged.token_in_body:
         raise TokenInBody
-    myid = merged.own.get(MYID, [""])[-1] or default_myid
-    if not myid:
-        raise MissingMyid
+    myid = choose_myid(merged.own.get(MYID, []), default_myid)
     event = build_event(myid, merged, raw=raw, received_at_us=received_at_us, source=source)
     return event, tokens[-1] if tokens else None

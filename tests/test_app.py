@@ -301,3 +301,15 @@ def test_a_multipart_body_cut_short_is_refused_and_kept(client) -> None:  # type
     (kept,) = client.get("/api/rejects").json()["rejects"]
     assert (kept["status"], kept["body"], kept["body_size"]) == (400, body.decode(), len(body))
     assert client.get("/api/events").json()["events"] == []
+
+
+def test_a_refused_myid_is_kept_only_in_the_raw_query(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token=SECRET)
+    long = "9" * 2000
+    assert_error(client.get(f"/webhook?myid={long}&{HANGUP}"), 400, "1 to 64 ASCII letters")
+    assert_error(client.get(f"/webhook?myid=175&myid=176&{HANGUP}"), 400, "2 different myids")
+    assert_error(client.get(f"/webhook?myid=175&{HANGUP}"), 403, "token")
+    rejects = client.get("/api/rejects").json()["rejects"]
+    assert [r["myid"] for r in rejects] == ["175", None, None]
+    assert rejects[2]["query"].startswith(f"myid={long}&")
+    assert client.get("/api/events").json()["events"] == []

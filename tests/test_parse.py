@@ -271,6 +271,59 @@ def test_rejected(
     assert words in caught.value.reason
 
 
+# myid is the subscriber's tag: 1 to 64 ASCII letters, digits, '_', '-' or '.'.
+BAD_MYIDS = [
+    "%00",  # a NUL byte
+    "+175+",  # spaces around it ('+' is a space)
+    "%20175%20",
+    "1" * 2000,  # far too long
+    "a" * 65,  # one too many
+    "a/b",
+    "175%0A",  # a line break
+    "%D0%AF",  # not ASCII
+    "a%2Cb",
+]
+
+
+@pytest.mark.parametrize("myid", BAD_MYIDS, ids=lambda myid: myid[:12])
+def test_a_myid_of_the_wrong_shape_is_refused(myid: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse(f"myid={myid}&EventType=answer")
+    assert caught.value.status == 400
+    assert "1 to 64 ASCII letters, digits" in caught.value.reason
+    assert len(caught.value.reason) < 300  # a long myid is not copied into the answer
+
+
+@pytest.mark.parametrize(
+    ("query", "myid"),
+    [
+        ("myid=abc", "abc"),
+        ("myid=-5", "-5"),
+        ("myid=a.b_c-D9", "a.b_c-D9"),
+        ("myid=" + "x" * 64, "x" * 64),  # the longest
+        ("myid=175&myid=175", "175"),  # the same myid twice
+        ("myid=175&MYID=175&%6Dyid=175", "175"),
+        ("myid=&myid=175", "175"),  # an empty one is an absent one
+    ],
+)
+def test_a_myid_of_the_right_shape_is_kept(query: str, myid: str) -> None:
+    assert parse(f"{query}&EventType=answer").myid == myid
+
+
+@pytest.mark.parametrize("query", ["myid=175&myid=176", "myid=175&%6Dyid=176", "MyId=a&myid=b"])
+def test_two_different_myids_are_refused(query: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse(f"{query}&EventType=answer")
+    assert caught.value.status == 400
+    assert "2 different myids" in caught.value.reason
+    assert "1 to 64 ASCII letters, digits" in caught.value.reason
+
+
+def test_a_default_myid_of_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(Rejected, match="1 to 64 ASCII letters"):
+        parse("EventType=answer", default_myid="not valid")
+
+
 def test_default_myid_fills_a_missing_one() -> None:
     assert parse("EventType=answer", default_myid="99").myid == "99"
 
