@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from receiver import api as api_routes
 from receiver.event import RawRequest, Reject, Source, now_us
 from receiver.openapi import spec
-from receiver.parse import MYID, Rejected, parse_request, parse_urlencoded, strip_token
+from receiver.parse import Rejected, parse_request, query_myid, strip_body_token, strip_token
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Store, Stored
 
@@ -145,13 +145,14 @@ class Webhook:
         """Answer a refused delivery with an error, after keeping it in the rejects store."""
         store: Store = self.app.state.store
         query = strip_token(raw.query)
+        body = strip_body_token(raw.body, raw.content_type)  # the token is read from the URL only
         client = scope.get("client")
         reject = Reject(
             received_at_us=received,
             status=why.status,
             reason=why.reason,
-            raw=RawRequest(raw.method, query, raw.body, raw.content_type),
-            myid=parse_urlencoded(query).get(MYID),
+            raw=RawRequest(raw.method, query, body, raw.content_type),
+            myid=query_myid(query),  # a myid that is not valid stays in the raw query only
             client=client[0] if client else None,
             body_size=size,
         )

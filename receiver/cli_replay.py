@@ -10,7 +10,15 @@ from typing import Any
 import click
 
 from receiver.cli import setting_option
+from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 from receiver.replay import FORMATS, Summary
+
+
+def valid_myid(context: click.Context, parameter: click.Parameter, myid: str | None) -> str | None:
+    """--myid, checked before any line is read."""
+    if myid is not None and not is_valid_myid(myid):
+        raise click.BadParameter(f"{shown(myid)} is not a valid myid: use {MYID_SHAPE}")
+    return myid
 
 
 @click.command()
@@ -28,7 +36,9 @@ from receiver.replay import FORMATS, Summary
     "(default: combined or common).",
 )
 @click.option("--path", help="Keep only access-log requests to this path, e.g. /webhook.")
-@click.option("--myid", help="myid for deliveries whose query string has none.")
+@click.option(
+    "--myid", callback=valid_myid, help="myid for deliveries whose query string has none."
+)
 @click.option(
     "--to",
     "to_url",

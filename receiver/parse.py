@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import io
+import logging
 import re
+import string
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import python_multipart
 from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import FormParser, parse_options_header
 
 from receiver.event import LAST_DURATION_US, LAST_TIME_US, Event, EventType, Flag, RawRequest
 
@@ -45,8 +46,18 @@ KNOWN_TYPES = frozenset(EventType)
 # Names in the URL that belong to the receiver, not to the event.
 MYID = "myid"
 TOKEN = "token"
+RECEIVER_NAMES = (MYID, TOKEN)
+# A myid is the subscriber's tag: one named rule, for the parser, the settings and the API's docs.
+MYID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+MYID_SHAPE = "1 to 64 ASCII letters, digits, '_', '-' or '.'"
+VALID_MYID = re.compile(MYID_PATTERN)
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 OVERRIDDEN = "_overridden"  # key in extra: values that lost to a later or body value
+
+# python-multipart logs a warning for each malformed body it meets; anyone can send those, and
+# the reason is already in the 400 answer and in the rejects, so its log would only be a flood.
+logging.getLogger("python_multipart").setLevel(logging.CRITICAL)
 
 
 class Rejected(Exception):
@@ -69,6 +80,61 @@ class MissingMyid(Rejected):
         )
 
 
+class BadMyid(Rejected):
+    """A myid that is not the shape of a subscriber's tag, or two different ones."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(400, f"{problem}: a myid is {MYID_SHAPE}, sent once, as in ?myid=175")
+
+
+def is_valid_myid(myid: str) -> bool:
+    """Whether `myid` has the shape of MYID_PATTERN."""
+    return VALID_MYID.fullmatch(myid) is not None
+
+
+def shown(value: str, limit: int = 24) -> str:
+    """A value for an error message, cut so a long one is not copied back whole."""
+    return (
+        repr(value)
+        if len(value) <= limit
+        else repr(value[:limit]) + f"... ({len(value)} characters)"
+    )
+
+
+def choose_myid(given: list[str], default: str | None) -> str:
+    """The delivery's myid: the query's (the same one any number of times), else `default`.
+    Raises MissingMyid or BadMyid."""
+    distinct = list(dict.fromkeys(myid for myid in given if myid))  # an empty myid is absent
+    if len(distinct) > 1:
+        listed = ", ".join(shown(myid) for myid in distinct[:3])
+        raise BadMyid(f"the query has {len(distinct)} different myids ({listed})")
+    myid = distinct[0] if distinct else default
+    if not myid:
+        raise MissingMyid
+    if not is_valid_myid(myid):
+        raise BadMyid(f"myid {shown(myid)} is not valid")
+    return myid
+
+
+def query_myid(query: bytes) -> str | None:
+    """The myid of a raw query string if it has one valid one (kept with a reject), else None."""
+    try:
+        return choose_myid(parse_urlencoded(query).values(MYID), None)
+    except Rejected:
+        return None
+
+
+class TokenInBody(Rejected):
+    """A POST body with a field named token: the token is read from the URL only."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            400,
+            "the body has a field named token: the webhook token is read from the URL only "
+            "(https://host/webhook?myid=<extension id>&token=<secret>); take it out of the body",
+        )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Form:
     """Decoded (name, value) pairs of one form, and whether any bytes needed cp1251."""
@@ -76,13 +142,24 @@ class Form:
     pairs: tuple[tuple[str, str], ...]
     cp1251: bool = False
 
-    def get(self, name: str) -> str | None:
-        """The last value of a receiver parameter such as myid (names are case-insensitive)."""
-        found = None
-        for key, value in self.pairs:
-            if key.lower() == name:
-                found = value
-        return found
+    def values(self, name: str) -> list[str]:
+        """Every value of a receiver parameter such as myid, in order (see `receiver_name`)."""
+        return [value for key, value in self.pairs if receiver_name(key) == name]
+
+
+def ascii_lower(text: str) -> str:
+    """`text` with A-Z lowered and nothing else: str.lower() also turns the Kelvin sign into k."""
+    return text.lower() if text.isascii() else text.translate(ASCII_LOWER)
+
+
+def receiver_name(name: str) -> str | None:
+    """MYID or TOKEN when a decoded field name is one of the receiver's own, else None.
+
+    The one rule for them: the name as decoded from the request, compared ASCII-case-insensitively
+    (`%74oken` and `TOKEN` are the token; `to%E2%84%AAen`, with a Kelvin sign, is not).
+    """
+    folded = ascii_lower(name)
+    return folded if folded in RECEIVER_NAMES else None
 
 
 def decode_text(data: bytes) -> tuple[str, bool]:
@@ -109,6 +186,21 @@ def decode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> Form:
 def percent_decode(data: bytes) -> bytes:
     """One form component: `+` is a space, `%XX` a byte."""
     return unquote_to_bytes(data.replace(b"+", b" "))
+
+
+def decode_name(raw_name: bytes) -> str:
+    """A raw name from a URL or a form body, decoded exactly as parse_urlencoded() decodes it."""
+    if b"%" in raw_name or b"+" in raw_name:
+        raw_name = percent_decode(raw_name)
+    return decode_text(raw_name)[0]
+
+
+def is_receiver_name(raw_name: bytes, name: str) -> bool:
+    """Whether a raw, still percent-encoded name from a query string is the receiver's `name`
+    (MYID or TOKEN), by the rule of `receiver_name`: for anything that masks or cuts the token."""
+    if b"%" not in raw_name and name.encode() not in raw_name.lower():
+        return False  # most names: nothing to decode, and not the name in any ASCII case
+    return receiver_name(decode_name(raw_name)) == name
 
 
 SEPARATORS = re.compile(rb"%(?:26|3[dD])")  # an escaped '&' or '='
@@ -162,23 +254,37 @@ def parse_pairwise(data: bytes) -> Form:
 
 
 def parse_multipart(body: bytes, content_type: str) -> Form:
-    """Decode a `multipart/form-data` body; file parts count as fields."""
+    """Decode a `multipart/form-data` body; file parts count as fields.
+
+    A body must end with its closing boundary: one cut short would lose its last field silently.
+    """
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise Rejected(400, "the multipart/form-data Content-Type has no boundary=...: send one")
     pairs: list[tuple[bytes, bytes]] = []
+    ended = []
 
     def on_file(file: Any) -> None:
         file.file_object.seek(0)
         pairs.append((file.field_name or b"", file.file_object.read()))
 
-    headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body))}
+    def on_field(field: Any) -> None:
+        pairs.append((field.field_name or b"", field.value or b""))
+
     try:
-        python_multipart.parse_form(
-            headers,  # type: ignore[arg-type]
-            io.BytesIO(body),
-            lambda field: pairs.append((field.field_name or b"", field.value or b"")),
-            on_file,
+        parser = FormParser(
+            "multipart/form-data", on_field, on_file, lambda: ended.append(True), boundary
         )
+        parser.write(body)
+        parser.finalize()
     except (FormParserError, ValueError) as error:
         raise Rejected(400, f"the multipart/form-data body does not parse: {error}") from None
+    if not ended:
+        raise Rejected(
+            400,
+            f"the multipart/form-data body was cut short: it does not end with its closing "
+            f"boundary --{boundary.decode('latin-1')}--; send the whole body",
+        )
     return decode_pairs(pairs)
 
 
@@ -203,11 +309,14 @@ def parse_body(body: bytes, content_type: str | None) -> Form:
 
 
 def strip_token(query: bytes) -> bytes:
-    """The raw query string without its `token=` parameter, so the secret is never kept."""
-    if b"token" not in query.lower():
+    """The raw query string (or form body) without its token parameters, so no secret is kept.
+
+    A pair is cut exactly when parsing takes its name as the token (`is_receiver_name`).
+    """
+    if b"%" not in query and b"token" not in query.lower():
         return query
     parts = query.split(b"&")
-    kept = [p for p in parts if unquote_to_bytes(p.partition(b"=")[0]).lower() != b"token"]
+    kept = [p for p in parts if not is_receiver_name(p.partition(b"=")[0], TOKEN)]
     return b"&".join(kept)
 
 
@@ -215,6 +324,43 @@ def strip_token(query: bytes) -> bytes:
 # EventTime up to 9999-12-31T23:59:59.999999Z, a Duration up to 10**15 - 1 µs (31 years), any
 # other number up to 2**63 - 1, the largest SQLite INTEGER. The smallest is 0: no sign is taken.
 LARGEST = {"time": LAST_TIME_US, "duration": LAST_DURATION_US, "int": (1 << 63) - 1}
+
+
+def strip_token_parts(body: bytes, content_type: str) -> bytes:
+    """A multipart body without its parts named token, even when it is cut short or garbled."""
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if boundary is None and body.startswith(b"--"):  # no boundary given: the body's first line
+        boundary = body[2:].split(b"\n", 1)[0].rstrip(b"\r")
+    if not boundary:
+        return body
+    delimiter = b"--" + boundary
+    segments = body.split(delimiter)
+    kept = [segments[0], *(part for part in segments[1:] if not is_token_part(part))]
+    return delimiter.join(kept)
+
+
+def is_token_part(part: bytes) -> bool:
+    """Whether one multipart part's headers name it token (read as python-multipart reads them)."""
+    head = part.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\n"):
+        header, colon, value = line.partition(b":")
+        if colon and header.strip().lower() == b"content-disposition":
+            name = parse_options_header(value.strip())[1].get(b"name")
+            if name is not None and receiver_name(decode_text(name)[0]) == TOKEN:
+                return True
+    return False
+
+
+def strip_body_token(body: bytes, content_type: str | None) -> bytes:
+    """A body as kept with a refused delivery: without any field named token.
+
+    A refused body may have been sent with the wrong type (or none), so a body that is not
+    declared multipart is cut as a form, and as multipart too when it starts like one.
+    """
+    if media_type(content_type) == "multipart/form-data":
+        return strip_token_parts(body, content_type or "")
+    body = strip_token(body)
+    return strip_token_parts(body, "") if body.startswith(b"--") else body
 
 
 def parse_value(kind: str, value: str) -> tuple[Any, list[str]]:
@@ -249,7 +395,8 @@ class Merged:
     values: dict[str, str]  # winning values; documented names in their canonical spelling
     lost: dict[str, list[str]]  # values that lost to a later or a body value
     flags: list[str]
-    own: dict[str, str]  # the receiver's parameters from the query: myid, token
+    own: dict[str, list[str]]  # the receiver's parameters from the query: myid, token
+    token_in_body: bool = False  # the body has a field named token (its value is not kept)
 
 
 def merge_fields(query: Form, body: Form) -> Merged:
@@ -259,9 +406,12 @@ def merge_fields(query: Form, body: Form) -> Merged:
     for where, pairs in (("query", query.pairs), ("body", body.pairs)):
         for name, value in pairs:
             if name not in FIELDS:  # documented names mostly come exactly as documented
-                lowered = name.lower()
-                if where == "query" and lowered in (MYID, TOKEN):
-                    merged.own[lowered] = value
+                lowered = ascii_lower(name)
+                if lowered == TOKEN and where == "body":
+                    merged.token_in_body = True
+                    continue
+                if where == "query" and lowered in RECEIVER_NAMES:
+                    merged.own.setdefault(lowered, []).append(value)
                     continue
                 name = CANONICAL.get(lowered, name)
             previous = values.get(name)
@@ -339,11 +489,11 @@ def parse_request(
     """
     body = parse_body(raw.body, raw.content_type) if raw.method == "POST" else Form(())
     merged = merge_fields(parse_urlencoded(raw.query), body)
-    myid = merged.own.get(MYID) or default_myid
-    if not myid:
-        raise MissingMyid
-    token = merged.own.get(TOKEN)
-    if token is not None:
+    tokens = merged.own.get(TOKEN)
+    if tokens is not None:
         raw = dataclasses.replace(raw, query=strip_token(raw.query))
+    if merged.token_in_body:
+        raise TokenInBody
+    myid = choose_myid(merged.own.get(MYID, []), default_myid)
     event = build_event(myid, merged, raw=raw, received_at_us=received_at_us, source=source)
-    return event, token
+    return event, tokens[-1] if tokens else None

@@ -26,7 +26,7 @@ import httpx2 as httpx
 
 from receiver.event import Event, RawRequest, Source, now_us, parse_time
 from receiver.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
-from receiver.parse import MissingMyid, Rejected, parse_request
+from receiver.parse import MYID, MissingMyid, Rejected, is_receiver_name, parse_request
 from receiver.store import Store, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
@@ -309,7 +309,7 @@ def target_url(base: httpx.URL, delivery: Delivery, myid: str | None) -> httpx.U
     """The URL for one delivery: the target's own query (a token, say), then the delivery's."""
     query = delivery.raw.query
     myid = myid or delivery.myid
-    if myid and b"myid=" not in query.lower():
+    if myid and not any(is_receiver_name(p.partition(b"=")[0], MYID) for p in query.split(b"&")):
         query = b"myid=" + quote(myid).encode() + (b"&" + query if query else b"")
     if base.query:
         query = base.query + b"&" + query

@@ -11,6 +11,8 @@ import hmac
 from pathlib import Path
 from typing import Any
 
+from receiver.parse import MYID_SHAPE, is_valid_myid, shown
+
 
 def setting(default: Any, help: str) -> Any:
     """A settings field with its help text."""
@@ -46,6 +48,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
+        if self.default_myid and not is_valid_myid(self.default_myid):
+            raise ValueError(
+                f"--default-myid {shown(self.default_myid)} is not a valid myid: use {MYID_SHAPE}"
+            )
 
     @functools.cached_property
     def token_table(self) -> dict[str, str]:

@@ -213,3 +213,103 @@ def test_a_client_gone_before_the_body_ended_is_kept_as_a_reject(client) -> None
     (kept,) = client.get("/api/rejects").json()["rejects"]
     assert "before the body ended" in kept["reason"]
     assert (kept["body"], kept["client"]) == ("EventType=hangup&CallID=", "10.0.0.1")
+
+
+SECRET = "S3cretW3bhook"
+GUESS = "Wr0ngGu3ss"
+# The token's name as a client may spell it: percent-encoded, in any ASCII case.
+TOKEN_NAMES = ["token", "TOKEN", "%74oken", "To%4Ben", "%54%4f%4B%45%4E", "tok%65n"]
+
+
+def assert_kept_nowhere(client, db_path, *secrets: str) -> None:  # type: ignore[no-untyped-def]
+    """No secret in any read endpoint, in the export, or in the database's bytes (WAL too)."""
+    events = client.get("/api/events").json()["events"]
+    seen = [client.get("/api/events").text, client.get("/api/rejects?limit=1000").text]
+    seen += [client.get(f"/api/events/{event['id']}").text for event in events]
+    seen.append(client.get("/api/events?format=ndjson").text)
+    files = [path for path in db_path.parent.iterdir() if path.name.startswith(db_path.name)]
+    for secret in secrets:
+        assert not [text for text in seen if secret in text]
+        assert not [path for path in files if secret.encode() in path.read_bytes()]
+
+
+@pytest.mark.parametrize("name", TOKEN_NAMES)
+def test_the_token_matches_by_decoded_name_and_is_never_kept(make_client, db_path, name) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token=SECRET)
+    assert client.get(f"/webhook?myid=175&{name}={SECRET}&{HANGUP}").status_code == 200
+    post = client.post(
+        f"/webhook?{name}={SECRET}&myid=175", content=b"EventType=answer", headers=FORM
+    )
+    assert post.status_code == 200
+    assert_error(client.get(f"/webhook?myid=175&{name}={GUESS}&{HANGUP}"), 403, "token")
+    assert_error(client.get(f"/webhook?myid=175&{name}={SECRET}&CallID=x"), 400, "EventType")
+    assert_error(client.put(f"/webhook?myid=175&{name}={SECRET}"), 405, "not allowed")
+    assert len(client.get("/api/events").json()["events"]) == 2
+    assert len(client.get("/api/rejects").json()["rejects"]) == 3
+    assert_kept_nowhere(client, db_path, SECRET, GUESS)
+
+
+def test_a_kelvin_sign_does_not_spell_token(make_client) -> None:  # type: ignore[no-untyped-def]
+    # 'K' (U+212A) lowers to 'k' in Unicode, but names match ASCII-case-insensitively only.
+    client = make_client(token=SECRET)
+    assert_error(client.get(f"/webhook?myid=175&to%E2%84%AAen={SECRET}&{HANGUP}"), 403, "token")
+    both = f"/webhook?myid=175&token={SECRET}&to%E2%84%AAen=other&{HANGUP}"
+    assert client.get(both).status_code == 200
+    assert client.get("/api/events/1").json()["extra"] == {"to\u212aen": "other"}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (f"EventType=answer&token={SECRET}&CallID=b", FORM["content-type"]),
+        (f"EventType=answer&%74oKEN={SECRET}", FORM["content-type"]),
+        (f"EventType=answer&token={SECRET}", "text/plain"),
+        (
+            '--zz\r\nContent-Disposition: form-data; name="EventType"\r\n\r\nanswer\r\n'
+            f'--zz\r\ncontent-disposition: form-data; name="TOKEN"\r\n\r\n{SECRET}\r\n--zz--\r\n',
+            "multipart/form-data; boundary=zz",
+        ),
+        (  # cut short inside the token's part
+            '--zz\r\nContent-Disposition: form-data; name="EventType"\r\n\r\nanswer\r\n'
+            f'--zz\r\nContent-Disposition: form-data; name="Token"\r\n\r\n{SECRET}',
+            "multipart/form-data; boundary=zz",
+        ),
+    ],
+)
+def test_a_token_in_the_body_is_refused_and_never_kept(  # type: ignore[no-untyped-def]
+    make_client, db_path, body, content_type
+) -> None:
+    client = make_client()
+    response = client.post(
+        "/webhook?myid=175", content=body.encode(), headers={"content-type": content_type}
+    )
+    assert response.status_code in (400, 415)
+    assert client.put("/webhook?myid=175", content=body.encode()).status_code == 405
+    (refused, _) = client.get("/api/rejects").json()["rejects"][::-1]
+    assert "EventType=answer" in refused["body"] or 'name="EventType"' in refused["body"]
+    assert client.get("/api/events").json()["events"] == []
+    assert_kept_nowhere(client, db_path, SECRET)
+
+
+def test_a_multipart_body_cut_short_is_refused_and_kept(client) -> None:  # type: ignore[no-untyped-def]
+    body = (
+        b'--b0\r\nContent-Disposition: form-data; name="EventType"\r\n\r\nhangup\r\n'
+        b'--b0\r\nContent-Disposition: form-data; name="CallID"\r\n\r\n7f3'
+    )
+    headers = {"content-type": "multipart/form-data; boundary=b0"}
+    assert_error(client.post("/webhook?myid=175", content=body, headers=headers), 400, "cut short")
+    (kept,) = client.get("/api/rejects").json()["rejects"]
+    assert (kept["status"], kept["body"], kept["body_size"]) == (400, body.decode(), len(body))
+    assert client.get("/api/events").json()["events"] == []
+
+
+def test_a_refused_myid_is_kept_only_in_the_raw_query(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token=SECRET)
+    long = "9" * 2000
+    assert_error(client.get(f"/webhook?myid={long}&{HANGUP}"), 400, "1 to 64 ASCII letters")
+    assert_error(client.get(f"/webhook?myid=175&myid=176&{HANGUP}"), 400, "2 different myids")
+    assert_error(client.get(f"/webhook?myid=175&{HANGUP}"), 403, "token")
+    rejects = client.get("/api/rejects").json()["rejects"]
+    assert [r["myid"] for r in rejects] == ["175", None, None]
+    assert rejects[2]["query"].startswith(f"myid={long}&")
+    assert client.get("/api/events").json()["events"] == []

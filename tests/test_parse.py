@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import string
 
@@ -13,6 +14,7 @@ from receiver.event import Event, RawRequest, event_json
 from receiver.parse import Rejected, parse_request, strip_token
 from tests.conftest import ROOT, sample
 
+QUERY_CHARS = string.ascii_letters + string.digits + "%&=+*@.-_ "
 PUKIN = "Пукин Васисуалий Карлович"
 
 
@@ -198,6 +200,65 @@ def test_multipart_body() -> None:
     assert (event.event_type, event.caller_id_num) == ("answer", "%2B7")
 
 
+MULTIPART = (
+    b'--XX\r\nContent-Disposition: form-data; name="EventType"\r\n\r\nanswer\r\n'
+    b'--XX\r\nContent-Disposition: form-data; name="CallID"\r\n\r\nabc\r\n--XX--\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        MULTIPART.index(b"abc") + 2,  # inside the last part's value
+        MULTIPART.index(b"\r\n--XX--"),  # right after it
+        MULTIPART.index(b"--XX--") + 4,  # after the delimiter, before its closing '--'
+        MULTIPART.index(b'name="CallID"'),  # inside the last part's headers
+        MULTIPART.index(b"answer"),  # inside the first part
+        0,  # nothing at all
+    ],
+)
+def test_a_multipart_body_cut_short_is_refused(cut: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Rejected) as caught:
+        parse(
+            "myid=1",
+            MULTIPART[:cut],
+            method="POST",
+            content_type="multipart/form-data; boundary=XX",
+        )
+    assert caught.value.status == 400
+    assert "cut short" in caught.value.reason
+    assert "--XX--" in caught.value.reason
+    assert not [r for r in caplog.records if r.name.startswith("python_multipart")]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"garbage", "multipart/form-data; boundary=XX"),
+        (b"--XX\r\nno colon here\r\n\r\nx\r\n--XX--", "multipart/form-data; boundary=XX"),
+        (MULTIPART, "multipart/form-data"),
+    ],
+)
+def test_a_malformed_multipart_body_is_refused_without_logging(
+    body: bytes, content_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # anyone can send these: python-multipart's own log line for each would be a flood
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(Rejected) as caught:
+        parse("myid=1", body, method="POST", content_type=content_type)
+    assert caught.value.status == 400
+    assert "multipart" in caught.value.reason
+    assert caplog.records == []
+
+
+def test_a_whole_multipart_body_may_end_without_a_line_break_or_with_an_epilogue() -> None:
+    kind = "multipart/form-data; boundary=XX"
+    for body in (MULTIPART.rstrip(), MULTIPART + b"an epilogue\r\n"):
+        event = parse("myid=1", body, method="POST", content_type=kind)
+        assert (event.event_type, event.call_id) == ("answer", "abc")
+
+
 def test_event_time_is_exact_for_any_microsecond() -> None:
     # 2^53 + 1 µs is not a float; integer arithmetic keeps the last digit
     assert event_json(parse("myid=1&EventType=a&EventTime=9007199254740993"))["event_time"] == (
@@ -224,6 +285,59 @@ def test_rejected(
     assert words in caught.value.reason
 
 
+# myid is the subscriber's tag: 1 to 64 ASCII letters, digits, '_', '-' or '.'.
+BAD_MYIDS = [
+    "%00",  # a NUL byte
+    "+175+",  # spaces around it ('+' is a space)
+    "%20175%20",
+    "1" * 2000,  # far too long
+    "a" * 65,  # one too many
+    "a/b",
+    "175%0A",  # a line break
+    "%D0%AF",  # not ASCII
+    "a%2Cb",
+]
+
+
+@pytest.mark.parametrize("myid", BAD_MYIDS, ids=lambda myid: myid[:12])
+def test_a_myid_of_the_wrong_shape_is_refused(myid: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse(f"myid={myid}&EventType=answer")
+    assert caught.value.status == 400
+    assert "1 to 64 ASCII letters, digits" in caught.value.reason
+    assert len(caught.value.reason) < 300  # a long myid is not copied into the answer
+
+
+@pytest.mark.parametrize(
+    ("query", "myid"),
+    [
+        ("myid=abc", "abc"),
+        ("myid=-5", "-5"),
+        ("myid=a.b_c-D9", "a.b_c-D9"),
+        ("myid=" + "x" * 64, "x" * 64),  # the longest
+        ("myid=175&myid=175", "175"),  # the same myid twice
+        ("myid=175&MYID=175&%6Dyid=175", "175"),
+        ("myid=&myid=175", "175"),  # an empty one is an absent one
+    ],
+)
+def test_a_myid_of_the_right_shape_is_kept(query: str, myid: str) -> None:
+    assert parse(f"{query}&EventType=answer").myid == myid
+
+
+@pytest.mark.parametrize("query", ["myid=175&myid=176", "myid=175&%6Dyid=176", "MyId=a&myid=b"])
+def test_two_different_myids_are_refused(query: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse(f"{query}&EventType=answer")
+    assert caught.value.status == 400
+    assert "2 different myids" in caught.value.reason
+    assert "1 to 64 ASCII letters, digits" in caught.value.reason
+
+
+def test_a_default_myid_of_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(Rejected, match="1 to 64 ASCII letters"):
+        parse("EventType=answer", default_myid="not valid")
+
+
 def test_default_myid_fills_a_missing_one() -> None:
     assert parse("EventType=answer", default_myid="99").myid == "99"
 
@@ -238,6 +352,43 @@ def test_token_is_returned_and_never_kept() -> None:
 
 def test_strip_token_keeps_everything_else() -> None:
     assert strip_token(b"a=1&token=x&b=token") == b"a=1&b=token"
+    assert strip_token(b"%74oken=x&TOKEN=y&To%4Ben&to%E2%84%AAen=z&tok+en=w") == (
+        b"to%E2%84%AAen=z&tok+en=w"
+    )
+
+
+# Ways to spell a name: the token's in ASCII cases and escapes, and names that only look like it.
+NAMES = st.sampled_from([
+    "token", "TOKEN", "%74oken", "To%4Ben", "%54%4F%4B%45%4E", "to%E2%84%AAen", "tok+en",
+    "token+", "%2574oken", "tok%zzen", "token%00", "%FEtoken", "%0Atoken", "EventType",
+])  # fmt: skip
+
+
+PAIRS = st.lists(
+    st.tuples(st.one_of(NAMES, st.text(QUERY_CHARS, max_size=6)),
+              st.text(QUERY_CHARS.replace("&", ""), max_size=6)),
+    max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(PAIRS)
+def test_what_is_taken_as_the_token_is_exactly_what_is_cut(pairs: list[tuple[str, str]]) -> None:
+    from receiver.parse import TOKEN, parse_urlencoded, receiver_name
+
+    query = "&".join(f"{name}={value}" for name, value in pairs).encode()
+    raw = RawRequest("GET", query + b"&myid=1&EventType=answer")
+    before = parse_urlencoded(raw.query).pairs
+    taken = [value for name, value in before if receiver_name(name) == TOKEN]
+    try:
+        event, token = parse_request(raw, received_at_us=1, source="http-get")
+    except Rejected:  # a random name spelled myid: the cut must still be right
+        kept = strip_token(raw.query)
+    else:
+        assert token == (taken[-1] if taken else None)
+        kept = event.raw.query
+    after = parse_urlencoded(kept).pairs
+    assert after == tuple(pair for pair in before if receiver_name(pair[0]) != TOKEN)
 
 
 def test_same_delivery_has_the_same_dedup_key() -> None:
@@ -248,9 +399,6 @@ def test_same_delivery_has_the_same_dedup_key() -> None:
     assert (
         parse("myid=1&EventType=x&a=1").dedup_key() != parse("myid=1&EventType=x&a=2").dedup_key()
     )
-
-
-QUERY_CHARS = string.ascii_letters + string.digits + "%&=+*@.-_ "
 
 
 @settings(max_examples=300, deadline=None)

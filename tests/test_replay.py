@@ -313,3 +313,29 @@ def test_replay_parses_like_live() -> None:
     replayed = parse_delivery(query_line(line.encode(), "x:1"), Options())
     live, _ = parse_request(RawRequest("GET", line.encode()), received_at_us=1, source="x")
     assert comparable(event_json(replayed)) == comparable(event_json(live))
+
+
+def test_replay_refuses_a_myid_of_the_wrong_shape(tmp_path: Path) -> None:
+    code, output = replay("--db", str(tmp_path / "r.db"), "--myid", "a b", str(QUEUE))
+    assert code == 2
+    assert "is not a valid myid" in output
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        (b"EventType=answer", b"t=1&myid=9&EventType=answer"),
+        (b"%6Dyid=5&EventType=answer", b"t=1&%6Dyid=5&EventType=answer"),  # it has one, encoded
+        (b"MYID=5", b"t=1&MYID=5"),
+        (b"CallerMyid=5", b"t=1&myid=9&CallerMyid=5"),  # another field, not a myid
+    ],
+)
+def test_sending_adds_a_myid_only_to_a_query_without_one(query: bytes, sent: bytes) -> None:
+    import httpx2 as httpx
+
+    from receiver.replay import Delivery, target_url
+
+    delivery = Delivery(RawRequest("GET", query), "replay:query-lines", None, None, "f:1")
+    url = target_url(httpx.URL("http://127.0.0.1:1/webhook?t=1"), delivery, "9")
+    assert url.query == sent

@@ -28,6 +28,16 @@ def test_malformed_tokens_setting_is_refused() -> None:
     assert "not 'myid=secret'" in result.output
 
 
+@pytest.mark.parametrize("myid", [" 175 ", "a" * 65, "a/b"])
+def test_a_default_myid_of_the_wrong_shape_is_refused_at_start(myid: str) -> None:
+    with pytest.raises(ValueError, match="1 to 64 ASCII letters"):
+        Settings(default_myid=myid)
+    result = CliRunner().invoke(main, ["serve", "--default-myid", myid])
+    assert result.exit_code == 2
+    assert "--default-myid" in result.output
+    assert "is not a valid myid" in result.output
+
+
 def test_every_command_has_help() -> None:
     for command in main.commands:
         result = CliRunner().invoke(main, [command, "--help"])
