@@ -138,7 +138,10 @@ def leg_extension(event: Event) -> tuple[str | None, int | None]:
 
 def build_leg(sub_call_id: str, events: list[Event]) -> CallLeg:
     """A leg from its events, in time order; repeats are ignored."""
-    first = lambda kind: next((e for e in events if e.event_type == kind), None)  # noqa: E731
+
+    def first(kind: str) -> Event | None:
+        return next((e for e in events if e.event_type == kind), None)
+
     dial = first("dial-in") or first("dial-out")
     answer = first("answer")
     hangups = [e for e in events if e.event_type == "hangup"]
@@ -210,7 +213,7 @@ def build_call(
     elif direction == Direction.IN:
         status = CallStatus.MISSED  # parallel-ringing losers do not count: the call decides
     else:
-        status = ENDINGS.get(people[0].status if people else "", CallStatus.FAILED)
+        status = ENDINGS.get((people[0].status or "") if people else "", CallStatus.FAILED)
     if direction == Direction.OUT:
         external = first.called_number
     elif direction == Direction.IN:

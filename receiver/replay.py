@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, cast
 from urllib.parse import quote
 
 import httpx2 as httpx
@@ -102,12 +102,14 @@ class Input:
     def __init__(self, name: str) -> None:
         self.name = "<stdin>" if name == "-" else name
         try:
-            self.raw: io.BufferedReader = sys.stdin.buffer if name == "-" else open(name, "rb")  # noqa: SIM115
+            # stdin's buffer is a BufferedReader too (typeshed only promises BinaryIO)
+            stdin = cast(io.BufferedReader, sys.stdin.buffer)
+            self.raw = stdin if name == "-" else open(name, "rb")  # noqa: SIM115
         except OSError as error:
             raise ReplayError(f"cannot read {name}: {error.strerror}") from None
         self.stream: IO[bytes] = self.raw
         if self.raw.peek(2)[:2] == b"\x1f\x8b":  # gzip by content, whatever the name
-            self.stream = io.BufferedReader(gzip.GzipFile(fileobj=self.raw))  # type: ignore[arg-type]
+            self.stream = io.BufferedReader(gzip.GzipFile(fileobj=self.raw))
 
     def position(self) -> int:
         """Bytes of the file read so far (compressed bytes for gzip)."""
@@ -375,7 +377,8 @@ async def to_receiver(
                 send(client, target_url(base, delivery, options.myid), delivery, target, summary)
             )
             running.add(task)
-            task.add_done_callback(lambda done: (running.discard(done), slots.release()))
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: slots.release())
         await asyncio.gather(*running)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -290,7 +291,7 @@ def parse_mix(text: str | None) -> dict[str, int]:
 
 
 def calls(offices: list[Office], *, seed: int, start_us: int, mix: dict[str, int] | None = None,
-          every_us: tuple[int, int] = (50_000, 550_000)):  # type: ignore[no-untyped-def]  # fmt: skip
+          every_us: tuple[int, int] = (50_000, 550_000)) -> Iterator[SimCall]:  # fmt: skip
     """An endless stream of SimCalls, one every `every_us` (random within the range)."""
     maker = CallMaker(offices, seed)
     mix = mix or DEFAULT_MIX
