@@ -2,7 +2,7 @@
 
     python bench/replay.py [--lines 1000000] [--keep DIR]
 
-Generates a combined-format access log: deliveries of ~250k calls made as EVENT_SPEC §4 says
+Generates a combined-format access log: deliveries of ~250k calls made as pbx-events §4 says
 (receiver/simulate.py), among non-event noise lines. Then, each as its own process, on a fresh
 database: the baseline (the same lines parsed with the standard library and inserted with one
 executemany into a table of the same columns) and `receiver replay`. Prints both times, the

@@ -1,4 +1,4 @@
-"""Calls rebuilt from their events (EVENT_SPEC §3-4). Pure functions: no I/O.
+"""Calls rebuilt from their events (pbx-events §3-4). Pure functions: no I/O.
 
 A call is everything with one CallID; a leg is everything with one SubCallID. Events may come
 out of order, twice, or not at all: every rule below uses what is there, ordered by time.
@@ -32,7 +32,7 @@ class CallStatus(enum.StrEnum):
     UNKNOWN_END = "unknown_end"  # no hangup came, and it is too long ago to still be going on
 
 
-# The PBX's final CallStatus of a leg -> the call status when no one answered (EVENT_SPEC §3).
+# The PBX's final CallStatus of a leg -> the call status when no one answered (pbx-events §3).
 ENDINGS = {
     "BUSY": CallStatus.BUSY,
     "NOANSWER": CallStatus.NO_ANSWER,
@@ -64,7 +64,7 @@ def digits(number: str | None) -> str | None:
 
 
 def is_external(number: str | None) -> bool:
-    """External numbers have no `*`; extensions are `prefix*ext` (EVENT_SPEC §3)."""
+    """External numbers have no `*`; extensions are `prefix*ext` (pbx-events §3)."""
     return bool(number) and "*" not in (number or "")
 
 
@@ -149,7 +149,7 @@ def build_leg(sub_call_id: str, events: list[Event]) -> CallLeg:
     extension, extension_id = leg_extension(dial or events[0])
     talk = hangup.duration_us if hangup and hangup.duration_us is not None else None
     if talk is None and hangup and answer:
-        talk = storable(hangup.order_us - answer.order_us)  # Duration is talk (EVENT_SPEC §3)
+        talk = storable(hangup.order_us - answer.order_us)  # Duration is talk (pbx-events §3)
     return CallLeg(
         sub_call_id=sub_call_id,
         extension=extension,
@@ -167,7 +167,7 @@ def build_leg(sub_call_id: str, events: list[Event]) -> CallLeg:
 
 
 def call_direction(ordered: list[Event]) -> Direction:
-    """Internal: `*` in both numbers (EVENT_SPEC §4). Otherwise the first dial event says;
+    """Internal: `*` in both numbers (pbx-events §4). Otherwise the first dial event says;
     without one (only hangups were subscribed), a leg our extension placed is outbound.
     """
     first = ordered[0]

@@ -1,4 +1,4 @@
-"""A stand-in for the PBX's REST API (EVENT_SPEC §5), for tests and demos.
+"""A stand-in for the PBX's REST API (pbx-events §5), for tests and demos.
 
 It speaks OAuth2 client credentials, the event-subscription resource and the callback request,
 with the same status codes and `{"message": ...}` errors. Its extensions come from

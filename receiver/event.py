@@ -26,7 +26,7 @@ quoted = json.encoder.encode_basestring_ascii  # a JSON string literal, made in 
 
 
 class EventType(enum.StrEnum):
-    """Event types the PBX documents (EVENT_SPEC §2); others are stored too, flagged."""
+    """Event types the PBX documents (pbx-events §2); others are stored too, flagged."""
 
     DIAL_IN = "dial-in"
     DIAL_OUT = "dial-out"
@@ -50,8 +50,8 @@ class Source(enum.StrEnum):
 class Flag(enum.StrEnum):
     """Marks on an event saying how its delivery differed from the documented form."""
 
-    CP1251 = "cp1251"  # some bytes were not UTF-8 and were decoded as cp1251 (EVENT_SPEC §7)
-    NO_EVENT_TIME = "no_event_time"  # ordered by the time of receipt instead (EVENT_SPEC §7)
+    CP1251 = "cp1251"  # some bytes were not UTF-8 and were decoded as cp1251 (pbx-events §7)
+    NO_EVENT_TIME = "no_event_time"  # ordered by the time of receipt instead (pbx-events §7)
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     FIELD_CONFLICT = "field_conflict"  # a POST's query and body disagreed; the body won
     REPEATED_FIELD = "repeated_field"  # one field was sent twice; the last value won
@@ -118,7 +118,7 @@ class Event:
         return (Event, EVENT_VALUES(self))
 
     def dedup_key(self) -> bytes:
-        """Identity of a delivery (EVENT_SPEC §7): a repeat has the same key.
+        """Identity of a delivery (pbx-events §7): a repeat has the same key.
 
         EventTime first (key_prefix), then a hash of the identity: live events' keys rise with
         time, so the unique index on them takes each new key at its end, not on a random page

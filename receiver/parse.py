@@ -16,7 +16,7 @@ from python_multipart.multipart import FormParser, parse_options_header
 
 from receiver.event import LAST_DURATION_US, LAST_TIME_US, Event, EventType, Flag, RawRequest
 
-# Documented fields (EVENT_SPEC §3): canonical spelling -> (Event attribute, kind).
+# Documented fields (pbx-events §3): canonical spelling -> (Event attribute, kind).
 FIELDS: dict[str, tuple[str, str]] = {
     "EventType": ("event_type", "text"),
     "EventTime": ("event_time_us", "time"),
@@ -36,7 +36,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "CallFlow": ("call_flow", "text"),
     "Duration": ("duration_us", "duration"),
     "RecID": ("rec_id", "text"),
-    "Transfered": ("transferred", "bool"),  # sic, EVENT_SPEC §3
+    "Transfered": ("transferred", "bool"),  # sic, pbx-events §3
     "Bridged": ("bridged", "bool"),
     "Diversion": ("diversion", "number"),
     "RemoteNumber": ("remote_number", "number"),
@@ -163,7 +163,7 @@ def receiver_name(name: str) -> str | None:
 
 
 def decode_text(data: bytes) -> tuple[str, bool]:
-    """UTF-8, or cp1251 when the bytes are not UTF-8 (EVENT_SPEC §7); True when cp1251 was used."""
+    """UTF-8, or cp1251 when the bytes are not UTF-8 (pbx-events §7); True when cp1251 was used."""
     try:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -382,7 +382,7 @@ def parse_value(kind: str, value: str) -> tuple[Any, list[str]]:
             raise ValueError(value)
         return value.lower() == "yes", []
     if kind in ("number", "name") and value.startswith(" "):
-        # A raw '+' in a number decodes to a space (EVENT_SPEC §1, §7).
+        # A raw '+' in a number decodes to a space (pbx-events §1, §7).
         rest = value.lstrip(" ")
         if rest.isdigit():
             return "+" + rest, [Flag.PLUS_RESTORED]
@@ -436,7 +436,7 @@ def build_event(
     for name, value in merged.values.items():
         spec = FIELDS.get(name)
         if spec is None:
-            extra[name] = value  # unknown fields are kept (EVENT_SPEC §3, §7)
+            extra[name] = value  # unknown fields are kept (pbx-events §3, §7)
             continue
         attribute, kind = spec
         if not value:

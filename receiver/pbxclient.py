@@ -1,4 +1,4 @@
-"""A client of the PBX's REST API (EVENT_SPEC §5): tokens, subscriptions, callbacks.
+"""A client of the PBX's REST API (pbx-events §5): tokens, subscriptions, callbacks.
 
 Also the pure planning of `receiver subscribe add/sync`: which subscriptions to create and which
 to delete, never touching subscriptions for other URLs.

@@ -1,4 +1,4 @@
-"""Calls made the way the PBX makes them (EVENT_SPEC §4), with what really happened.
+"""Calls made the way the PBX makes them (pbx-events §4), with what really happened.
 
 `CallMaker.make(kind, start_us)` gives a SimCall: its events, each owned by one extension (whose
 subscriptions receive it), and its ground truth as the receiver should rebuild it. Seeded: the
@@ -72,7 +72,7 @@ def event(
 
 
 def routing_hangup(at_us: int, bridged: bool, fields: dict[str, str]) -> dict[str, str]:
-    """The hangup of an IVR or queue leg: Bridged says whether a person answered (EVENT_SPEC §4)."""
+    """The hangup of an IVR or queue leg: Bridged says whether a person answered (pbx-events §4)."""
     status = "ANSWER" if bridged else "CANCEL"
     return event("hangup", at_us, status, fields, Duration="0", Bridged="yes" if bridged else "no")
 
@@ -160,7 +160,7 @@ class CallMaker:
                 "talk_seconds": talk / 1_000_000 if talk else None,
                 "external_number": external}  # fmt: skip
 
-    # Kinds of call (EVENT_SPEC §4).
+    # Kinds of call (pbx-events §4).
 
     def outbound(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
         phone = self.rng.choice(office.phones)
@@ -250,7 +250,7 @@ class CallMaker:
         return self.truth("in", "answered", phone.name, talk, caller)
 
     def callback(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
-        # The owner is connected to a number on its own behalf: only the dial-out (EVENT_SPEC §4).
+        # The owner is connected to a number on its own behalf: only the dial-out (pbx-events §4).
         phone = self.rng.choice(office.phones)
         ids = self.ids()
         ids["CallAPIID"] = f"cb-3584709739-{ids['CallID']}"

@@ -22,7 +22,7 @@ from receiver.store import migrate
 from receiver.store.schema import event_row, insert_events
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "tests" / "samples"  # real deliveries, copied from EVENT_SPEC's sample set
+SAMPLES = ROOT / "tests" / "samples"  # real deliveries, the PBX's own examples
 
 
 def sample(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Call reconstruction: every scenario of EVENT_SPEC §4, in order and shuffled."""
+"""Call reconstruction: every scenario of pbx-events §4, in order and shuffled."""
 
 from __future__ import annotations
 

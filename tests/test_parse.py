@@ -1,4 +1,4 @@
-"""Parsing: raw deliveries -> typed events (EVENT_SPEC §3 and §7)."""
+"""Parsing: raw deliveries -> typed events (pbx-events §3 and §7)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def parse(query: str | bytes, body: bytes = b"", method: str = "GET", **kwargs) 
     return event
 
 
-# Real deliveries -> the fields EVENT_SPEC says they mean.
+# Real deliveries -> the fields docs/pbx-events.md says they mean.
 REAL = [
     # outbound hangup: talk time in µs, recording id, '+' restored from %2B, Cyrillic name
     (
@@ -118,7 +118,7 @@ def test_post_body_gives_the_same_record_as_get(name: str, expected: dict) -> No
     }
 
 
-# Edge cases of EVENT_SPEC §7: query -> (field, value) and flags expected.
+# Edge cases of pbx-events §7: query -> (field, value) and flags expected.
 EDGES = [
     # field names match whatever their case
     ("myid=1&eventtype=answer&CALLID=abc&eventtime=5", "call_id", "abc", []),
@@ -437,7 +437,7 @@ def test_sample_payloads_parse_cleanly_and_follow_the_spec(path) -> None:  # typ
     answers = {e.sub_call_id: e.event_time_us for e in events if e.event_type == "answer"}
     for event in events:
         assert set(event.flags) <= {"unknown_event_type"}, event.flags
-        # Duration is the talk time: hangup - answer (EVENT_SPEC §3)
+        # Duration is the talk time: hangup - answer (pbx-events §3)
         if event.event_type == "hangup" and event.sub_call_id in answers and event.duration_us:
             assert event.duration_us == event.event_time_us - answers[event.sub_call_id]
 
@@ -517,7 +517,7 @@ SAME = {"myid": "1", "event_type": "answer", "event_time_us": 5, "query": b"a", 
 
 
 def identity(event: Event) -> tuple[object, ...]:
-    """What makes a delivery the same (EVENT_SPEC §7), as the key must tell it."""
+    """What makes a delivery the same (pbx-events §7), as the key must tell it."""
     if (event.call_id, event.sub_call_id, event.event_time_us) == (None, None, None):
         return (event.myid, "raw", event.raw.query, event.raw.body)
     return (event.myid, event.event_type, event.call_id, event.sub_call_id, event.event_time_us)

@@ -41,7 +41,7 @@ def test_every_kind_of_call_matches_its_truth(seed: int) -> None:
 
 
 def test_ivr_and_queue_subscribed_to_hangup_only() -> None:
-    # The provider recommends subscribing IVRs and queues to hangup only (EVENT_SPEC §5).
+    # The provider recommends subscribing IVRs and queues to hangup only (pbx-events §5).
     offices = make_offices(2, 9)
     routing = {e.id for o in offices for e in (o.ivr, o.queue)}
 

@@ -171,7 +171,7 @@ REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
 )
-# Only these make calls (EVENT_SPEC §2); messages and voicemail stay events.
+# Only these make calls (pbx-events §2); messages and voicemail stay events.
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
 GROUPS_IN_FLIGHT = 3  # groups sent to the writer before the first is answered: it never waits idle
