@@ -28,6 +28,13 @@ log = logging.getLogger("receiver")
 
 BACKGROUND_SECONDS = 0.2
 
+# Headers of some refusals: what is allowed, and that a client too slow to send its body is
+# let go (the rest of the body, if it ever comes, is not waited for).
+ANSWER_HEADERS: dict[int, dict[str, str]] = {
+    405: {"Allow": "GET, POST"},
+    408: {"Connection": "close"},
+}
+
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The one error shape of the whole HTTP API."""
@@ -43,25 +50,41 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(scope: Scope, receive: Receive, cap: int) -> tuple[bytes, int, bool]:
-    """Up to `cap` bytes of the body, how many bytes it had (at least cap + 1 if more), and
-    whether it all came (False: the client left before its end)."""
+async def read_body(
+    scope: Scope, receive: Receive, cap: int, timeout: float
+) -> tuple[bytes, int, Rejected | None]:
+    """Up to `cap` bytes of the body, how many bytes it had (at least cap + 1 if more), and why
+    it is not whole: the client left before its end, or did not send it all within `timeout`
+    seconds (None: it all came)."""
     declared = header(scope, b"content-length") or ""
     if declared.isdigit() and int(declared) > cap:
-        return b"", int(declared), True  # refuse without reading what will not be kept anyway
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks), size, False
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            break
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks), size, True
+        return b"", int(declared), None  # refuse without reading what will not be kept anyway
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        # A body that stops short of its Content-Length would otherwise hold the delivery, and
+        # its connection, forever (the header deadline is over once the headers are in).
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    left = Rejected(400, "the client closed the connection before the body ended")
+                    return b"".join(chunks), size, left
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > cap:
+                    break
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError:
+        slow = Rejected(
+            408,
+            f"the body did not all arrive within {timeout:g} s ({size} bytes came): "
+            "send the whole request at once",
+        )
+        return b"".join(chunks), size, slow
+    return b"".join(chunks), size, None
 
 
 def stored_response(stored: Stored) -> Response:
@@ -105,16 +128,15 @@ class Webhook:
         store: Store = self.app.state.store
         received = now_us()
         method = scope["method"]
-        body, size, whole = await read_body(scope, receive, settings.max_body)
+        body, size, cut = await read_body(scope, receive, settings.max_body, settings.body_timeout)
         raw = RawRequest(method, scope["query_string"], body, header(scope, b"content-type"))
         if size > settings.max_body:
             why = Rejected(
                 413, f"the body is {size} bytes, over the {settings.max_body}-byte limit"
             )
             return await self.refuse(scope, received, raw, size, why)
-        if not whole:
-            why = Rejected(400, "the client closed the connection before the body ended")
-            return await self.refuse(scope, received, raw, size, why)
+        if cut is not None:
+            return await self.refuse(scope, received, raw, size, cut)
         if method not in ("GET", "POST"):
             why = Rejected(405, f"method {method} is not allowed: the PBX delivers by GET or POST")
             return await self.refuse(scope, received, raw, size, why)
@@ -160,7 +182,7 @@ class Webhook:
             await store.add_reject(reject)
         except Exception as failure:  # the answer stays the refusal; the log keeps the request
             log.error("could not keep a refused delivery (%s): %r", failure, reject)
-        headers = {"Allow": "GET, POST"} if why.status == 405 else None
+        headers = ANSWER_HEADERS.get(why.status)
         return error(why.status, why.reason, headers)
 
 

@@ -77,6 +77,7 @@ def serve(**options: Any) -> None:
 
     from receiver.app import create_app
     from receiver.logs import configure_logging
+    from receiver.protocol import deadline_protocol
 
     try:
         settings = Settings(**options)
@@ -98,6 +99,7 @@ def serve(**options: Any) -> None:
             )
     uvicorn.run(
         create_app(settings),
+        http=deadline_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -120,7 +120,7 @@ MYID = {**param("myid", "Only these myids (repeatable)."), "explode": True}
 STREAMS = ("application/x-ndjson", "text/csv")
 WEBHOOK_ANSWERS = {
     "200": answer("Stored", "stored, or a repeat of a stored event (duplicate: true)"),
-    **{code: ERROR for code in ("400", "403", "405", "413", "415", "503")},
+    **{code: ERROR for code in ("400", "403", "405", "408", "413", "415", "503")},
 }
 WEBHOOK_QUERY = [
     {**param("myid", "Whose event it is (required unless --default-myid)."), "required": False},

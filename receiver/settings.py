@@ -39,6 +39,12 @@ class Settings:
         None, "Bearer token required for everything under /api/ (else 401)."
     )
     max_body: int = setting(65536, "Largest POST body accepted, in bytes (else 413).")
+    header_timeout: float = setting(
+        10.0, "Seconds a connection has to send a request's headers (else it is closed)."
+    )
+    body_timeout: float = setting(
+        30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
+    )
     rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
     unknown_end_after: int = setting(
         14400, "Seconds after its last event that a call with no hangup counts as unknown_end."
@@ -47,6 +53,8 @@ class Settings:
     access_log: bool = setting(False, "Log every request (tokens are masked).")
 
     def __post_init__(self) -> None:
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("--header-timeout and --body-timeout must be more than 0 seconds")
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.default_myid and not is_valid_myid(self.default_myid):
             raise ValueError(
