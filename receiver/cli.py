@@ -59,6 +59,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def raise_open_file_limit() -> None:
+    """Raise this process's open-file soft limit to its hard limit, and log the new limit.
+
+    Each connection is an open file; a soft limit of 1,024 (a common default) let a thousand
+    slow clients make every other delivery fail, and the hard limit is what the system allows.
+    """
+    import resource  # POSIX only: imported here, so that the other commands run anywhere
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open-file limit: %s", soft)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as problem:  # an unlimited hard limit may be refused as such
+        log.warning("open-file limit stays %s (could not raise it to %s: %s)", soft, hard, problem)
+        return
+    log.info("open-file limit raised from %s to %s", soft, hard)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="receiver")
 def main() -> None:
@@ -97,6 +117,7 @@ def serve(**options: Any) -> None:
                 "(set --api-token or RECEIVER_API_TOKEN)",
                 settings.host,
             )
+    raise_open_file_limit()
     uvicorn.run(
         create_app(settings),
         http=deadline_protocol(settings.header_timeout),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sqlite3
 import subprocess
@@ -83,8 +84,11 @@ def free_port() -> int:
 class ServerProcess:
     """`receiver serve` as a real subprocess on a free port."""
 
-    def __init__(self, db: Path, *args: str, log_dir: Path | None = None) -> None:
+    def __init__(
+        self, db: Path, *args: str, log_dir: Path | None = None, open_files: int | None = None
+    ) -> None:
         self.db = db
+        self.open_files = open_files  # the soft open-file limit it starts with, if not ours
         self.log_dir = log_dir or db.parent
         self.args = args
         self.port = free_port()
@@ -100,7 +104,11 @@ class ServerProcess:
         self.log = self.log_dir / f"server-{self.port}.log"  # a file: a pipe could fill and block
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ}
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ},
+                preexec_fn=self.limit_open_files if self.open_files else None,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -112,6 +120,11 @@ class ServerProcess:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"server did not answer {ready} within 20 s")
+
+    def limit_open_files(self) -> None:
+        """In the child, before exec: a lower soft open-file limit (the hard one stays)."""
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
 
     def stop(self, sig: int = 15) -> tuple[int, str]:
         """Send `sig`, wait for the exit; the exit code and what the server logged."""

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import select
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +53,24 @@ def slow_clients(port: int, sends: list[bytes]) -> Iterator[list[socket.socket]]
             sock.close()
 
 
+def open_connections(pid: int) -> int:
+    """How many sockets a process holds."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in os.listdir(fds):
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(fds / fd).startswith("socket:")
+    return count
+
+
+def answered_or_closed(sockets: list[socket.socket]) -> list[int]:
+    """The file numbers of the sockets with something to read (an answer, or their end)."""
+    poll = select.poll()  # not select(): file numbers here pass 1,024
+    for sock in sockets:
+        poll.register(sock, select.POLLIN)
+    return [fd for fd, _ in poll.poll(0)]
+
+
 def read_to_end(sock: socket.socket, seconds: float = 30) -> bytes:
     """Everything the server sends until it closes the connection (at most `seconds`)."""
     sock.settimeout(seconds)
@@ -57,6 +78,36 @@ def read_to_end(sock: socket.socket, seconds: float = 30) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_a_thousand_slow_connections_do_not_stop_deliveries(tmp_path: Path) -> None:
+    # It starts with a soft limit of 512 open files: only raising it to the hard limit at start
+    # lets it hold the thousand and still accept the deliveries.
+    running = ServerProcess(
+        tmp_path / "receiver.db", "--header-timeout", "120", "--body-timeout", "120",
+        open_files=512,
+    ).start()  # fmt: skip
+    assert running.process is not None
+    try:
+        limits = Path(f"/proc/{running.process.pid}/limits").read_text()
+        soft, hard = next(line for line in limits.splitlines() if "open files" in line).split()[3:5]
+        assert soft == hard
+        with slow_clients(running.port, [HALF_HEADERS] * 900 + [SHORT_BODY] * 100) as slow:
+            deadline = time.monotonic() + 30
+            while open_connections(running.process.pid) < 1000 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the server takes them in as its loop gets to them
+            assert open_connections(running.process.pid) >= 1000
+            with httpx.Client(base_url=running.url, timeout=10) as client:
+                for n in range(20):
+                    payload = HANGUP.replace("b5187f38a9cc43f2ba068bce983a513e", f"{n:032x}")
+                    answer = client.get(f"/webhook?myid=7&{payload}")
+                    assert answer.status_code == 200, answer.text
+                    fresh = httpx.get(f"{running.url}/healthz", timeout=10)  # a new connection
+                    assert fresh.status_code == 200
+            assert answered_or_closed(slow) == []  # all still open and unanswered meanwhile
+    finally:
+        _, logged = running.stop()
+    assert "Too many open files" not in logged
 
 
 def test_slow_headers_are_closed_and_a_body_that_stops_gets_408(tmp_path: Path) -> None:
