@@ -56,6 +56,10 @@ from receiver.store.schema import (
 
 log = logging.getLogger("receiver.store")
 
+# The WAL's size, in pages, at which SQLite checkpoints once the disk has been found full
+# (its default, 1,000 pages, is 4 MB): small enough to leave room for the database to grow.
+SMALL_WAL_PAGES = 64
+
 
 @contextlib.contextmanager
 def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
@@ -82,6 +86,7 @@ class Writer:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_max = rejects_max
         self.lines_later = lines_later
+        self.short_of_space = False  # a commit failed for space, and no checkpoint has run since
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # A group's INSERT keeps the pages it changes in a statement journal (to undo just it
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
@@ -105,9 +110,43 @@ class Writer:
         self.db.close()
 
     def write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
-        """Store a group in one transaction; all of it or, raising, none of it."""
-        with write_transaction(self.db):
-            return self._insert_group(items)
+        """Store a group in one transaction; all of it or, raising, none of it.
+
+        A commit that fails for want of space is tried once more after a checkpoint; after
+        one has, each commit is followed by a checkpoint until one succeeds, and the WAL is
+        kept small from then on (see checkpoint()).
+        """
+        try:
+            with write_transaction(self.db):
+                results = self._insert_group(items)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            self.short_of_space = True
+            self.db.execute(f"PRAGMA wal_autocheckpoint={SMALL_WAL_PAGES}")
+            if not self.checkpoint():
+                raise
+            with write_transaction(self.db):
+                results = self._insert_group(items)
+        if self.short_of_space:
+            self.checkpoint()
+        return results
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL into the database and empty it; whether that was done.
+
+        SQLite checkpoints by itself once the WAL passes 1,000 pages (4 MB); on a disk with less
+        room than that, the WAL filled it and never shrank, so once space was freed a few commits
+        filled it again, and then a checkpoint had no room to grow the database. So after a
+        commit fails for space, one is tried after each commit, while there is room, until done,
+        and SQLite's own checkpoints come at SMALL_WAL_PAGES from then on.
+        """
+        try:
+            busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError:  # no room for the database to grow yet
+            return False
+        self.short_of_space = bool(busy)
+        return not busy
 
     def _insert_group(self, items: list[Event | Reject]) -> list[Stored | None]:
         db = self.db
