@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import api as api_routes
 from receiver.event import RawRequest, Reject, Source, now_us
+from receiver.logs import Repeated
 from receiver.openapi import spec
 from receiver.parse import Rejected, parse_request, query_myid, strip_body_token, strip_token
 from receiver.settings import Settings
@@ -107,9 +108,10 @@ class Webhook:
 
     path = "/webhook"
 
-    def __init__(self, app: Starlette, settings: Settings) -> None:
+    def __init__(self, app: Starlette, settings: Settings, repeated: Repeated) -> None:
         self.app = app
         self.settings = settings
+        self.repeated = repeated  # each failure of a kind is logged once in a while, counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -157,7 +159,13 @@ class Webhook:
         try:
             stored = await store.add_event(event)
         except Exception as failure:
-            log.error("event NOT stored, answering 503 (%s): %r", failure, event.raw)
+            self.repeated.log(
+                logging.ERROR,
+                "not stored",
+                "event NOT stored, answering 503 (%s): %r",
+                failure,
+                event.raw,
+            )
             return error(503, f"the event could not be stored: {failure}")
         return stored_response(stored)
 
@@ -178,10 +186,25 @@ class Webhook:
             client=client[0] if client else None,
             body_size=size,
         )
+        # Without --access-log, nothing else in the log says that deliveries are being refused.
+        self.repeated.log(
+            logging.WARNING,
+            f"refused {why.status}",
+            "refused a delivery from %s with %d: %s",
+            reject.client,
+            why.status,
+            why.reason,
+        )
         try:
             await store.add_reject(reject)
         except Exception as failure:  # the answer stays the refusal; the log keeps the request
-            log.error("could not keep a refused delivery (%s): %r", failure, reject)
+            self.repeated.log(
+                logging.ERROR,
+                "reject not kept",
+                "could not keep a refused delivery (%s): %r",
+                failure,
+                reject,
+            )
         headers = ANSWER_HEADERS.get(why.status)
         return error(why.status, why.reason, headers)
 
@@ -233,7 +256,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
-async def refresh_calls(store: Store) -> None:
+async def refresh_calls(store: Store, repeated: Repeated) -> None:
     """Five times a second: rebuild changed calls (queries also refresh before reading), make
     the export lines of new events and of events stored before the lines existed, and give
     events stored before schema version 6 their new de-dup key."""
@@ -242,13 +265,19 @@ async def refresh_calls(store: Store) -> None:
             await store.refresh_calls(background=True)
             await store.fill_event_lines(background=True)
             await store.rekey_old_events(background=True)
-        except Exception:
-            log.exception("background work on the database failed; trying again")
+        except Exception as failure:  # a full disk fails it five times a second
+            repeated.log(
+                logging.ERROR,
+                "background",
+                "background work on the database failed; trying again",
+                exc_info=failure,
+            )
         await asyncio.sleep(BACKGROUND_SECONDS)
 
 
 def create_app(settings: Settings) -> Webhook:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
+    repeated = Repeated(log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -257,13 +286,14 @@ def create_app(settings: Settings) -> Webhook:
             settings.db, rejects_max=settings.rejects_max, own_process=True, lines_later=True
         ) as store:
             app.state.store = store
-            refresher = asyncio.create_task(refresh_calls(store), name="receiver-calls")
+            refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")
             try:
                 yield
             finally:
                 refresher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await refresher
+                repeated.flush_all()
 
     api = Mount(
         "/api",
@@ -291,4 +321,4 @@ def create_app(settings: Settings) -> Webhook:
         exception_handlers=handlers,
         lifespan=lifespan,
     )
-    return Webhook(rest, settings)
+    return Webhook(rest, settings, repeated)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import time
+from typing import NamedTuple
 
 TOKEN_IN_URL = re.compile(r"(?i)([?&]token=)[^&\s]*")
+REPEATS_EVERY_SECONDS = 10.0  # how often a message that repeats is logged (Repeated)
 
 
 class MaskTokens(logging.Filter):
@@ -28,3 +33,69 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Repeated:
+    """Log messages that can come many times a second at most once per `interval` each kind,
+    with how many more of that kind there were.
+
+    Anyone can send a thousand bad deliveries a second, and on a full disk every delivery fails:
+    a line for each filled the log (15 MB in 14 s) and the disk it was on. The first of a kind
+    is logged at once; the others in the next `interval` seconds are counted, and at its end
+    (or at the next one after it, outside an event loop) the latest is logged with the count.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = REPEATS_EVERY_SECONDS) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.quiet_until: dict[str, float] = {}  # kind -> until when the next ones are counted
+        self.held: dict[str, Held] = {}  # kind -> the latest not logged, and how many
+
+    def log(
+        self,
+        level: int,
+        kind: str,
+        message: str,
+        *args: object,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Log `message % args` (and `exc_info`'s traceback) now, or count it if one of `kind`
+        was logged lately."""
+        now = time.monotonic()
+        if now >= self.quiet_until.get(kind, 0.0):
+            self.flush(kind)  # one held from the last interval, when no loop logged it
+            self.quiet_until[kind] = now + self.interval
+            self.logger.log(level, message, *args, exc_info=exc_info)
+            return
+        held = self.held.get(kind)
+        self.held[kind] = Held(level, message, args, exc_info, held.times + 1 if held else 1)
+        if held is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next call logs it
+                loop = asyncio.get_running_loop()
+                loop.call_later(self.quiet_until[kind] - now, self.flush, kind)
+
+    def flush(self, kind: str) -> None:
+        """Log the latest held message of `kind` with the count of those held."""
+        held = self.held.pop(kind, None)
+        if held is None:
+            return
+        self.quiet_until[kind] = time.monotonic() + self.interval
+        more = held.times - 1
+        said = f" (and {more} more like it in the last {self.interval:g} s, not logged)"
+        message = held.message + (said if more else "")
+        self.logger.log(held.level, message, *held.args, exc_info=held.exc_info)
+
+    def flush_all(self) -> None:
+        """Log every held message now (at shutdown: their counts would be lost)."""
+        for kind in list(self.held):
+            self.flush(kind)
+
+
+class Held(NamedTuple):
+    """A message not logged yet: the latest of its kind, and how many of them there were."""
+
+    level: int
+    message: str
+    args: tuple[object, ...]
+    exc_info: BaseException | None
+    times: int

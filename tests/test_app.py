@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.conftest import sample
@@ -313,3 +315,23 @@ def test_a_refused_myid_is_kept_only_in_the_raw_query(make_client) -> None:  # t
     assert [r["myid"] for r in rejects] == ["175", None, None]
     assert rejects[2]["query"].startswith(f"myid={long}&")
     assert client.get("/api/events").json()["events"] == []
+
+
+def test_refused_deliveries_are_logged_once_with_a_count(make_client, caplog) -> None:  # type: ignore[no-untyped-def]
+    # Without --access-log, a PBX misconfigured (wrong token, no myid) showed nothing in the log.
+    client = make_client(token="s3cr3t-value")
+    caplog.set_level(logging.WARNING, logger="receiver")
+    for _ in range(50):
+        assert client.get(f"/webhook?myid=175&{HANGUP}").status_code == 403
+    assert client.get(f"/webhook?{HANGUP}").status_code == 400
+    refused = [r for r in caplog.records if r.name == "receiver" and "refused" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in refused] == [
+        ("WARNING", "refused a delivery from testclient with 403: token is missing or wrong for "
+         "myid 175: add token=<secret> to the URL registered with the PBX"),
+        ("WARNING", "refused a delivery from testclient with 400: myid is missing from the query "
+         "string: register the URL as https://host/webhook?myid=<extension id>"),
+    ]  # fmt: skip
+    client.__exit__(None, None, None)  # at shutdown, what was counted is logged
+    last = [r.getMessage() for r in caplog.records if r.name == "receiver"][-1]
+    assert last.endswith("(and 48 more like it in the last 10 s, not logged)")
+    assert "s3cr3t-value" not in caplog.text

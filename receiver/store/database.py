@@ -223,7 +223,6 @@ class Store:
                 for item in group:
                     await self._commit([item])
                 return
-            log.error("could not store a delivery: %s", error)
             _, future = group[0]
             if not future.done():
                 future.set_exception(error)
