@@ -14,10 +14,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.calls import CallStatus, Direction, call_json
 from receiver.event import event_json, now_us, parse_time, reject_json
+from receiver.openapi import EXPORT_MAX, PAGE_MAX, query_names
+from receiver.parse import MYID_SHAPE, is_valid_myid
 from receiver.settings import Settings
-from receiver.store import CallQuery, EventQuery, Store, parse_cursor
+from receiver.store import CallQuery, EventQuery, Store, parse_call_cursor, parse_cursor
 
-MAX_LIMIT = 1000
 CHUNK_LINES = 500
 FORMATS = ("json", "ndjson", "csv")
 MEDIA = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
@@ -27,12 +28,22 @@ def bad(name: str, must: str) -> HTTPException:
     return HTTPException(400, f"parameter {name} {must}")
 
 
+def known_params(request: Request, path: str) -> None:
+    """HTTP 400 naming a query parameter that `path` does not take (a typo would otherwise
+    return everything, unfiltered)."""
+    allowed = query_names(path)
+    for name in request.query_params:
+        if name not in allowed:
+            takes = ", ".join(sorted(allowed)) or "none"
+            raise HTTPException(400, f"unknown parameter {name}: {path} takes {takes}")
+
+
 def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
     """An integer query parameter within [low, high]; HTTP 400 naming it otherwise."""
     value = request.query_params.get(name)
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise bad(name, f"must be a whole number from {low} to {high}")
     return int(value)
 
@@ -46,7 +57,9 @@ def time_param(request: Request, name: str) -> int | None:
         return parse_time(value)
     except ValueError:
         raise bad(
-            name, "must be ISO 8601 (2026-11-27T09:00:00Z) or seconds since the epoch"
+            name,
+            "must be ISO 8601 (2026-11-27T09:00:00Z) or seconds since the epoch (at most 12 "
+            "digits)",
         ) from None
 
 
@@ -70,10 +83,25 @@ def output_format(request: Request) -> str:
     return "json"
 
 
+def myids_param(request: Request) -> tuple[str, ...]:
+    myids = tuple(request.query_params.getlist("myid"))
+    if not all(is_valid_myid(myid) for myid in myids):
+        raise bad("myid", f"must be {MYID_SHAPE}")
+    return myids
+
+
+def limit_param(request: Request, fmt: str) -> int | None:
+    """A JSON page's size (default 100, at most PAGE_MAX), or the most records to export."""
+    if fmt == "json":
+        return min(int_param(request, "limit", 100, 1, EXPORT_MAX) or 100, PAGE_MAX)
+    return int_param(request, "limit", None, 1, EXPORT_MAX)
+
+
 def event_query(request: Request) -> EventQuery:
+    known_params(request, "/api/events")
     q = request.query_params
     return EventQuery(
-        myids=tuple(q.getlist("myid")),
+        myids=myids_param(request),
         event_type=q.get("event_type"),
         call_id=q.get("call_id"),
         sub_call_id=q.get("sub_call_id"),
@@ -88,11 +116,12 @@ def event_query(request: Request) -> EventQuery:
     )
 
 
-def call_query(request: Request) -> CallQuery:
+def call_query(request: Request, path: str) -> CallQuery:
+    known_params(request, path)
     q = request.query_params
     settings: Settings = request.app.state.settings
     return CallQuery(
-        myids=tuple(q.getlist("myid")),
+        myids=myids_param(request),
         since_us=time_param(request, "since"),
         until_us=time_param(request, "until"),
         direction=choice_param(request, "direction", tuple(Direction)),
@@ -113,12 +142,6 @@ def cursor_param(request: Request, check: Callable[[str], object]) -> str | None
         except ValueError:
             raise bad("after", "must be a 'next' value from an earlier page") from None
     return after
-
-
-def call_cursor(value: str) -> None:
-    started, sep, call_id = value.partition(":")
-    if not (sep and started.isdigit() and call_id):
-        raise ValueError(value)
 
 
 def csv_cell(value: Any) -> Any:
@@ -166,19 +189,17 @@ async def list_events(request: Request) -> Response:
     query = event_query(request)
     after = cursor_param(request, parse_cursor)
     fmt = output_format(request)
+    limit = limit_param(request, fmt)
     if fmt == "ndjson":  # the export: lines made by SQLite, with the raw request
-        limit = int_param(request, "limit", None, 1, 2**62)
         lines = store.iter_event_lines(query, after=after, limit=limit)
         return StreamingResponse(lines, media_type=MEDIA[fmt])
     if fmt == "csv":
-        limit = int_param(request, "limit", None, 1, 2**62)
 
         async def records() -> AsyncIterator[dict[str, Any]]:
             async for event in limited(store.iter_events(query, after=after), limit):
                 yield event_json(event)
 
         return StreamingResponse(stream(records(), fmt), media_type=MEDIA[fmt])
-    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
     assert limit is not None
     page = await store.list_events(query, limit=limit, after=after)
     return JSONResponse({"events": [event_json(e) for e in page.items], "next": page.next})
@@ -186,6 +207,7 @@ async def list_events(request: Request) -> Response:
 
 async def get_event(request: Request) -> Response:
     """GET /api/events/{id}: one event with its raw request."""
+    known_params(request, "/api/events/{id}")
     store: Store = request.app.state.store
     event = await store.get_event(request.path_params["id"])
     if event is None:
@@ -196,14 +218,13 @@ async def get_event(request: Request) -> Response:
 async def list_calls(request: Request) -> Response:
     """GET /api/calls: calls rebuilt from events, by start time."""
     store: Store = request.app.state.store
-    query = call_query(request)
-    after = cursor_param(request, call_cursor)
+    query = call_query(request, "/api/calls")
+    after = cursor_param(request, parse_call_cursor)
     fmt = output_format(request)
+    limit = limit_param(request, fmt)
     if fmt != "json":
-        limit = int_param(request, "limit", None, 1, 2**62)
         records = limited(store.iter_calls(query, after=after), limit)
         return StreamingResponse(stream(records, fmt), media_type=MEDIA[fmt])
-    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
     assert limit is not None
     page = await store.list_calls(query, limit=limit, after=after)
     return JSONResponse({"calls": page.items, "next": page.next})
@@ -212,6 +233,7 @@ async def list_calls(request: Request) -> Response:
 async def get_call(request: Request) -> Response:
     """GET /api/calls/{call_id}: one call with its legs and event timeline."""
     store: Store = request.app.state.store
+    known_params(request, "/api/calls/{call_id}")
     settings: Settings = request.app.state.settings
     call_id = request.path_params["call_id"]
     call = await store.get_call(
@@ -237,21 +259,25 @@ async def report(request: Request, rows: list[dict[str, Any]], key: str) -> Resp
 async def missed_report(request: Request) -> Response:
     """GET /api/reports/missed: missed inbound calls per number, handled or not."""
     store: Store = request.app.state.store
-    return await report(request, await store.missed_report(call_query(request)), "numbers")
+    return await report(
+        request, await store.missed_report(call_query(request, "/api/reports/missed")), "numbers"
+    )
 
 
 async def extensions_report(request: Request) -> Response:
     """GET /api/reports/extensions: per extension (and day or hour) call figures."""
     store: Store = request.app.state.store
+    query = call_query(request, "/api/reports/extensions")
     by = choice_param(request, "by", ("day", "hour"))
-    rows = await store.extensions_report(call_query(request), by=by)
+    rows = await store.extensions_report(query, by=by)
     return await report(request, rows, "extensions")
 
 
 async def list_rejects(request: Request) -> Response:
     """GET /api/rejects: refused deliveries, newest first."""
+    known_params(request, "/api/rejects")
     store: Store = request.app.state.store
-    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    limit = int_param(request, "limit", 100, 1, PAGE_MAX)
     before = int_param(request, "before", None, 1, 2**63 - 1)
     assert limit is not None
     page = await store.list_rejects(limit=limit, before=before)

@@ -221,7 +221,7 @@ async def healthz(request: Request) -> Response:
 
 async def openapi_json(request: Request) -> Response:
     """GET /openapi.json: the API's description."""
-    return JSONResponse(spec())
+    return JSONResponse(spec(request.app.state.settings))
 
 
 class BearerAuth:

@@ -203,27 +203,36 @@ def iso_time(us: int | None) -> str | None:
     return f"{iso_minute(minute)}{TWO_DIGITS[second]}.{micro:06d}Z"
 
 
-EPOCH_SECONDS = re.compile(r"\d+(\.\d+)?")
+# What parse_time() takes, also the pattern of the API's time parameters: seconds since the
+# epoch (at most 12 digits, up to the year 33658, so that the µs fit in 64 bits), or an ISO 8601
+# date, date and time, or RFC 3339 date-time.
+EPOCH_SECONDS_PATTERN = r"\d{1,12}(\.\d+)?"
+EPOCH_SECONDS = re.compile(EPOCH_SECONDS_PATTERN)
+LEAP_SECOND = re.compile(r"(?<=[T ]\d\d:\d\d:)60")
 
 
 def parse_time(text: str) -> int:
     """ISO 8601 (UTC unless it says otherwise) or seconds since the epoch -> µs.
 
+    RFC 3339's lower-case `t` and `z` are taken, and a leap second (`23:59:60`) is its
+    minute's last second, as the µs since the epoch (which have no leap seconds) can say.
     Raises ValueError with what is accepted.
     """
     if EPOCH_SECONDS.fullmatch(text):
         whole, _, fraction = text.partition(".")
         return int(whole) * 1_000_000 + int((fraction + "000000")[:6])
+    iso, leap = LEAP_SECOND.subn("59", text.upper(), count=1)
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(iso)
     except ValueError:
         raise ValueError(
             f"{text!r} is not a time: use ISO 8601 (2026-11-27T09:00:00Z) "
-            "or seconds since the epoch"
+            "or seconds since the epoch (at most 12 digits)"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    us = (moment - EPOCH) // timedelta(microseconds=1)
+    return us + (1_000_000 - 1 - moment.microsecond if leap else 0)
 
 
 def seconds(us: int | float | None) -> float | None:

@@ -1,4 +1,9 @@
-"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json."""
+"""The OpenAPI 3.1 description of the HTTP API, served at /openapi.json.
+
+It says exactly what the running server does: its security follows the server's settings, and
+every constraint the code enforces on a parameter is in it (tests/test_fuzz.py holds this with
+Schemathesis).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ from typing import Any
 
 from receiver import __version__
 from receiver.calls import CallStatus, Direction
+from receiver.event import EPOCH_SECONDS_PATTERN
+from receiver.parse import FIELDS, MYID_PATTERN
+from receiver.settings import Settings
+from receiver.store import CALL_CURSOR_PATTERN, EVENT_CURSOR_PATTERN
 
 
 def nullable(kind: str, **more: Any) -> dict[str, Any]:
@@ -16,19 +25,33 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(properties: dict[str, Any], *, extra: bool = True) -> dict[str, Any]:
-    """An object with every listed property required."""
-    return {"type": "object", "properties": properties, "required": list(properties),
-            "additionalProperties": extra}  # fmt: skip
+def obj(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object: every listed property, and no other, required unless `optional`."""
+    return {"type": "object", "properties": properties,
+            "required": [name for name in properties if name not in optional],
+            "additionalProperties": False}  # fmt: skip
 
 
 TEXT = {"type": "string"}
-TIME = nullable("string", format="date-time")
+TIME = nullable("string", format="date-time")  # null: a stored value no date can show
 SECONDS = nullable("number")
 STRINGS = {"type": "array", "items": TEXT}
+INTEGER = {"type": "integer"}
 
-EVENT = obj({
-    "id": {"type": "integer"}, "myid": TEXT, "event_type": TEXT, "event_time": TIME,
+
+def text_or_base64(name: str) -> dict[str, Any]:
+    """`name` as text when it is UTF-8, else `<name>_base64`: exactly one of the two."""
+    return {name: TEXT, f"{name}_base64": {"type": "string", "contentEncoding": "base64"}}
+
+
+def one_of_each(*names: str) -> dict[str, Any]:
+    """Each of `names` comes either as text or as base64 (text_or_base64), not both."""
+    return {"allOf": [{"oneOf": [{"required": [n]}, {"required": [f"{n}_base64"]}]}
+                      for n in names]}  # fmt: skip
+
+
+EVENT_FIELDS = {
+    "id": INTEGER, "myid": TEXT, "event_type": TEXT, "event_time": TIME,
     "call_id": nullable("string"), "sub_call_id": nullable("string"),
     "call_api_id": nullable("string"), "callback_id": nullable("string"),
     "caller_id_num": nullable("string"), "caller_id_name": nullable("string"),
@@ -39,19 +62,22 @@ EVENT = obj({
     "rec_id": nullable("string"), "transferred": {"type": "boolean"},
     "bridged": nullable("boolean"), "diversion": nullable("string"),
     "remote_number": nullable("string"), "extra": {"type": "object"}, "flags": STRINGS,
-    "received_at": {"type": "string", "format": "date-time"}, "source": TEXT,
-    "event_time_us": nullable("integer"), "duplicates": {"type": "integer"},
-})  # fmt: skip
-RAW = obj({"method": TEXT, "content_type": nullable("string")})
-CALL = obj({
+    "received_at": TIME, "source": TEXT, "event_time_us": nullable("integer"),
+    "duplicates": INTEGER,
+}  # fmt: skip
+RAW = {**obj({"method": TEXT, **text_or_base64("query"), **text_or_base64("body"),
+              "content_type": nullable("string")},
+             optional=("query", "query_base64", "body", "body_base64")),
+       **one_of_each("query", "body")}  # fmt: skip
+CALL_FIELDS = {
     "call_id": TEXT, "myid": TEXT, "myids": STRINGS,
     "direction": {"enum": [d.value for d in Direction]},
-    "started_at": {"type": "string", "format": "date-time"}, "answered_at": TIME,
-    "ended_at": TIME, "ring_seconds": SECONDS, "talk_seconds": SECONDS,
+    "started_at": TIME, "answered_at": TIME, "ended_at": TIME,
+    "ring_seconds": SECONDS, "talk_seconds": SECONDS,
     "status": {"enum": [s.value for s in CallStatus]}, "external_number": nullable("string"),
     "did": nullable("string"), "answered_by": nullable("string"), "extensions": STRINGS,
     "transferred": {"type": "boolean"}, "callback_id": nullable("string"), "recordings": STRINGS,
-})  # fmt: skip
+}  # fmt: skip
 LEG = obj({
     "sub_call_id": TEXT, "extension": nullable("string"), "extension_id": nullable("integer"),
     "direction": nullable("string"), "started_at": TIME, "answered_at": TIME, "ended_at": TIME,
@@ -59,38 +85,52 @@ LEG = obj({
     "answered": {"type": "boolean"}, "transferred": {"type": "boolean"},
     "bridged": nullable("boolean"), "rec_id": nullable("string"),
 })  # fmt: skip
+TIMELINE_EVENT = obj({
+    "id": INTEGER, "event_time": TIME, "event_type": TEXT, "sub_call_id": nullable("string"),
+    "call_status": nullable("string"), "call_flow": nullable("string"), "myid": TEXT,
+})  # fmt: skip
+REJECT = {**obj({
+    "id": INTEGER, "received_at": TIME, "status": INTEGER, "reason": TEXT,
+    "myid": nullable("string"), "client": nullable("string"), "method": TEXT,
+    **text_or_base64("query"), **text_or_base64("body"), "body_size": INTEGER,
+    "content_type": nullable("string"),
+}, optional=("query", "query_base64", "body", "body_base64")),
+    **one_of_each("query", "body")}  # fmt: skip
 SCHEMAS: dict[str, Any] = {
-    "Error": obj({"ok": {"const": False}, "error": TEXT, "status": {"type": "integer"}},
-                 extra=False),
-    "Stored": obj({"ok": {"const": True}, "id": {"type": "integer"},
-                   "duplicate": {"type": "boolean"}}, extra=False),
-    "Health": obj({"ok": {"const": True}, "schema_version": {"type": "integer"}}),
-    "Event": EVENT,
-    "EventWithRaw": {"allOf": [ref("Event"), obj({"raw": RAW})]},
+    "Error": obj({"ok": {"const": False}, "error": TEXT, "status": INTEGER}),
+    "Stored": obj({"ok": {"const": True}, "id": INTEGER, "duplicate": {"type": "boolean"}}),
+    "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER}),
+    "Event": obj(EVENT_FIELDS),
+    "EventWithRaw": obj({**EVENT_FIELDS, "raw": RAW}),
     "EventPage": obj({"events": {"type": "array", "items": ref("Event")},
-                      "next": nullable("string")}, extra=False),
-    "Call": CALL,
-    "CallDetail": {"allOf": [ref("Call"), obj({
-        "legs": {"type": "array", "items": LEG}, "events": {"type": "array"}})]},
+                      "next": nullable("string")}),
+    "Call": obj(CALL_FIELDS),
+    "CallDetail": obj({**CALL_FIELDS, "legs": {"type": "array", "items": LEG},
+                       "events": {"type": "array", "items": TIMELINE_EVENT}}),
     "CallPage": obj({"calls": {"type": "array", "items": ref("Call")},
-                     "next": nullable("string")}, extra=False),
+                     "next": nullable("string")}),
     "MissedReport": obj({"numbers": {"type": "array", "items": obj({
-        "number": TEXT, "digits": TEXT, "missed": {"type": "integer"},
+        "number": TEXT, "digits": TEXT, "missed": INTEGER,
         "first_missed_at": TIME, "last_missed_at": TIME, "dids": STRINGS,
         "handled": {"type": "boolean"},
         "handled_by": {"enum": ["call_back", "called_again", None]}, "handled_at": TIME,
         "handled_extension": nullable("string"), "recall_seconds": SECONDS})}}),
-    "ExtensionsReport": obj({"extensions": {"type": "array", "items": {
-        "type": "object", "required": ["extension", "calls", "answered", "missed"],
-        "properties": {"extension": TEXT, "period": TIME, "calls": {"type": "integer"},
-                       "answered": {"type": "integer"}, "missed": {"type": "integer"},
-                       "avg_ring_seconds": SECONDS, "total_talk_seconds": {"type": "number"},
-                       "avg_talk_seconds": SECONDS}}}}),
-    "RejectPage": obj({"rejects": {"type": "array", "items": obj({
-        "id": {"type": "integer"}, "received_at": TIME, "status": {"type": "integer"},
-        "reason": TEXT, "myid": nullable("string"), "method": TEXT,
-        "body_size": {"type": "integer"}})}, "next": nullable("string")}),
+    "ExtensionsReport": obj({"extensions": {"type": "array", "items": obj({
+        "extension": TEXT, "period": TIME, "calls": INTEGER, "answered": INTEGER,
+        "missed": INTEGER, "avg_ring_seconds": SECONDS, "total_talk_seconds": {"type": "number"},
+        "avg_talk_seconds": SECONDS}, optional=("period",))}}),
+    "RejectPage": obj({"rejects": {"type": "array", "items": REJECT},
+                       "next": nullable("string")}),
 }  # fmt: skip
+# A form field is text. A client's library turns a number or true into its text, but a null,
+# an empty list or an object it may drop or spell in ways of its own: EventType, which must not
+# come out empty, is described as the values every form library writes the same.
+FORM_TEXT = {"anyOf": [{"type": "string", "minLength": 1}, {"type": ["number", "boolean"]}]}
+PAGE_MAX = 1000  # the most records in one JSON page (a larger `limit` gets this many)
+EXPORT_MAX = 2**62  # the most records an NDJSON or CSV export may be asked for
+TIME_PARAMETER = {"anyOf": [
+    {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
+    {"type": "string", "pattern": f"^{EPOCH_SECONDS_PATTERN}$"}]}  # fmt: skip
 
 
 def param(name: str, description: str, kind: str = "string", **more: Any) -> dict[str, Any]:
@@ -107,102 +147,171 @@ def answer(schema: str, description: str = "OK", media: tuple[str, ...] = ()) ->
 
 ERROR = {"description": "error", "content": {"application/json": {"schema": ref("Error")}}}
 TIMES = [
-    param("since", "From this time (included): ISO 8601 or seconds since the epoch."),
-    param("until", "Before this time: ISO 8601 or seconds since the epoch."),
-]
-PAGING = [
-    param("order", "Time order.", enum=["asc", "desc"]),
-    param("limit", "Page size (json, 1-1000), or the most records (ndjson, csv).", "integer"),
-    param("after", "The `next` value of the previous page."),
-    param("format", "Response format (or use the Accept header).", enum=["json", "ndjson", "csv"]),
-]
-MYID = {**param("myid", "Only these myids (repeatable)."), "explode": True}
+    {**param("since", "From this time (included): ISO 8601 (UTC when no offset is given) or "
+                      "seconds since the epoch."), "schema": TIME_PARAMETER},
+    {**param("until", "Before this time, as `since`."), "schema": TIME_PARAMETER},
+]  # fmt: skip
+LIMIT = param("limit", f"Page size (json: default 100, at most {PAGE_MAX} a page), or the most "
+              "records to send (ndjson, csv: default all).", "integer", minimum=1,
+              maximum=EXPORT_MAX)  # fmt: skip
+FORMAT = param("format", "Response format (or use the Accept header).",
+               enum=["json", "ndjson", "csv"])  # fmt: skip
+ORDER = param("order", "Time order.", enum=["asc", "desc"])
+MYID = {**param("myid", "Only these myids (repeatable).", pattern=f"^{MYID_PATTERN}$"),
+        "explode": True}  # fmt: skip
+NUMBER = param("number", "A phone number, compared as digits (8916..., +7916... and 7916... "
+               "are one number).")  # fmt: skip
+EXTENSION = param("extension", "An extension, as prefix*ext.")
 STREAMS = ("application/x-ndjson", "text/csv")
-WEBHOOK_ANSWERS = {
-    "200": answer("Stored", "stored, or a repeat of a stored event (duplicate: true)"),
-    **{code: ERROR for code in ("400", "403", "405", "408", "413", "415", "503")},
+EVENT_PARAMETERS = [
+    MYID, *TIMES, ORDER, LIMIT,
+    param("after", "The `next` value of the previous page.", pattern=f"^{EVENT_CURSOR_PATTERN}$"),
+    FORMAT, *(param(n, f"Only this {n}.") for n in (
+        "event_type", "call_id", "sub_call_id", "call_status", "call_flow", "source")),
+    {**NUMBER, "description": "Any of the event's numbers, compared as digits."},
+    {**EXTENSION, "description": "The calling or called extension (prefix*ext)."},
+]  # fmt: skip
+CALL_PARAMETERS = [
+    MYID, *TIMES, ORDER, LIMIT,
+    param("after", "The `next` value of the previous page.", pattern=f"^{CALL_CURSOR_PATTERN}$"),
+    FORMAT, param("direction", "Call direction.", enum=[d.value for d in Direction]),
+    param("status", "Call status.", enum=[s.value for s in CallStatus]),
+    {**NUMBER, "description": "The external number, compared as digits."},
+    {**EXTENSION, "description": "An extension the call involved (prefix*ext)."},
+]  # fmt: skip
+REPORT_PARAMETERS = [MYID, *TIMES, FORMAT, NUMBER, EXTENSION]
+BY = param("by", "One row per period too (UTC).", enum=["day", "hour"])
+REJECT_PARAMETERS = [
+    param("limit", f"Page size, 1-{PAGE_MAX} (default 100).", "integer", minimum=1,
+          maximum=PAGE_MAX),
+    param("before", "The `next` value of the previous page.", "integer", minimum=1,
+          maximum=2**63 - 1),
+]  # fmt: skip
+QUERY_PARAMETERS = {
+    "/api/events": EVENT_PARAMETERS,
+    "/api/events/{id}": [],
+    "/api/calls": CALL_PARAMETERS,
+    "/api/calls/{call_id}": [],
+    "/api/reports/missed": REPORT_PARAMETERS,
+    "/api/reports/extensions": [*REPORT_PARAMETERS, BY],
+    "/api/rejects": REJECT_PARAMETERS,
 }
-WEBHOOK_QUERY = [
-    {**param("myid", "Whose event it is (required unless --default-myid)."), "required": False},
-    param("token", "The shared secret, when the receiver has one."),
-]
 
 
-def spec() -> dict[str, Any]:
-    """The whole description."""
+def query_names(path: str) -> frozenset[str]:
+    """The query parameters an /api/ path takes: any other is refused."""
+    return frozenset(parameter["name"] for parameter in QUERY_PARAMETERS[path])
+
+
+def webhook_fields(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The webhook's query parameters and its form body's schema, as `settings` make them."""
+    own = [
+        {**param("myid", "Whose event it is: the subscriber's tag.", pattern=f"^{MYID_PATTERN}$"),
+         "required": settings.default_myid is None},
+        {**param("token", "The shared secret."), "required": True},
+    ]  # fmt: skip
+    if not (settings.token or settings.tokens):
+        own.pop()
+    # Any other field may be any value: the receiver keeps whatever text it gets.
+    body = {
+        "type": "object",
+        "properties": {name: {} for name in FIELDS} | {"EventType": FORM_TEXT},
+        "required": ["EventType"],
+        # the token is read from the URL only: a body naming it is refused
+        "propertyNames": {"not": {"pattern": "^[Tt][Oo][Kk][Ee][Nn]$"}},
+    }
+    fields: dict[str, dict[str, Any]] = {name: TEXT for name in FIELDS}
+    fields["EventType"] = {"type": "string", "minLength": 1}
+    event_query = [
+        {**param(name, "An event field (any text: one that does not parse is kept as a bad "
+                       "value)."), "schema": schema, "required": name == "EventType"}
+        for name, schema in fields.items()
+    ]  # fmt: skip
+    return [*own, *event_query], {"own": own, "body": body}
+
+
+def secured(operation: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """An /api/ operation, needing the bearer token when the server has one (401 otherwise)."""
+    if not settings.api_token:
+        return operation
+    return {**operation, "security": [{"api_token": []}],
+            "responses": {**operation["responses"], "401": ERROR}}  # fmt: skip
+
+
+def api_get(path: str, summary: str, answers: dict[str, Any]) -> dict[str, Any]:
+    path_parameters = [
+        {"name": name, "in": "path", "required": True, "schema": schema}
+        for name, schema in (("id", {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}),
+                             ("call_id", TEXT))
+        if "{" + name + "}" in path
+    ]  # fmt: skip
+    return {"summary": summary, "parameters": [*path_parameters, *QUERY_PARAMETERS[path]],
+            "responses": answers}  # fmt: skip
+
+
+def spec(settings: Settings | None = None) -> dict[str, Any]:
+    """The whole description, for a server running with `settings` (their defaults if None)."""
+    settings = settings or Settings()
+    get_query, post = webhook_fields(settings)
+    webhook_answers = {
+        "200": answer("Stored", "stored, or a repeat of a stored event (duplicate: true)"),
+        **{code: ERROR for code in ("400", "403", "405", "408", "413", "415", "503")},
+    }
+    components: dict[str, Any] = {"schemas": SCHEMAS}
+    if settings.api_token:
+        components["securitySchemes"] = {"api_token": {"type": "http", "scheme": "bearer"}}
+    operations = {
+        "/api/events": (
+            "Events, filtered, in time order",
+            {"200": answer("EventPage", media=STREAMS), "400": ERROR},
+        ),
+        "/api/events/{id}": (
+            "One event with its raw request",
+            {"200": answer("EventWithRaw"), "400": ERROR, "404": ERROR},
+        ),
+        "/api/calls": (
+            "Calls rebuilt from their events",
+            {"200": answer("CallPage", media=STREAMS), "400": ERROR},
+        ),
+        "/api/calls/{call_id}": (
+            "One call, with legs and event timeline",
+            {"200": answer("CallDetail"), "400": ERROR, "404": ERROR},
+        ),
+        "/api/reports/missed": (
+            "Missed inbound calls per number, handled or not",
+            {"200": answer("MissedReport", media=STREAMS), "400": ERROR},
+        ),
+        "/api/reports/extensions": (
+            "Per extension: calls, answered, missed, ring and talk time",
+            {"200": answer("ExtensionsReport", media=STREAMS), "400": ERROR},
+        ),
+        "/api/rejects": (
+            "Refused deliveries, newest first",
+            {"200": answer("RejectPage"), "400": ERROR},
+        ),
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "receiver", "version": __version__,
                  "description": "PBX call-event webhook receiver and its read API."},
-        "components": {
-            "schemas": SCHEMAS,
-            "securitySchemes": {"api_token": {"type": "http", "scheme": "bearer"}},
-        },
+        "components": components,
         "paths": {
             "/webhook": {
                 "get": {"summary": "Receive one event (fields in the query string)",
-                        "parameters": WEBHOOK_QUERY, "responses": WEBHOOK_ANSWERS},
+                        "parameters": get_query, "responses": webhook_answers},
                 "post": {"summary": "Receive one event (fields in a form body)",
-                         "parameters": WEBHOOK_QUERY,
-                         "requestBody": {"content": {
-                             "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-                             "multipart/form-data": {"schema": {"type": "object"}}}},
-                         "responses": WEBHOOK_ANSWERS},
+                         "parameters": post["own"],
+                         "requestBody": {"required": True, "content": {
+                             "application/x-www-form-urlencoded": {"schema": post["body"]},
+                             "multipart/form-data": {"schema": post["body"]}}},
+                         "responses": webhook_answers},
             },
             "/healthz": {"get": {"summary": "The database answers",
                                  "responses": {"200": answer("Health"), "503": ERROR}}},
             "/openapi.json": {"get": {"summary": "This description",
-                                      "responses": {"200": {"description": "OK"}}}},
-            "/api/events": {"get": {
-                "summary": "Events, filtered, in time order", "security": [{"api_token": []}],
-                "parameters": [MYID, *TIMES, *PAGING, *(param(n, f"Only this {n}.") for n in (
-                    "event_type", "call_id", "sub_call_id", "call_status", "call_flow",
-                    "source")),
-                    param("number", "Any of the event's numbers, compared as digits."),
-                    param("extension", "The calling or called extension (prefix*ext).")],
-                "responses": {"200": answer("EventPage", media=STREAMS), "400": ERROR,
-                              "401": ERROR}}},
-            "/api/events/{id}": {"get": {
-                "summary": "One event with its raw request", "security": [{"api_token": []}],
-                "parameters": [{"name": "id", "in": "path", "required": True,
-                                "schema": {"type": "integer"}}],
-                "responses": {"200": answer("EventWithRaw"), "401": ERROR, "404": ERROR}}},
-            "/api/calls": {"get": {
-                "summary": "Calls rebuilt from their events", "security": [{"api_token": []}],
-                "parameters": [MYID, *TIMES, *PAGING,
-                    param("direction", "Call direction.", enum=[d.value for d in Direction]),
-                    param("status", "Call status.", enum=[s.value for s in CallStatus]),
-                    param("number", "The external number, compared as digits."),
-                    param("extension", "An extension the call involved (prefix*ext).")],
-                "responses": {"200": answer("CallPage", media=STREAMS), "400": ERROR,
-                              "401": ERROR}}},
-            "/api/calls/{call_id}": {"get": {
-                "summary": "One call, with legs and event timeline",
-                "security": [{"api_token": []}],
-                "parameters": [{"name": "call_id", "in": "path", "required": True,
-                                "schema": TEXT}],
-                "responses": {"200": answer("CallDetail"), "401": ERROR, "404": ERROR}}},
-            "/api/reports/missed": {"get": {
-                "summary": "Missed inbound calls per number, handled or not",
-                "security": [{"api_token": []}],
-                "parameters": [MYID, *TIMES, PAGING[3], param("number", "One number."),
-                               param("extension", "One extension.")],
-                "responses": {"200": answer("MissedReport", media=STREAMS), "400": ERROR,
-                              "401": ERROR}}},
-            "/api/reports/extensions": {"get": {
-                "summary": "Per extension: calls, answered, missed, ring and talk time",
-                "security": [{"api_token": []}],
-                "parameters": [MYID, *TIMES, PAGING[3],
-                               param("by", "One row per period too (UTC).", enum=["day", "hour"]),
-                               param("number", "One number."),
-                               param("extension", "One extension.")],
-                "responses": {"200": answer("ExtensionsReport", media=STREAMS), "400": ERROR,
-                              "401": ERROR}}},
-            "/api/rejects": {"get": {
-                "summary": "Refused deliveries, newest first", "security": [{"api_token": []}],
-                "parameters": [param("limit", "Page size, 1-1000.", "integer"),
-                               param("before", "The `next` value of the previous page.",
-                                     "integer")],
-                "responses": {"200": answer("RejectPage"), "400": ERROR, "401": ERROR}}},
+                                      "responses": {"200": {"description": "OK", "content": {
+                                          "application/json": {"schema": {"type": "object"}}}}}}},
+            **{path: {"get": secured(api_get(path, summary, answers), settings)}
+               for path, (summary, answers) in operations.items()},
         },
     }  # fmt: skip

@@ -8,7 +8,9 @@ import json
 import re
 
 import pytest
+from click.testing import CliRunner
 
+from receiver.cli import main
 from tests.conftest import ROOT
 from tests.test_app import assert_error
 
@@ -91,13 +93,78 @@ def test_event_exports_stream_every_event(loaded) -> None:  # type: ignore[no-un
     assert loaded.get("/api/events?format=csv&limit=3").text.count("\n") == 4
 
 
+BIG = str(2**63)  # one more than SQLite's largest integer
+BAD_PARAMETERS = [
+    # path and query -> the parameter the 400 names
+    ("/api/events?since=yesterday", "since"),
+    ("/api/events?since=", "since"),
+    (f"/api/events?since={BIG}", "since"),
+    (f"/api/events?until={BIG}", "until"),
+    ("/api/events?order=up", "order"),
+    ("/api/events?format=xml", "format"),
+    ("/api/events?limit=0", "limit"),
+    ("/api/events?limit=%C2%B2", "limit"),  # a superscript two: a digit to str.isdigit()
+    (f"/api/events?limit={2**62 + 1}&format=ndjson", "limit"),
+    ("/api/events?after=1", "after"),
+    (f"/api/events?after={BIG}:1", "after"),
+    (f"/api/events?after=1:{BIG}", "after"),
+    ("/api/events?myid=", "myid"),
+    ("/api/events?myid=a%20b", "myid"),
+    (f"/api/calls?after={BIG}:abc", "after"),
+    ("/api/calls?after=abc", "after"),
+    (f"/api/calls?since={BIG}", "since"),
+    ("/api/rejects?limit=0", "limit"),
+    ("/api/rejects?limit=1001", "limit"),
+    (f"/api/rejects?before={BIG}", "before"),
+    ("/api/reports/missed?until=", "until"),
+    ("/api/reports/extensions?by=week", "by"),
+]
+
+
+@pytest.mark.parametrize(("url", "parameter"), BAD_PARAMETERS)
+def test_bad_parameters_are_named(loaded, url: str, parameter: str) -> None:  # type: ignore[no-untyped-def]
+    assert_error(loaded.get(url), 400, f"parameter {parameter} ")
+
+
 @pytest.mark.parametrize(
-    ("query", "parameter"),
-    [("since=yesterday", "since"), ("order=up", "order"), ("format=xml", "format"),
-     ("limit=5000", "limit"), ("after=1", "after")],
+    "url",
+    ["/api/events?status=foo", "/api/calls?call_id=1", "/api/reports/missed?order=asc",
+     "/api/rejects?after=1", "/api/events/1?limit=1", "/api/calls/x?format=csv"],
 )  # fmt: skip
-def test_bad_event_parameters_are_named(loaded, query: str, parameter: str) -> None:  # type: ignore[no-untyped-def]
-    assert_error(loaded.get(f"/api/events?{query}"), 400, f"parameter {parameter}")
+def test_unknown_parameters_are_named(loaded, url: str) -> None:  # type: ignore[no-untyped-def]
+    name = url.split("?")[1].split("=")[0]
+    assert_error(loaded.get(url), 400, f"unknown parameter {name}: ")
+
+
+def test_huge_ids_are_not_found(loaded) -> None:  # type: ignore[no-untyped-def]
+    assert_error(loaded.get("/api/events/99999999999999999999"), 404, "no event with id")
+    assert_error(loaded.get(f"/api/events/{BIG}"), 404, "no event with id")
+
+
+def test_a_json_page_holds_at_most_1000(tmp_path, db_path, make_client) -> None:  # type: ignore[no-untyped-def]
+    line = lines("callback")[0]
+    deliveries = tmp_path / "deliveries.txt"
+    deliveries.write_text(
+        "".join(f"{line.replace('CallID=', f'CallID={n}')}\n" for n in range(1002))
+    )
+    replayed = CliRunner().invoke(
+        main, ["replay", "--myid", "1", "--db", str(db_path), str(deliveries)]
+    )
+    assert replayed.exit_code == 0, replayed.output
+    client = make_client()
+    page = client.get("/api/events?limit=5000").json()
+    assert len(page["events"]) == 1000 and page["next"] is not None
+    assert client.get("/api/events?format=ndjson&limit=1001").text.count("\n") == 1001
+
+
+@pytest.mark.parametrize(
+    ("since", "expected"),
+    [("2025-12-01", 1), ("2025-12-01t00:00:00z", 1), ("2030-12-31T23:59:60Z", 0),
+     ("1764547200", 1), ("999999999999", 0)],
+)  # fmt: skip
+def test_times_in_every_described_form(client, since: str, expected: int) -> None:  # type: ignore[no-untyped-def]
+    client.get(f"/webhook?myid=1&{lines('callback')[0]}")  # on 2025-12-01
+    assert len(client.get("/api/events", params={"since": since}).json()["events"]) == expected
 
 
 def test_calls(loaded) -> None:  # type: ignore[no-untyped-def]

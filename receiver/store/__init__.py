@@ -6,10 +6,21 @@ on a thread or in a process of their own.
 """
 
 from receiver.store.database import Store, StoreClosed
-from receiver.store.queries import CallQuery, EventQuery, Page, Stored, parse_cursor
+from receiver.store.queries import (
+    CALL_CURSOR_PATTERN,
+    EVENT_CURSOR_PATTERN,
+    CallQuery,
+    EventQuery,
+    Page,
+    Stored,
+    parse_call_cursor,
+    parse_cursor,
+)
 from receiver.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 
 __all__ = [
+    "CALL_CURSOR_PATTERN",
+    "EVENT_CURSOR_PATTERN",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "CallQuery",
@@ -19,5 +30,6 @@ __all__ = [
     "StoreClosed",
     "Stored",
     "migrate",
+    "parse_call_cursor",
     "parse_cursor",
 ]

@@ -22,7 +22,15 @@ import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
 from receiver.event import Event, Reject, iso_time, seconds
-from receiver.store.queries import EXPORT_PAGE, CallQuery, EventQuery, Page, Stored, parse_cursor
+from receiver.store.queries import (
+    EXPORT_PAGE,
+    CallQuery,
+    EventQuery,
+    Page,
+    Stored,
+    parse_call_cursor,
+    parse_cursor,
+)
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
     CALLS_AT_ONCE,
@@ -298,6 +306,8 @@ class Store:
     async def get_event(self, event_id: int) -> Event | None:
         """One event by id, or None."""
         assert self._reader is not None
+        if not 0 < event_id < 2**63:  # no such id, and SQLite could not even be asked
+            return None
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
         async with self._reader.execute(sql, (event_id,)) as cursor:
             row = await cursor.fetchone()
@@ -385,9 +395,9 @@ class Store:
         """list_calls() as the calls table stands, without rebuilding changed calls first."""
         where, params = query.where()
         if after is not None:
-            started_us, call_id = after.split(":", 1)
+            started_us, call_id = parse_call_cursor(after)
             where.append(f"(started_us, call_id) {'<' if query.descending else '>'} (?, ?)")
-            params += [int(started_us), call_id]
+            params += [started_us, call_id]
         way = "DESC" if query.descending else "ASC"
         sql = (
             f"SELECT body, started_us, call_id, {query.status_sql()} FROM calls "

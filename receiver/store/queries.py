@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +159,25 @@ class CallQuery:
         return where, params
 
 
+# The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,
+# each number a 64-bit integer (at most 18 digits here, so that any match can be bound).
+EVENT_CURSOR_PATTERN = r"-?\d{1,18}:\d{1,18}"
+CALL_CURSOR_PATTERN = r"-?\d{1,18}:.+"
+EVENT_CURSOR = re.compile(EVENT_CURSOR_PATTERN)
+CALL_CURSOR = re.compile(CALL_CURSOR_PATTERN, re.DOTALL)
+
+
 def parse_cursor(cursor: str) -> tuple[int, int]:
     """`<order_us>:<id>` -> its two integers. Raises ValueError when it is not one of ours."""
+    if not EVENT_CURSOR.fullmatch(cursor):
+        raise ValueError(f"{cursor!r} is not an events cursor")
     order_us, _, event_id = cursor.partition(":")
     return int(order_us), int(event_id)
+
+
+def parse_call_cursor(cursor: str) -> tuple[int, str]:
+    """`<started_us>:<call_id>` -> its two parts. Raises ValueError when it is not one of ours."""
+    if not CALL_CURSOR.fullmatch(cursor):
+        raise ValueError(f"{cursor!r} is not a calls cursor")
+    started_us, _, call_id = cursor.partition(":")
+    return int(started_us), call_id
