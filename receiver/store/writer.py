@@ -52,6 +52,7 @@ from receiver.store.schema import (
     migrate,
     reject_row,
     sql_raw_json,
+    use_wal,
 )
 
 log = logging.getLogger("receiver.store")
@@ -86,6 +87,7 @@ class Writer:
         # A group's INSERT keeps the pages it changes in a statement journal (to undo just it
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
+        use_wal(self.db)
         self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         self.db.create_function(
             "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
