@@ -6,6 +6,7 @@ from typing import Any
 
 from receiver import __version__
 from receiver.calls import CallStatus, Direction
+from receiver.event import REJECT_BODY_KEPT
 
 
 def nullable(kind: str, **more: Any) -> dict[str, Any]:
@@ -89,7 +90,11 @@ SCHEMAS: dict[str, Any] = {
     "RejectPage": obj({"rejects": {"type": "array", "items": obj({
         "id": {"type": "integer"}, "received_at": TIME, "status": {"type": "integer"},
         "reason": TEXT, "myid": nullable("string"), "method": TEXT,
-        "body_size": {"type": "integer"}})}, "next": nullable("string")}),
+        "body_size": {"type": "integer", "description": "Bytes of the body received (over "
+                      "--max-body: as its Content-Length declared, or as far as it was read)."},
+        "body_kept": {"type": "integer", "description": "Bytes of the body kept in `body`: its "
+                      f"first {REJECT_BODY_KEPT} at most, a field named token cut out; less than "
+                      "body_size when the rest was cut."}})}, "next": nullable("string")}),
 }  # fmt: skip
 
 

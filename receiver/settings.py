@@ -40,6 +40,9 @@ class Settings:
     )
     max_body: int = setting(65536, "Largest POST body accepted, in bytes (else 413).")
     rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
+    rejects_max_bytes: int = setting(
+        64 << 20, "Most bytes of raw query and body the refused deliveries kept may take."
+    )
     unknown_end_after: int = setting(
         14400, "Seconds after its last event that a call with no hangup counts as unknown_end."
     )

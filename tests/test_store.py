@@ -333,7 +333,7 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
     from receiver.store.writer import frame, writer_command
 
     writer = subprocess.Popen(
-        writer_command(db_path, 100, lines_later=False),
+        writer_command(db_path, 100, 1 << 20, lines_later=False),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None

@@ -172,6 +172,12 @@ REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
 )
+# The oldest rejects go while the raw requests of those newer take more than ? bytes.
+TRIM_REJECTS_BY_BYTES = (
+    "DELETE FROM rejects WHERE id <= (SELECT id FROM (SELECT id, sum(length(raw_query) + "
+    "length(raw_body)) OVER (ORDER BY id DESC) AS newer FROM rejects) WHERE newer > ?1 "
+    "ORDER BY id DESC LIMIT 1)"
+)
 # Only these make calls (pbx-events §2); messages and voicemail stay events.
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
