@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import api as api_routes
-from receiver.event import RawRequest, Reject, Source, now_us
+from receiver.event import REJECT_BODY_KEPT, RawRequest, Reject, Source, now_us
 from receiver.logs import Repeated
 from receiver.openapi import spec
 from receiver.parse import Rejected, parse_request, query_myid, strip_body_token, strip_token
@@ -176,6 +176,7 @@ class Webhook:
         store: Store = self.app.state.store
         query = strip_token(raw.query)
         body = strip_body_token(raw.body, raw.content_type)  # the token is read from the URL only
+        body = body[:REJECT_BODY_KEPT]  # its start says what it was; a flood of them fills no disk
         client = scope.get("client")
         reject = Reject(
             received_at_us=received,
@@ -283,7 +284,11 @@ def create_app(settings: Settings) -> Webhook:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
         async with Store(
-            settings.db, rejects_max=settings.rejects_max, own_process=True, lines_later=True
+            settings.db,
+            rejects_max=settings.rejects_max,
+            rejects_max_bytes=settings.rejects_max_bytes,
+            own_process=True,
+            lines_later=True,
         ) as store:
             app.state.store = store
             refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")

@@ -313,6 +313,9 @@ def raw_json(raw: RawRequest) -> str:
     )
 
 
+REJECT_BODY_KEPT = 4096  # bytes of a refused body kept: enough to see what was sent
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reject:
     """A delivery the receiver refused, kept so an operator can see it and ingest it later."""
@@ -320,10 +323,10 @@ class Reject:
     received_at_us: int
     status: int
     reason: str
-    raw: RawRequest  # token removed, body truncated
+    raw: RawRequest  # token removed, body cut to its first REJECT_BODY_KEPT bytes
     myid: str | None = None
     client: str | None = None
-    body_size: int = 0  # before truncation
+    body_size: int = 0  # as received (or declared, when over --max-body); raw.body is what is kept
     id: int | None = None
 
 
@@ -340,5 +343,6 @@ def reject_json(reject: Reject) -> dict[str, Any]:
         **text_or_base64(reject.raw.query, "query"),
         **text_or_base64(reject.raw.body, "body"),
         "body_size": reject.body_size,
+        "body_kept": len(reject.raw.body),
         "content_type": reject.raw.content_type,
     }

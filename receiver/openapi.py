@@ -11,7 +11,7 @@ from typing import Any
 
 from receiver import __version__
 from receiver.calls import CallStatus, Direction
-from receiver.event import EPOCH_SECONDS_PATTERN
+from receiver.event import EPOCH_SECONDS_PATTERN, REJECT_BODY_KEPT
 from receiver.parse import FIELDS, MYID_PATTERN
 from receiver.settings import Settings
 from receiver.store import CALL_CURSOR_PATTERN, EVENT_CURSOR_PATTERN
@@ -92,7 +92,12 @@ TIMELINE_EVENT = obj({
 REJECT = {**obj({
     "id": INTEGER, "received_at": TIME, "status": INTEGER, "reason": TEXT,
     "myid": nullable("string"), "client": nullable("string"), "method": TEXT,
-    **text_or_base64("query"), **text_or_base64("body"), "body_size": INTEGER,
+    **text_or_base64("query"), **text_or_base64("body"),
+    "body_size": {"type": "integer", "description": "Bytes of the body received (over "
+                  "--max-body: as its Content-Length declared, or as far as it was read)."},
+    "body_kept": {"type": "integer", "description": "Bytes of the body kept in `body`: its "
+                  f"first {REJECT_BODY_KEPT} at most, a field named token cut out; less than "
+                  "body_size when the rest was cut."},
     "content_type": nullable("string"),
 }, optional=("query", "query_base64", "body", "body_base64")),
     **one_of_each("query", "body")}  # fmt: skip

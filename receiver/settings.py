@@ -46,6 +46,9 @@ class Settings:
         30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
     )
     rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
+    rejects_max_bytes: int = setting(
+        64 << 20, "Most bytes of raw query and body the refused deliveries kept may take."
+    )
     unknown_end_after: int = setting(
         14400, "Seconds after its last event that a call with no hangup counts as unknown_end."
     )

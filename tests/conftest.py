@@ -100,6 +100,10 @@ class ServerProcess:
         return [*command, "--port", str(self.port), "--log-level", "warning", *self.args]
 
     def start(self, ready: str = "/healthz") -> ServerProcess:
+        return self.launch().wait_ready(ready)
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting for it to answer (several can start together)."""
         command = self.command()
         self.log = self.log_dir / f"server-{self.port}.log"  # a file: a pipe could fill and block
         with self.log.open("wb") as log:
@@ -110,6 +114,11 @@ class ServerProcess:
                 env={**os.environ},
                 preexec_fn=self.limit_open_files if self.open_files else None,
             )
+        return self
+
+    def wait_ready(self, ready: str = "/healthz") -> ServerProcess:
+        """Wait until `ready` answers 200; raise with the log if the process exits first."""
+        assert self.process is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

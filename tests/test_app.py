@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+from pathlib import Path
 
 import pytest
 
+from receiver.event import REJECT_BODY_KEPT
 from tests.conftest import sample
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -167,6 +170,35 @@ def test_rejects_are_bounded(make_client) -> None:  # type: ignore[no-untyped-de
         client.get(f"/webhook?n={number}")
     rejects = client.get("/api/rejects").json()["rejects"]
     assert [r["query"] for r in rejects] == ["n=4", "n=3", "n=2"]
+
+
+def test_refused_bodies_keep_their_start_and_say_what_was_cut(make_client) -> None:  # type: ignore[no-untyped-def]
+    client = make_client(token="secret")
+    body = b"EventType=answer&Pad=" + b"x" * 60_000
+    assert_error(client.post("/webhook?myid=1", content=body, headers=FORM), 403, "token")
+    (kept,) = client.get("/api/rejects").json()["rejects"]
+    assert kept["body"] == body[:REJECT_BODY_KEPT].decode()
+    assert (kept["body_kept"], kept["body_size"]) == (REJECT_BODY_KEPT, len(body))
+
+
+def test_many_large_refused_posts_keep_the_rejects_bounded_in_bytes(  # type: ignore[no-untyped-def]
+    make_client, db_path: Path
+) -> None:
+    bound = 100_000
+    client = make_client(token="secret", rejects_max_bytes=bound)
+    for number in range(300):
+        body = f"EventType=answer&N={number}&Pad=".encode() + b"x" * 60_000
+        client.post(f"/webhook?myid=1&n={number}", content=body, headers=FORM)
+    rejects = client.get("/api/rejects?limit=1000").json()["rejects"]
+    assert [r["query"] for r in rejects] == [
+        f"myid=1&n={n}" for n in range(299, 299 - len(rejects), -1)
+    ]
+    kept = sum(len(r["query"]) + r["body_kept"] for r in rejects)
+    assert kept <= bound < kept + len(rejects[-1]["query"]) + REJECT_BODY_KEPT  # no more gone
+    with sqlite3.connect(db_path) as other:  # the WAL's pages into the file, and it emptied
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    wal = db_path.with_name(f"{db_path.name}-wal")
+    assert db_path.stat().st_size + wal.stat().st_size < 1_000_000  # 300 bodies of 60 KB came
 
 
 def test_healthz(client) -> None:  # type: ignore[no-untyped-def]

@@ -97,6 +97,25 @@ async def test_a_newer_database_is_refused(db_path: Path, own_process: bool) -> 
         await Store(db_path, own_process=own_process).open()
 
 
+async def test_a_file_another_process_is_writing_opens_once_it_has_committed(
+    db_path: Path, own_process: bool
+) -> None:
+    # A file still in rollback mode, with a write under way: SQLite refuses the switch to WAL at
+    # once, without a busy timeout, so the open tries again until the write is done.
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE kept (x)")
+    asyncio.get_running_loop().call_later(0.5, other.execute, "COMMIT")
+    try:
+        async with Store(db_path, own_process=own_process) as store:
+            assert await store.check() == SCHEMA_VERSION
+    finally:
+        other.close()
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert check.execute("SELECT count(*) FROM kept").fetchone()[0] == 0
+
+
 async def test_wal_and_full_sync(db_path: Path) -> None:
     async with Store(db_path):
         with sqlite3.connect(db_path) as check:
@@ -314,7 +333,7 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
     from receiver.store.writer import frame, writer_command
 
     writer = subprocess.Popen(
-        writer_command(db_path, 100, lines_later=False),
+        writer_command(db_path, 100, 1 << 20, lines_later=False),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None

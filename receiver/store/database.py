@@ -121,11 +121,13 @@ class Store:
         path: Path,
         rejects_max: int = 10_000,
         *,
+        rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
         lines_later: bool = False,
     ) -> None:
         self.path = path
         self.rejects_max = rejects_max
+        self.rejects_max_bytes = rejects_max_bytes
         self.lines_later = lines_later
         self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
         self._reader: aiosqlite.Connection | None = None
@@ -141,7 +143,9 @@ class Store:
     async def open(self) -> Store:
         """Create or migrate the database, then start the writer."""
         try:
-            await self._writer.start(self.path, self.rejects_max, self.lines_later)
+            await self._writer.start(
+                self.path, self.rejects_max, self.rejects_max_bytes, self.lines_later
+            )
         except BaseException:
             await self._writer.stop()
             raise
@@ -178,7 +182,8 @@ class Store:
         return result
 
     async def add_reject(self, reject: Reject) -> None:
-        """Keep one refused delivery (the oldest go once there are more than rejects_max)."""
+        """Keep one refused delivery (the oldest go once there are more than rejects_max, or
+        their raw requests take more than rejects_max_bytes)."""
         await self._enqueue(reject)
 
     def submit_events(self, events: list[Event]) -> list[asyncio.Future[Stored]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
@@ -171,6 +172,12 @@ REJECT_COLUMNS = (
     "id, received_at_us, status, reason, myid, client, raw_method, raw_query, raw_body, "
     "raw_content_type, body_size"
 )
+# The oldest rejects go while the raw requests of those newer take more than ? bytes.
+TRIM_REJECTS_BY_BYTES = (
+    "DELETE FROM rejects WHERE id <= (SELECT id FROM (SELECT id, sum(length(raw_query) + "
+    "length(raw_body)) OVER (ORDER BY id DESC) AS newer FROM rejects) WHERE newer > ?1 "
+    "ORDER BY id DESC LIMIT 1)"
+)
 # Only these make calls (pbx-events §2); messages and voicemail stay events.
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
@@ -246,31 +253,88 @@ def sql_raw_json(method: str, query: bytes, body: bytes, content_type: str | Non
     return raw_json(RawRequest(method, bytes(query), bytes(body), content_type))
 
 
+BUSY_TIMEOUT = 5.0  # seconds a connection waits for another process's lock before it fails
+
+
 def connect_pragmas() -> str:
     """Settings for every connection.
 
-    WAL lets readers run beside the writer. synchronous=FULL syncs the WAL at every commit, so
-    a committed event survives a killed process and a power loss alike; group commit pays for it.
+    synchronous=FULL syncs the WAL at every commit, so a committed event survives a killed
+    process and a power loss alike; group commit pays for it. The busy timeout comes first: it
+    is what makes the others wait for another process's lock rather than fail.
     """
     return (
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; "
+        f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}; PRAGMA synchronous=FULL; "
         "PRAGMA cache_size=-32768;"
     )
 
 
+def use_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (kept in the file), which lets readers run beside the writer.
+
+    On a file still in rollback mode, the switch needs a lock SQLite does not wait for when
+    another process is starting on it too (it answers SQLITE_BUSY at once), so it is tried
+    again, as long as a busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, split where SQLite says one is complete."""
+    statement = ""
+    for part in script.split(";"):
+        statement += f"{part};"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \n;"):
+                yield statement
+            statement = ""
+
+
 def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
-    """Bring a database to `target` schema version; returns the version it had."""
-    found = connection.execute("PRAGMA user_version").fetchone()[0]
-    if found > SCHEMA_VERSION:
+    """Bring a database to `target` schema version; returns the version it had.
+
+    Servers, replays and read commands may start together on one file: each step is taken under
+    the write lock (BEGIN IMMEDIATE) with the version read again inside it, so it is applied
+    once, and the others wait for it, then find it done. (executescript() would commit the
+    transaction first, so the statements go one by one.)
+    """
+    found: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    check_known(found)
+    if found >= target:
+        return found  # versions only go up: no need to wait for the lock
+    while True:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+            check_known(version)
+            if version >= target:
+                connection.execute("COMMIT")
+                return found
+            for statement in statements(MIGRATIONS[version]):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {version + 1}")
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+
+def check_known(version: int) -> None:
+    """Raise if a database's schema is newer than this receiver's."""
+    if version > SCHEMA_VERSION:
         raise RuntimeError(
-            f"the database is at schema version {found}, newer than this receiver knows "
+            f"the database is at schema version {version}, newer than this receiver knows "
             f"({SCHEMA_VERSION}): upgrade receiver"
         )
-    for version in range(found, target):
-        connection.executescript(
-            f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;"
-        )
-    return found
 
 
 def event_row(event: Event, event_id: int, key: bytes) -> tuple[Any, ...]:

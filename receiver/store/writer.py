@@ -42,6 +42,7 @@ from receiver.store.schema import (
     INSERT_LEG,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
+    TRIM_REJECTS_BY_BYTES,
     UPDATE_LINE_DUPLICATES,
     call_row,
     connect_pragmas,
@@ -52,6 +53,7 @@ from receiver.store.schema import (
     migrate,
     reject_row,
     sql_raw_json,
+    use_wal,
 )
 
 log = logging.getLogger("receiver.store")
@@ -82,15 +84,19 @@ class Writer:
     way; exports make any line not made yet as they read).
     """
 
-    def __init__(self, path: Path, rejects_max: int, lines_later: bool = False) -> None:
+    def __init__(
+        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool = False
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_max = rejects_max
+        self.rejects_max_bytes = rejects_max_bytes
         self.lines_later = lines_later
         self.short_of_space = False  # a commit failed for space, and no checkpoint has run since
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # A group's INSERT keeps the pages it changes in a statement journal (to undo just it
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
+        use_wal(self.db)
         self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         self.db.create_function(
             "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
@@ -196,6 +202,7 @@ class Writer:
                 "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - ?",
                 (self.rejects_max,),
             )
+            db.execute(TRIM_REJECTS_BY_BYTES, (self.rejects_max_bytes,))
         return results
 
     def fill_some_lines(self, limit: int) -> int:
@@ -290,8 +297,10 @@ class ThreadHost:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
         self._writer: Writer | None = None
 
-    async def start(self, path: Path, rejects_max: int, lines_later: bool) -> None:
-        self._writer = await self._run(Writer, path, rejects_max, lines_later)
+    async def start(
+        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
+    ) -> None:
+        self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes, lines_later)
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), on the writer thread."""
@@ -327,14 +336,16 @@ class ProcessHost:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
         self._gone: WriterGone | None = None
-        self._started_with: tuple[Path, int, bool] | None = None
+        self._started_with: tuple[Path, int, int, bool] | None = None
         self._restarting = asyncio.Lock()
 
-    async def start(self, path: Path, rejects_max: int, lines_later: bool) -> None:
-        self._started_with = (path, rejects_max, lines_later)
+    async def start(
+        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
+    ) -> None:
+        self._started_with = (path, rejects_max, rejects_max_bytes, lines_later)
         self._gone = None
         self._process = await asyncio.create_subprocess_exec(
-            *writer_command(path, rejects_max, lines_later),
+            *writer_command(path, rejects_max, rejects_max_bytes, lines_later),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -395,10 +406,13 @@ class ProcessHost:
         self._process = None
 
 
-def writer_command(path: Path, rejects_max: int, lines_later: bool) -> list[str]:
+def writer_command(
+    path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
+) -> list[str]:
     """The command line of a writer process: serve() with its arguments."""
     program = "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])"
-    return [sys.executable, "-c", program, str(path), str(rejects_max), str(int(lines_later))]
+    limits = [str(rejects_max), str(rejects_max_bytes)]
+    return [sys.executable, "-c", program, str(path), *limits, str(int(lines_later))]
 
 
 def read_frame(channel: BinaryIO) -> Any:
@@ -424,16 +438,17 @@ def write_frame(fd: int, value: Any) -> None:
 
 
 def serve(argv: list[str]) -> None:
-    """The writer process (argv: database path, rejects_max, lines_later as 1 or 0): run the
-    calls that come on stdin, answer each on stdout."""
-    path, rejects_max, lines_later = Path(argv[0]), int(argv[1]), argv[2] == "1"
+    """The writer process (argv: database path, rejects_max, rejects_max_bytes, lines_later as
+    1 or 0): run the calls that come on stdin, answer each on stdout."""
+    path, rejects_max, rejects_max_bytes = Path(argv[0]), int(argv[1]), int(argv[2])
+    lines_later = argv[3] == "1"
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     calls, results = sys.stdin.buffer, os.dup(1)
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
-        writer = Writer(path, rejects_max, lines_later)
+        writer = Writer(path, rejects_max, rejects_max_bytes, lines_later)
     except Exception as error:  # the answer to the server's first call ("ready"), then exit
         if read_frame(calls) is not None:
             write_frame(results, (False, picklable(error)))
