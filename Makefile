@@ -14,9 +14,10 @@ $(BIN)/.installed: pyproject.toml
 serve: $(BIN)/.installed  ## run the service on ./receiver.db, port 8000
 	$(BIN)/receiver serve
 
-test: $(BIN)/.installed  ## lint, then the whole test suite
+test: $(BIN)/.installed  ## lint, types, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 format: $(BIN)/.installed

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -37,7 +37,7 @@ ANSWER_HEADERS: dict[int, dict[str, str]] = {
 }
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The one error shape of the whole HTTP API."""
     body = {"ok": False, "error": message, "status": status}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -147,8 +147,8 @@ class Webhook:
             event, token = parse_request(
                 raw, received_at_us=received, source=source, default_myid=settings.default_myid
             )
-        except Rejected as why:
-            return await self.refuse(scope, received, raw, size, why)
+        except Rejected as refused:
+            return await self.refuse(scope, received, raw, size, refused)
         if not settings.token_accepts(event.myid, token):
             why = Rejected(
                 403,

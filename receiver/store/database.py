@@ -289,7 +289,7 @@ class Store:
             if background and self._groups_storing:
                 return total
             busy = background and self.busy()
-            count = await self._writer.call(work, busy_size if busy else size)
+            count: int = await self._writer.call(work, busy_size if busy else size)
             total += count
             if not count or busy:
                 return total
@@ -528,7 +528,7 @@ class Store:
         params = [before] if before is not None else []
         sql = f"SELECT {REJECT_COLUMNS} FROM rejects {clause} ORDER BY id DESC LIMIT ?"
         async with self._reader.execute(sql, [*params, limit + 1]) as cursor:
-            rows = await cursor.fetchall()
+            rows = list(await cursor.fetchall())
         rejects = [reject_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(rejects, str(rejects[-1].id) if more else None)
