@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from receiver import __version__
-from receiver.settings import Settings, describe, env_name, flag_name
+from receiver.settings import Settings, describe, env_name, flag_name, range_problem
 
 log = logging.getLogger("receiver")
 
@@ -31,6 +31,14 @@ def setting_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
     if isinstance(default, Path):
         kind = click.Path(dir_okay=False, path_type=Path)
     extra: dict[str, Any] = {"is_flag": True} if isinstance(default, bool) else {"type": kind}
+
+    def in_range(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+        """The setting's declared range, checked as the flag or the variable is read."""
+        problem = range_problem(name, value)
+        if problem:
+            raise click.BadParameter(problem)
+        return value
+
     return click.option(
         flag_name(name),
         name,
@@ -39,6 +47,7 @@ def setting_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
         show_default=default is not None,
         show_envvar=True,
         help=help_text,
+        callback=in_range,
         **extra,
     )
 
