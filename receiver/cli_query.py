@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from receiver.cli import setting_option
+from receiver.cli import check_database, setting_option
 
 
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by events, calls and report."""
     options = [
-        setting_option("db"),
+        setting_option("db", help="The SQLite database `receiver serve` writes (it must exist)."),
         setting_option("unknown_end_after"),
         click.option("--myid", "myids", multiple=True, help="Only this myid (repeatable)."),
         click.option("--since", help="From this time: ISO 8601 or seconds since the epoch."),
@@ -37,8 +37,7 @@ def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def must_exist(db: Path) -> None:
     """Reading never creates a database: a wrong --db says so."""
-    if not db.exists():
-        raise click.ClickException(f"no database at {db}: pass --db (or set RECEIVER_DB)")
+    check_database(db, create=False)
 
 
 def time_option(value: str | None, name: str) -> int | None:

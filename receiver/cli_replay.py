@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from receiver.cli import setting_option
+from receiver.cli import check_database, setting_option
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 from receiver.replay import FORMATS, Summary
 
@@ -89,6 +89,8 @@ def replay(
 
     options = Options(fmt, log_format, path, myid, strict)
     target = Target(to_url, concurrency, rate, retries) if to_url and not dry_run else None
+    if not dry_run and target is None:
+        check_database(db, create=True)
 
     async def run() -> Summary:
         if dry_run or target is not None:
