@@ -168,7 +168,13 @@ def is_loopback(host: str) -> bool:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="receiver")
 def main() -> None:
-    """Receive PBX call events over HTTP and keep them in SQLite."""
+    """Receive PBX call events over HTTP and keep them in SQLite.
+
+    \b
+    Examples:
+      receiver serve --db receiver.db --port 8000
+      receiver calls --since 2025-12-01
+    """
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
 
@@ -178,6 +184,11 @@ def serve(**options: Any) -> None:
     """Run the webhook service (uvicorn, one worker, and a writer process for the database).
 
     Point the PBX at http://HOST:PORT/webhook?myid=<extension id>.
+
+    \b
+    Examples:
+      receiver serve --db receiver.db --port 8000
+      RECEIVER_HOST=0.0.0.0 RECEIVER_TOKEN=s3cret RECEIVER_API_TOKEN=t0ken receiver serve
     """
     from receiver.app import create_app
     from receiver.logs import configure_logging

@@ -92,14 +92,26 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 def subscribe() -> None:
-    """Manage the PBX's event subscriptions for your receiver's URL."""
+    """Manage the PBX's event subscriptions for your receiver's URL.
+
+    \b
+    Examples:
+      url=$(receiver subscribe url --base https://calls.example.com --myid 175)
+      receiver subscribe add --extension 175 --url "$url"
+    """
 
 
 @subscribe.command()
 @pbx_options
 @target_options
 def add(**options: Any) -> None:
-    """Subscribe what is missing; never duplicates an identical subscription."""
+    """Subscribe what is missing; never duplicates an identical subscription.
+
+    \b
+    Examples:
+      receiver subscribe add --extension 175 --url "$url"
+      receiver subscribe add --extension 887 --ivr --url "$url887"   # hangup only
+    """
     change(options, exact=False)
 
 
@@ -107,7 +119,13 @@ def add(**options: Any) -> None:
 @pbx_options
 @target_options
 def sync(**options: Any) -> None:
-    """Make the subscriptions for --url exactly the wanted set (others' URLs are left alone)."""
+    """Make the subscriptions for --url exactly the wanted set (others' URLs are left alone).
+
+    \b
+    Examples:
+      receiver subscribe sync --extension 175 --url "$url"
+      receiver subscribe sync --extension 175 --url "$url" --events hangup --method POST
+    """
     change(options, exact=True)
 
 
@@ -115,9 +133,15 @@ def sync(**options: Any) -> None:
 @pbx_options
 @click.option("--extension", type=int, multiple=True, required=True, help="Extension id.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)  # fmt: skip
+              show_default=True, help="A table with a header, or JSON.")  # fmt: skip
 def list_(**options: Any) -> None:
-    """List an extension's subscriptions."""
+    """List an extension's subscriptions.
+
+    \b
+    Examples:
+      receiver subscribe list --extension 175
+      receiver subscribe list --extension 175 --extension 887 --format json
+    """
     rows = []
     with client(options) as pbx:
         try:
@@ -141,7 +165,13 @@ def list_(**options: Any) -> None:
 @click.option("--id", "subscription_id", type=int, help="Remove this subscription.")
 @click.option("--url", help="Remove every subscription of the extension for this URL.")
 def remove(**options: Any) -> None:
-    """Remove one subscription, or all of ours (for --url); never other URLs'."""
+    """Remove one subscription, or all of ours (for --url); never other URLs'.
+
+    \b
+    Examples:
+      receiver subscribe remove --extension 175 --url "$url"
+      receiver subscribe remove --extension 175 --id 12
+    """
     if (options["subscription_id"] is None) == (options["url"] is None):
         raise click.UsageError("give --id or --url (one of them)")
     extension = options["extension"]
@@ -172,28 +202,50 @@ def remove(**options: Any) -> None:
 @click.option("--token", envvar="RECEIVER_TOKEN", show_envvar=True,
               help="The receiver's webhook token, if it has one.")  # fmt: skip
 def url(base: str, myid: str, token: str | None) -> None:
-    """Print the exact URL to register with the PBX."""
+    """Print the exact URL to register with the PBX.
+
+    \b
+    Examples:
+      receiver subscribe url --base https://calls.example.com --myid 175
+      RECEIVER_TOKEN=s3cret receiver subscribe url --base https://calls.example.com:8443 --myid 175
+    """
     click.echo(webhook_url(base, myid, token))
 
 
 @click.group()
 def pbx() -> None:
-    """An emulator of the PBX's API and call events, for tests and demos."""
+    """An emulator of the PBX's API and call events, for tests and demos.
+
+    \b
+    Examples:
+      receiver pbx serve --offices 2 &
+      receiver pbx simulate --calls 200 --rate 2 --speed 60 --seed 7
+    """
 
 
 @pbx.command(name="serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8100, show_default=True, type=int)
-@click.option("--client-id", default="demo", show_default=True)
-@click.option("--client-secret", default="demo-secret", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8100, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")  # fmt: skip
+@click.option("--client-id", default="demo", show_default=True,
+              help="The one API application's id it accepts.")  # fmt: skip
+@click.option("--client-secret", default="demo-secret", show_default=True,
+              help="That application's secret.")  # fmt: skip
 @click.option("--offices", default=2, show_default=True, type=click.IntRange(1, 200),
               help="Customers, each with phones, an IVR (887) and a queue (888).")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, type=int, help="Makes the same offices.")
 @click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(1),
               help="Seconds an access token lives.")  # fmt: skip
-@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0))
+@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0),
+              help="Subscriptions per client; one more is answered 403.")  # fmt: skip
 def pbx_serve(**options: Any) -> None:
-    """Run the emulated PBX API (OAuth2, subscriptions, callback)."""
+    """Run the emulated PBX API (OAuth2, subscriptions, callback).
+
+    \b
+    Examples:
+      receiver pbx serve --offices 2
+      receiver pbx serve --port 8200 --subscription-limit 10
+    """
     import uvicorn
 
     from receiver.emulator import PbxConfig, create_pbx_app
@@ -209,7 +261,8 @@ def pbx_serve(**options: Any) -> None:
 @pbx.command()
 @click.option("--pbx", "pbx_url", default="http://127.0.0.1:8100", show_default=True,
               help="The running emulator.")  # fmt: skip
-@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1),
+              help="How many calls to place.")  # fmt: skip
 @click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="New calls per second of simulated time.")  # fmt: skip
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0),
@@ -226,7 +279,13 @@ def pbx_serve(**options: Any) -> None:
               help="Write each call's expected outcome here, one JSON line per call.")  # fmt: skip
 def simulate(pbx_url: str, count: int, rate: float, speed: float, mix: str | None, seed: int,
              truth: Path | None) -> None:  # fmt: skip
-    """Place calls and deliver their events to every subscription, as the PBX does."""
+    """Place calls and deliver their events to every subscription, as the PBX does.
+
+    \b
+    Examples:
+      receiver pbx simulate --calls 200 --rate 2 --speed 60 --seed 7 --truth truth.jsonl
+      receiver pbx simulate --calls 50 --speed 0 --mix inbound=1,queue=1
+    """
     import httpx2 as httpx
 
     from receiver.emulator import run_simulation

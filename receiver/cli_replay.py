@@ -80,6 +80,11 @@ def replay(
     PATHS are files (gzip is detected by content) or - for stdin. Each delivery is parsed,
     tagged and de-duplicated exactly as a live request, so replaying twice adds nothing.
     Exits 1 when any line was malformed or any event could not be stored or delivered.
+
+    \b
+    Examples:
+      receiver replay --myid 85218 sample_payloads/inbound-cancelled.txt
+      receiver replay /var/log/nginx/access.log* --path /webhook --dry-run
     """
     import asyncio
 

@@ -9,8 +9,10 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -144,3 +146,30 @@ def test_serve_logs_its_database_and_the_url_to_register(server, db_path: Path) 
     assert f"database {db_path.absolute()}" in log
     webhook = f"{running.url}/webhook?myid=<extension id>"
     assert f"listening on {running.url}: register {webhook} with the PBX" in log
+
+
+def every_command(
+    command: click.Command, path: tuple[str, ...] = ("receiver",)
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    """The command and, for a group, every command under it."""
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from every_command(sub, (*path, name))
+
+
+COMMANDS = list(every_command(main))
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_has_examples_and_every_option_a_help(
+    path: tuple[str, ...], command: click.Command
+) -> None:
+    nameless = [o.opts[0] for o in command.params if isinstance(o, click.Option) and not o.help]
+    assert nameless == [], f"{' '.join(path)}: options without help"
+    shown = CliRunner().invoke(main, [*path[1:], "--help"], terminal_width=100).output
+    assert "Examples:" in shown, shown
+    examples = shown.split("Examples:")[1].split("Options:")[0].strip().splitlines()
+    assert examples and all(
+        line.strip().startswith(("receiver ", "RECEIVER_", "url=")) for line in examples
+    )
