@@ -152,11 +152,14 @@ def list_(**options: Any) -> None:
     if options["fmt"] == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in rows:
-        click.echo(f"{row['extension']:>8}  {row['id']:>6}  {row['event_type']:<11} "
-                   f"{row['method']:<4}  {row['url']}")  # fmt: skip
     if not rows:
         click.echo("no subscriptions")
+        return
+    line = "{extension:>9}  {id:>6}  {event_type:<11}  {method:<6}  {url}"
+    click.echo(line.format(extension="extension", id="id", event_type="event_type",
+                           method="method", url="url"))  # fmt: skip
+    for row in rows:
+        click.echo(line.format(**row))
 
 
 @subscribe.command()
@@ -246,16 +249,19 @@ def pbx_serve(**options: Any) -> None:
       receiver pbx serve --offices 2
       receiver pbx serve --port 8200 --subscription-limit 10
     """
-    import uvicorn
-
+    from receiver.cli import listen_socket, run_server, url_host
     from receiver.emulator import PbxConfig, create_pbx_app
 
     host, port = options.pop("host"), options.pop("port")
+    sock = listen_socket(host, port, host_hint="--host", port_hint="--port")
     app = create_pbx_app(PbxConfig(**options))
     for office in app.state.pbx.offices:
         names = ", ".join(f"{e.name} (id {e.id}, {e.kind})" for e in office.extensions)
         click.echo(f"office {office.prefix}, number {office.did}: {names}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    click.echo(f"PBX API on http://{url_host(host)}:{port} (client {options['client_id']}, "
+               f"secret {options['client_secret']}): set RECEIVER_PBX_API_URL to it",
+               err=True)  # fmt: skip
+    run_server(app, sock, host=host, port=port, log_level="warning")
 
 
 @pbx.command()
