@@ -17,6 +17,7 @@ RUN pip install --no-cache-dir . \
 USER receiver
 VOLUME ["/data"]
 EXPOSE 8000
+# The port is read when the check runs: `docker run -e RECEIVER_PORT=...` moves the server.
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RECEIVER_PORT', '8000'), timeout=2)"
 CMD ["receiver", "serve"]

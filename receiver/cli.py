@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +16,7 @@ from typing import Any
 import click
 
 from receiver import __version__
-from receiver.settings import Settings, describe, env_name, flag_name
+from receiver.settings import Settings, describe, env_name, flag_name, range_problem
 
 log = logging.getLogger("receiver")
 
@@ -24,13 +28,24 @@ log = logging.getLogger("receiver")
 GIL_SWITCH_SECONDS = 0.0001
 
 
-def setting_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The click option of one declared setting, reading its RECEIVER_* variable too."""
+def setting_option(
+    name: str, help: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one declared setting, reading its RECEIVER_* variable too; `help`
+    when the setting means something else to this command."""
     default, help_text = next((d, h) for n, d, h in describe() if n == name)
     kind: Any = type(default) if default is not None else str
     if isinstance(default, Path):
         kind = click.Path(dir_okay=False, path_type=Path)
     extra: dict[str, Any] = {"is_flag": True} if isinstance(default, bool) else {"type": kind}
+
+    def in_range(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+        """The setting's declared range, checked as the flag or the variable is read."""
+        problem = range_problem(name, value)
+        if problem:
+            raise click.BadParameter(problem)
+        return value
+
     return click.option(
         flag_name(name),
         name,
@@ -38,7 +53,8 @@ def setting_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
         envvar=env_name(name),
         show_default=default is not None,
         show_envvar=True,
-        help=help_text,
+        help=help or help_text,
+        callback=in_range,
         **extra,
     )
 
@@ -48,6 +64,96 @@ def all_settings(command: Callable[..., Any]) -> Callable[..., Any]:
     for name, _, _ in reversed(describe()):
         command = setting_option(name)(command)
     return command
+
+
+def listen_socket(host: str, port: int, *, host_hint: str, port_hint: str) -> socket.socket:
+    """The server's socket, bound before the server starts: uvicorn would end with a raw
+    `[Errno 98]` on a port in use; this says which port, and which setting changes it."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise click.ClickException(
+            f"cannot listen on {host}: {error.strerror}: give an address of this machine "
+            f"with {host_hint}"
+        ) from None
+    sock = socket.socket(family, kind)
+    # As uvicorn does: a restarted server need not wait for its old connections' TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            why = f"port {port} on {host} is already in use (another receiver?): stop it, or"
+        elif error.errno == errno.EACCES:
+            why = f"port {port} needs more rights than this user has (below 1024):"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            raise click.ClickException(
+                f"cannot listen on {host}: it is not an address of this machine: "
+                f"give another with {host_hint}"
+            ) from None
+        else:
+            why = f"cannot listen on {host} port {port} ({error.strerror}):"
+        raise click.ClickException(f"{why} choose another port with {port_hint}") from None
+    return sock
+
+
+def run_server(app: Any, sock: socket.socket, **config: Any) -> None:
+    """uvicorn on a socket of ours; exits 3, as uvicorn.run does, when the app fails to start."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, **config))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn has stopped already: no traceback
+        server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL to this server: a wildcard address is no place to send events."""
+    if host in ("0.0.0.0", "::", ""):
+        return "<this machine's address>"
+    return f"[{host}]" if ":" in host else host
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_database(db: Path, *, create: bool) -> None:
+    """A --db that cannot be the receiver's database is one clear line, not SQLite's traceback.
+    `create`: the command writes, and makes the file when it is missing (serve, replay)."""
+    folder = db.absolute().parent
+    if not db.exists() and not create:
+        raise click.ClickException(
+            f"no database at {db.absolute()}: pass --db (or set RECEIVER_DB) with the file "
+            "`receiver serve` writes; reading never creates one"
+        )
+    if create and not folder.is_dir():
+        raise click.ClickException(
+            f"--db {db}: the folder {folder} does not exist: create it, or pass another --db"
+        )
+    # SQLite in WAL mode writes two files beside the database: the folder must take new files.
+    if create and not (os.access(folder, os.W_OK) and (not db.exists() or os.access(db, os.W_OK))):
+        raise click.ClickException(
+            f"--db {db}: this user cannot write it or its folder {folder}: pass another --db"
+        )
+    if not db.exists():
+        return
+    try:
+        with db.open("rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError as error:
+        raise click.ClickException(
+            f"--db {db}: cannot read it ({error.strerror}): fix its rights, or pass another --db"
+        ) from None
+    if head and head != SQLITE_HEADER:  # an empty file is an empty SQLite database
+        new = ", or a new path to create one" if create else " (the file `receiver serve` writes)"
+        raise click.ClickException(
+            f"--db {db} is not an SQLite database (it begins {head[:8]!r}): --db expects the "
+            f"receiver's database{new}"
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -82,7 +188,13 @@ def raise_open_file_limit() -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="receiver")
 def main() -> None:
-    """Receive PBX call events over HTTP and keep them in SQLite."""
+    """Receive PBX call events over HTTP and keep them in SQLite.
+
+    \b
+    Examples:
+      receiver serve --db receiver.db --port 8000
+      receiver calls --since 2025-12-01
+    """
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
 
 
@@ -92,9 +204,12 @@ def serve(**options: Any) -> None:
     """Run the webhook service (uvicorn, one worker, and a writer process for the database).
 
     Point the PBX at http://HOST:PORT/webhook?myid=<extension id>.
-    """
-    import uvicorn
 
+    \b
+    Examples:
+      receiver serve --db receiver.db --port 8000
+      RECEIVER_HOST=0.0.0.0 RECEIVER_TOKEN=s3cret RECEIVER_API_TOKEN=t0ken receiver serve
+    """
     from receiver.app import create_app
     from receiver.logs import configure_logging
     from receiver.protocol import deadline_protocol
@@ -103,6 +218,13 @@ def serve(**options: Any) -> None:
         settings = Settings(**options)
     except ValueError as problem:
         raise click.BadParameter(str(problem)) from None
+    check_database(settings.db, create=True)
+    sock = listen_socket(
+        settings.host,
+        settings.port,
+        host_hint="--host or RECEIVER_HOST",
+        port_hint="--port or RECEIVER_PORT",
+    )
     configure_logging(settings.log_level)
     if not is_loopback(settings.host):
         if not (settings.token or settings.tokens):
@@ -118,14 +240,23 @@ def serve(**options: Any) -> None:
                 settings.host,
             )
     raise_open_file_limit()
-    uvicorn.run(
+    base = f"http://{url_host(settings.host)}:{settings.port}"
+    token = "&token=<your token>" if settings.token or settings.tokens else ""
+    log.info("database %s", settings.db.absolute())
+    log.info(
+        "listening on %s: register %s/webhook?myid=<extension id>%s with the PBX",
+        base,
+        base,
+        token,
+    )
+    run_server(
         create_app(settings),
+        sock,
         http=deadline_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
-        log_config=None,
         timeout_graceful_shutdown=30,
     )
 

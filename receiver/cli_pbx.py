@@ -92,14 +92,26 @@ def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 def subscribe() -> None:
-    """Manage the PBX's event subscriptions for your receiver's URL."""
+    """Manage the PBX's event subscriptions for your receiver's URL.
+
+    \b
+    Examples:
+      url=$(receiver subscribe url --base https://calls.example.com --myid 175)
+      receiver subscribe add --extension 175 --url "$url"
+    """
 
 
 @subscribe.command()
 @pbx_options
 @target_options
 def add(**options: Any) -> None:
-    """Subscribe what is missing; never duplicates an identical subscription."""
+    """Subscribe what is missing; never duplicates an identical subscription.
+
+    \b
+    Examples:
+      receiver subscribe add --extension 175 --url "$url"
+      receiver subscribe add --extension 887 --ivr --url "$url887"   # hangup only
+    """
     change(options, exact=False)
 
 
@@ -107,7 +119,13 @@ def add(**options: Any) -> None:
 @pbx_options
 @target_options
 def sync(**options: Any) -> None:
-    """Make the subscriptions for --url exactly the wanted set (others' URLs are left alone)."""
+    """Make the subscriptions for --url exactly the wanted set (others' URLs are left alone).
+
+    \b
+    Examples:
+      receiver subscribe sync --extension 175 --url "$url"
+      receiver subscribe sync --extension 175 --url "$url" --events hangup --method POST
+    """
     change(options, exact=True)
 
 
@@ -115,9 +133,15 @@ def sync(**options: Any) -> None:
 @pbx_options
 @click.option("--extension", type=int, multiple=True, required=True, help="Extension id.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)  # fmt: skip
+              show_default=True, help="A table with a header, or JSON.")  # fmt: skip
 def list_(**options: Any) -> None:
-    """List an extension's subscriptions."""
+    """List an extension's subscriptions.
+
+    \b
+    Examples:
+      receiver subscribe list --extension 175
+      receiver subscribe list --extension 175 --extension 887 --format json
+    """
     rows = []
     with client(options) as pbx:
         try:
@@ -128,11 +152,14 @@ def list_(**options: Any) -> None:
     if options["fmt"] == "json":
         click.echo(json.dumps(rows, indent=2))
         return
-    for row in rows:
-        click.echo(f"{row['extension']:>8}  {row['id']:>6}  {row['event_type']:<11} "
-                   f"{row['method']:<4}  {row['url']}")  # fmt: skip
     if not rows:
         click.echo("no subscriptions")
+        return
+    line = "{extension:>9}  {id:>6}  {event_type:<11}  {method:<6}  {url}"
+    click.echo(line.format(extension="extension", id="id", event_type="event_type",
+                           method="method", url="url"))  # fmt: skip
+    for row in rows:
+        click.echo(line.format(**row))
 
 
 @subscribe.command()
@@ -141,7 +168,13 @@ def list_(**options: Any) -> None:
 @click.option("--id", "subscription_id", type=int, help="Remove this subscription.")
 @click.option("--url", help="Remove every subscription of the extension for this URL.")
 def remove(**options: Any) -> None:
-    """Remove one subscription, or all of ours (for --url); never other URLs'."""
+    """Remove one subscription, or all of ours (for --url); never other URLs'.
+
+    \b
+    Examples:
+      receiver subscribe remove --extension 175 --url "$url"
+      receiver subscribe remove --extension 175 --id 12
+    """
     if (options["subscription_id"] is None) == (options["url"] is None):
         raise click.UsageError("give --id or --url (one of them)")
     extension = options["extension"]
@@ -172,44 +205,70 @@ def remove(**options: Any) -> None:
 @click.option("--token", envvar="RECEIVER_TOKEN", show_envvar=True,
               help="The receiver's webhook token, if it has one.")  # fmt: skip
 def url(base: str, myid: str, token: str | None) -> None:
-    """Print the exact URL to register with the PBX."""
+    """Print the exact URL to register with the PBX.
+
+    \b
+    Examples:
+      receiver subscribe url --base https://calls.example.com --myid 175
+      RECEIVER_TOKEN=s3cret receiver subscribe url --base https://calls.example.com:8443 --myid 175
+    """
     click.echo(webhook_url(base, myid, token))
 
 
 @click.group()
 def pbx() -> None:
-    """An emulator of the PBX's API and call events, for tests and demos."""
+    """An emulator of the PBX's API and call events, for tests and demos.
+
+    \b
+    Examples:
+      receiver pbx serve --offices 2 &
+      receiver pbx simulate --calls 200 --rate 2 --speed 60 --seed 7
+    """
 
 
 @pbx.command(name="serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8100, show_default=True, type=int)
-@click.option("--client-id", default="demo", show_default=True)
-@click.option("--client-secret", default="demo-secret", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8100, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")  # fmt: skip
+@click.option("--client-id", default="demo", show_default=True,
+              help="The one API application's id it accepts.")  # fmt: skip
+@click.option("--client-secret", default="demo-secret", show_default=True,
+              help="That application's secret.")  # fmt: skip
 @click.option("--offices", default=2, show_default=True, type=click.IntRange(1, 200),
               help="Customers, each with phones, an IVR (887) and a queue (888).")  # fmt: skip
 @click.option("--seed", default=1, show_default=True, type=int, help="Makes the same offices.")
 @click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(1),
               help="Seconds an access token lives.")  # fmt: skip
-@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0))
+@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0),
+              help="Subscriptions per client; one more is answered 403.")  # fmt: skip
 def pbx_serve(**options: Any) -> None:
-    """Run the emulated PBX API (OAuth2, subscriptions, callback)."""
-    import uvicorn
+    """Run the emulated PBX API (OAuth2, subscriptions, callback).
 
+    \b
+    Examples:
+      receiver pbx serve --offices 2
+      receiver pbx serve --port 8200 --subscription-limit 10
+    """
+    from receiver.cli import listen_socket, run_server, url_host
     from receiver.emulator import PbxConfig, create_pbx_app
 
     host, port = options.pop("host"), options.pop("port")
+    sock = listen_socket(host, port, host_hint="--host", port_hint="--port")
     app = create_pbx_app(PbxConfig(**options))
     for office in app.state.pbx.offices:
         names = ", ".join(f"{e.name} (id {e.id}, {e.kind})" for e in office.extensions)
         click.echo(f"office {office.prefix}, number {office.did}: {names}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    click.echo(f"PBX API on http://{url_host(host)}:{port} (client {options['client_id']}, "
+               f"secret {options['client_secret']}): set RECEIVER_PBX_API_URL to it",
+               err=True)  # fmt: skip
+    run_server(app, sock, host=host, port=port, log_level="warning")
 
 
 @pbx.command()
 @click.option("--pbx", "pbx_url", default="http://127.0.0.1:8100", show_default=True,
               help="The running emulator.")  # fmt: skip
-@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1),
+              help="How many calls to place.")  # fmt: skip
 @click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="New calls per second of simulated time.")  # fmt: skip
 @click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0),
@@ -226,7 +285,13 @@ def pbx_serve(**options: Any) -> None:
               help="Write each call's expected outcome here, one JSON line per call.")  # fmt: skip
 def simulate(pbx_url: str, count: int, rate: float, speed: float, mix: str | None, seed: int,
              truth: Path | None) -> None:  # fmt: skip
-    """Place calls and deliver their events to every subscription, as the PBX does."""
+    """Place calls and deliver their events to every subscription, as the PBX does.
+
+    \b
+    Examples:
+      receiver pbx simulate --calls 200 --rate 2 --speed 60 --seed 7 --truth truth.jsonl
+      receiver pbx simulate --calls 50 --speed 0 --mix inbound=1,queue=1
+    """
     import httpx2 as httpx
 
     from receiver.emulator import run_simulation

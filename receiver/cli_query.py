@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from receiver.cli import setting_option
+from receiver.cli import check_database, setting_option
 
 
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by events, calls and report."""
     options = [
-        setting_option("db"),
+        setting_option("db", help="The SQLite database `receiver serve` writes (it must exist)."),
         setting_option("unknown_end_after"),
         click.option("--myid", "myids", multiple=True, help="Only this myid (repeatable)."),
         click.option("--since", help="From this time: ISO 8601 or seconds since the epoch."),
@@ -37,8 +37,7 @@ def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def must_exist(db: Path) -> None:
     """Reading never creates a database: a wrong --db says so."""
-    if not db.exists():
-        raise click.ClickException(f"no database at {db}: pass --db (or set RECEIVER_DB)")
+    check_database(db, create=False)
 
 
 def time_option(value: str | None, name: str) -> int | None:
@@ -102,11 +101,22 @@ def call_query(options: dict[str, Any], **more: Any) -> Any:
 @query_options
 @click.option("--type", "event_type", help="Only this EventType (dial-in, answer, ...).")
 @click.option("--call-id", help="Only the events of this CallID.")
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+@click.option(
+    "--order",
+    type=click.Choice(["asc", "desc"]),
+    default="asc",
+    show_default=True,
+    help="Oldest first (asc) or newest first (desc).",
+)
 def events(**options: Any) -> None:
     """List stored events, filtered, in time order.
 
     --format ndjson keeps each event's raw request, so the output can be replayed.
+
+    \b
+    Examples:
+      receiver events --myid 85219 --since 2025-12-01 --number +79161112233
+      receiver events --format ndjson > backup.ndjson   # replayable
     """
     from receiver.event import event_json
     from receiver.store import EventQuery
@@ -150,15 +160,32 @@ def export_lines(db: Path, query: Any, limit: int | None) -> None:
 
 @click.command()
 @query_options
-@click.option("--direction", type=click.Choice(["in", "out", "internal"]))
+@click.option(
+    "--direction",
+    type=click.Choice(["in", "out", "internal"]),
+    help="Only calls of this direction.",
+)
 @click.option(
     "--status",
     type=click.Choice(["answered", "missed", "busy", "no_answer", "cancelled", "failed",
                        "in_progress", "unknown_end"]),
+    help="Only calls that ended so (unknown_end: no hangup after --unknown-end-after).",
 )  # fmt: skip
-@click.option("--order", type=click.Choice(["asc", "desc"]), default="asc", show_default=True)
+@click.option(
+    "--order",
+    type=click.Choice(["asc", "desc"]),
+    default="asc",
+    show_default=True,
+    help="Oldest first (asc) or newest first (desc).",
+)
 def calls(**options: Any) -> None:
-    """List calls rebuilt from their events."""
+    """List calls rebuilt from their events.
+
+    \b
+    Examples:
+      receiver calls --since 2025-12-01
+      receiver calls --status missed --since 2025-12-01T00:00:00+03:00
+    """
     query = call_query(
         options,
         direction=options["direction"],
@@ -173,13 +200,25 @@ def calls(**options: Any) -> None:
 
 @click.group()
 def report() -> None:
-    """Reports over the calls."""
+    """Reports over the calls.
+
+    \b
+    Examples:
+      receiver report missed --since 2025-12-01
+      receiver report extensions --since 2025-12-01 --by day --format csv
+    """
 
 
 @report.command()
 @query_options
 def missed(**options: Any) -> None:
-    """Missed inbound calls per number: were they called back, or did they call again?"""
+    """Missed inbound calls per number: were they called back, or did they call again?
+
+    \b
+    Examples:
+      receiver report missed --since 2025-12-01
+      receiver report missed --myid 85218 --format json
+    """
     query = call_query(options)
     print_records(
         options["db"], lambda store: store.missed_report(query), options["fmt"], "missed",
@@ -191,7 +230,13 @@ def missed(**options: Any) -> None:
 @query_options
 @click.option("--by", type=click.Choice(["day", "hour"]), help="One row per period too.")
 def extensions(**options: Any) -> None:
-    """Per extension: calls, answered, missed, ring and talk times."""
+    """Per extension: calls, answered, missed, ring and talk times.
+
+    \b
+    Examples:
+      receiver report extensions --since 2025-12-01
+      receiver report extensions --by day --format csv > extensions.csv
+    """
     query = call_query(options)
     print_records(
         options["db"], lambda store: store.extensions_report(query, by=options["by"]),

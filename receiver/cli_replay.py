@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from receiver.cli import setting_option
+from receiver.cli import check_database, setting_option
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 from receiver.replay import FORMATS, Summary
 
@@ -80,6 +80,11 @@ def replay(
     PATHS are files (gzip is detected by content) or - for stdin. Each delivery is parsed,
     tagged and de-duplicated exactly as a live request, so replaying twice adds nothing.
     Exits 1 when any line was malformed or any event could not be stored or delivered.
+
+    \b
+    Examples:
+      receiver replay --myid 85218 sample_payloads/inbound-cancelled.txt
+      receiver replay /var/log/nginx/access.log* --path /webhook --dry-run
     """
     import asyncio
 
@@ -89,6 +94,8 @@ def replay(
 
     options = Options(fmt, log_format, path, myid, strict)
     target = Target(to_url, concurrency, rate, retries) if to_url and not dry_run else None
+    if not dry_run and target is None:
+        check_database(db, create=True)
 
     async def run() -> Summary:
         if dry_run or target is not None:

@@ -13,10 +13,14 @@ from typing import Any
 
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 
+# The most a count, a size or a number of seconds may be: far above any real use, and far
+# below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
+MOST = 2**31 - 1
 
-def setting(default: Any, help: str) -> Any:
-    """A settings field with its help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+
+def setting(default: Any, help: str, *, low: int | None = None, high: int | None = None) -> Any:
+    """A settings field with its help text and, for a number, the range it must be in."""
+    return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Settings:
     """How one receiver runs."""
 
     host: str = setting("127.0.0.1", "Address to listen on.")
-    port: int = setting(8000, "Port to listen on.")
+    port: int = setting(8000, "Port to listen on.", low=1, high=65535)
     db: Path = setting(Path("receiver.db"), "SQLite database file (created if missing).")
     default_myid: str | None = setting(
         None, "myid for deliveries whose URL has none (otherwise they get 400)."
@@ -38,26 +42,51 @@ class Settings:
     api_token: str | None = setting(
         None, "Bearer token required for everything under /api/ (else 401)."
     )
-    max_body: int = setting(65536, "Largest POST body accepted, in bytes (else 413).")
+    max_body: int = setting(
+        65536, "Largest POST body accepted, in bytes (else 413).", low=1, high=MOST
+    )
     header_timeout: float = setting(
         10.0, "Seconds a connection has to send a request's headers (else it is closed)."
     )
     body_timeout: float = setting(
         30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
     )
-    rejects_max: int = setting(10000, "How many refused deliveries to keep for inspection.")
+    rejects_max: int = setting(
+        10000, "How many refused deliveries to keep for inspection.", low=1, high=MOST
+    )
     rejects_max_bytes: int = setting(
-        64 << 20, "Most bytes of raw query and body the refused deliveries kept may take."
+        64 << 20,
+        "Most bytes of raw query and body the refused deliveries kept may take.",
+        low=1,
+        high=MOST,
     )
     unknown_end_after: int = setting(
-        14400, "Seconds after its last event that a call with no hangup counts as unknown_end."
+        14400,
+        "Seconds after its last event that a call with no hangup counts as unknown_end.",
+        low=1,
+        high=MOST,
     )
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = setting(False, "Log every request (tokens are masked).")
 
     def __post_init__(self) -> None:
-        if self.header_timeout <= 0 or self.body_timeout <= 0:
-            raise ValueError("--header-timeout and --body-timeout must be more than 0 seconds")
+    max_body: int = setting(
+        65536, "Largest POST body accepted, in bytes (else 413).", low=1, high=MOST
+    )
+    header_timeout: float = setting(
+        10.0, "Seconds a connection has to send a request's headers (else it is closed)."
+    )
+    body_timeout: float = setting(
+        30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
+    )
+    rejects_max: int = setting(
+        10000, "How many refused deliveries to keep for inspection.", low=1, high=MOST
+    )
+    rejects_max_bytes: int = setting(
+        64 << 20,
+        "Most bytes of raw query and body the refused deliveries kept may take.",
+        low=1,
+        high=MOST,
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.default_myid and not is_valid_myid(self.default_myid):
             raise ValueError(
@@ -89,6 +118,21 @@ class Settings:
 def describe() -> list[tuple[str, Any, str]]:
     """(name, default, help) of every setting, in declaration order."""
     return [(f.name, f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """What is wrong with a setting's number, from the range it declares; None when nothing."""
+    field = next(f for f in dataclasses.fields(Settings) if f.name == name)
+    low, high = field.metadata.get("low"), field.metadata.get("high")
+    if value is None or (low is None and high is None):
+        return None
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            allowed = f"{low} or more"
+        else:
+            allowed = f"{high} or less" if low is None else f"{low} to {high}"
+        return f"{value} is out of range: use {allowed}"
+    return None
 
 
 def env_name(name: str) -> str:

@@ -5,13 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from receiver.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 @pytest.fixture
@@ -71,3 +77,99 @@ def test_bad_input_is_explained(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["events", "--db", str(tmp_path / "x.db"), "--since", "soon"])
     assert result.exit_code == 2
     assert "is not a time" in result.output
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`receiver serve` as a real process that is expected to stop at start."""
+    command = [sys.executable, "-m", "receiver", "serve", *args]
+    return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+
+
+def one_line(text: str) -> str:
+    """The whole of an error that reaches the user: one line, no traceback."""
+    assert len(text.strip().splitlines()) == 1, text
+    assert "Traceback" not in text and "Errno" not in text
+    return text.strip()
+
+
+def test_a_port_in_use_says_which_and_what_to_change(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args, env in [(["--port", port], {}), ([], {"RECEIVER_PORT": port})]:
+            done = serve("--db", str(tmp_path / "r.db"), *args, env=env)
+            assert done.returncode == 1
+            line = one_line(done.stderr)
+            assert f"port {port} on 127.0.0.1 is already in use" in line
+            assert "--port or RECEIVER_PORT" in line
+
+
+def test_serve_refuses_a_db_that_is_not_sqlite(tmp_path: Path) -> None:
+    not_db = tmp_path / "access.log"
+    not_db.write_text('127.0.0.1 - - [01/Dec/2025:10:00:00 +0300] "GET / HTTP/1.1" 200 1\n')
+    done = serve("--db", str(not_db), "--port", str(free_port()))
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert f"--db {not_db} is not an SQLite database" in line
+    assert "--db expects the receiver's database" in line
+    done = serve("--db", str(tmp_path / "no" / "r.db"), "--port", str(free_port()))
+    assert "the folder" in one_line(done.stderr) and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["calls"], ["events"], ["events", "--format", "ndjson"], ["report", "missed"],
+     ["report", "extensions"], ["replay", "-q", str(ROOT / "sample_payloads" / "callback.txt")]],
+)  # fmt: skip
+def test_the_other_commands_refuse_a_db_that_is_not_sqlite(
+    tmp_path: Path, command: list[str]
+) -> None:
+    not_db = tmp_path / "notes.txt"
+    not_db.write_text("not a database\n")
+    result = CliRunner().invoke(main, [*command, "--db", str(not_db)])
+    assert result.exit_code == 1
+    assert f"--db {not_db} is not an SQLite database" in one_line(result.output)
+
+
+def test_the_read_commands_say_their_db_must_exist() -> None:
+    for command in (["calls"], ["events"], ["report", "missed"], ["report", "extensions"]):
+        text = " ".join(run(*command, "--help").split())
+        assert "created if missing" not in text
+        assert "The SQLite database `receiver serve` writes (it must exist)." in text
+
+
+def test_serve_logs_its_database_and_the_url_to_register(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    running = server("--log-level", "info")
+    log = running.log.read_text()
+    assert f"database {db_path.absolute()}" in log
+    webhook = f"{running.url}/webhook?myid=<extension id>"
+    assert f"listening on {running.url}: register {webhook} with the PBX" in log
+
+
+def every_command(
+    command: click.Command, path: tuple[str, ...] = ("receiver",)
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    """The command and, for a group, every command under it."""
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from every_command(sub, (*path, name))
+
+
+COMMANDS = list(every_command(main))
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_has_examples_and_every_option_a_help(
+    path: tuple[str, ...], command: click.Command
+) -> None:
+    nameless = [o.opts[0] for o in command.params if isinstance(o, click.Option) and not o.help]
+    assert nameless == [], f"{' '.join(path)}: options without help"
+    shown = CliRunner().invoke(main, [*path[1:], "--help"], terminal_width=100).output
+    assert "Examples:" in shown, shown
+    examples = shown.split("Examples:")[1].split("Options:")[0].strip().splitlines()
+    assert examples and all(
+        line.strip().startswith(("receiver ", "RECEIVER_", "url=")) for line in examples
+    )

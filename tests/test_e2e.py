@@ -249,7 +249,7 @@ def gone(pid: int, seconds: float = 10) -> bool:
     while time.monotonic() < deadline:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped, or being reaped as we read
             return True
         if state == "Z":  # ended; its parent (pytest, once the server is gone) has not reaped it
             return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from click.testing import CliRunner
 
+from receiver.cli import main
 from receiver.pbxclient import PbxClient, PbxError, plan, webhook_url
 
 URL = "http://127.0.0.1:9/webhook?myid=80000"
@@ -184,3 +187,37 @@ def test_whole_chain_agrees_with_the_ground_truth(emulator, server, tmp_path: Pa
     ]  # fmt: skip
     assert wrong == []
     assert len(calls) == 300
+
+
+def test_subscribe_list_prints_a_header_over_its_table(emulator) -> None:  # type: ignore[no-untyped-def]
+    pbx = emulator()
+    with client(pbx) as api:
+        api.subscribe(80000, URL, "POST", "hangup")
+    env = {"RECEIVER_PBX_API_URL": pbx.url, "RECEIVER_PBX_CLIENT_ID": "demo",
+           "RECEIVER_PBX_CLIENT_SECRET": "demo-secret"}  # fmt: skip
+    result = CliRunner().invoke(main, ["subscribe", "list", "--extension", "80000"], env=env)
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()
+    assert header.split() == ["extension", "id", "event_type", "method", "url"]
+    assert row.split() == ["80000", "1", "hangup", "POST", URL]
+    assert header.index("url") == row.index(URL)  # the columns line up
+
+
+def test_pbx_serve_prints_its_url(emulator) -> None:  # type: ignore[no-untyped-def]
+    pbx = emulator()
+    printed = pbx.log.read_text()
+    assert f"PBX API on {pbx.url} (client demo, secret demo-secret)" in printed
+
+
+def test_pbx_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "receiver", "pbx", "serve", "--port",
+                               str(port)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"Error: port {port} on 127.0.0.1 is already in use (another receiver?): stop it, "
+        "or choose another port with --port"
+    )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -43,3 +48,42 @@ def test_every_command_has_help() -> None:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0
         assert "Usage:" in result.output
+
+
+OUT_OF_RANGE = [
+    ("port", "99999", "use 1 to 65535"),  # once listened on a random port, logging 99999
+    ("port", "0", "use 1 to 65535"),
+    ("max_body", "0", "use 1 to"),
+    ("rejects_max", "-5", "use 1 to"),
+    ("unknown_end_after", "0", "use 1 to"),
+    ("unknown_end_after", str(2**63), "use 1 to"),  # would overflow SQLite's integers
+]
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), OUT_OF_RANGE)
+def test_a_number_out_of_range_is_refused(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ValueError, match=f"{flag_name(name)} {value} is out of range: {expected}"):
+        Settings(**{name: int(value)})
+    for args, env in [([flag_name(name), value], {}), ([], {env_name(name): value})]:
+        result = CliRunner().invoke(main, ["serve", *args], env=env)
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '{flag_name(name)}'" in result.output
+        assert f"{value} is out of range: {expected}" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_the_read_commands_check_the_range_too(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["calls", "--db", str(tmp_path / "x.db")], env={"RECEIVER_UNKNOWN_END_AFTER": "0"}
+    )
+    assert result.exit_code == 2
+    assert "0 is out of range: use 1 to" in result.output
+
+
+def test_a_port_out_of_range_from_the_environment_stops_a_real_server(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "receiver", "serve", "--db", str(tmp_path / "r.db")]
+    env = {**os.environ, "RECEIVER_PORT": "99999"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "'--port' (env var: 'RECEIVER_PORT'): 99999 is out of range" in done.stderr
+    assert not (tmp_path / "r.db").exists()  # refused before anything started
