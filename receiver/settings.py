@@ -16,6 +16,7 @@ from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 # The most a count, a size or a number of seconds may be: far above any real use, and far
 # below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
 MOST = 2**31 - 1
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def setting(default: Any, help: str, *, low: int | None = None, high: int | None = None) -> Any:
@@ -70,23 +71,16 @@ class Settings:
     access_log: bool = setting(False, "Log every request (tokens are masked).")
 
     def __post_init__(self) -> None:
-    max_body: int = setting(
-        65536, "Largest POST body accepted, in bytes (else 413).", low=1, high=MOST
-    )
-    header_timeout: float = setting(
-        10.0, "Seconds a connection has to send a request's headers (else it is closed)."
-    )
-    body_timeout: float = setting(
-        30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
-    )
-    rejects_max: int = setting(
-        10000, "How many refused deliveries to keep for inspection.", low=1, high=MOST
-    )
-    rejects_max_bytes: int = setting(
-        64 << 20,
-        "Most bytes of raw query and body the refused deliveries kept may take.",
-        low=1,
-        high=MOST,
+        for field in dataclasses.fields(self):
+            problem = range_problem(field.name, getattr(self, field.name))
+            if problem:
+                raise ValueError(f"{flag_name(field.name)} {problem}")
+        if self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("--header-timeout and --body-timeout must be more than 0 seconds")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"--log-level {self.log_level!r} is not a level: use {', '.join(LOG_LEVELS)}"
+            )
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.default_myid and not is_valid_myid(self.default_myid):
             raise ValueError(

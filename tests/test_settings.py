@@ -87,3 +87,10 @@ def test_a_port_out_of_range_from_the_environment_stops_a_real_server(tmp_path: 
     assert done.returncode == 2
     assert "'--port' (env var: 'RECEIVER_PORT'): 99999 is out of range" in done.stderr
     assert not (tmp_path / "r.db").exists()  # refused before anything started
+
+
+def test_a_log_level_that_is_not_one_is_refused() -> None:
+    result = CliRunner().invoke(main, ["serve", "--log-level", "verbose"])
+    assert result.exit_code == 2, result.output
+    assert "'verbose' is not a level: use debug, info, warning, error" in result.output
+    assert "Traceback" not in result.output
