@@ -3,7 +3,7 @@
     python bench/query.py [--events 1000000] [--keep DIR]
 
 Fills a database through the same parse and store path as live deliveries (the calls are
-made by receiver/simulate.py, as pbx-events §4 says) and rebuilds the calls. Then prints p50
+made by pbx_emulator/simulate.py, as pbx-events §4 says) and rebuilds the calls. Then prints p50
 and p95 latency of: the events of one call; a page of 100 calls for one myid over a day; the
 missed report for a week; and the throughput and the server's peak memory of a full NDJSON
 export over HTTP, read by curl when it is installed (by httpx otherwise: on two cores a client
@@ -31,9 +31,9 @@ from common import free_port, python, start
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from pbx_emulator.simulate import calls, make_offices, query_string  # noqa: E402
 from receiver.event import RawRequest  # noqa: E402
 from receiver.parse import parse_request  # noqa: E402
-from receiver.simulate import calls, make_offices, query_string  # noqa: E402
 from receiver.store import CallQuery, EventQuery, Store  # noqa: E402
 
 DAY_US = 86_400_000_000

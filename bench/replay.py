@@ -3,7 +3,7 @@
     python bench/replay.py [--lines 1000000] [--keep DIR]
 
 Generates a combined-format access log: deliveries of ~250k calls made as pbx-events §4 says
-(receiver/simulate.py), among non-event noise lines. Then, each as its own process, on a fresh
+(pbx_emulator/simulate.py), among non-event noise lines. Then, each as its own process, on a fresh
 database: the baseline (the same lines parsed with the standard library and inserted with one
 executemany into a table of the same columns) and `receiver replay`. Prints both times, the
 ratio (target <= 2x) and each one's peak memory (target < 200 MB).
@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from receiver.simulate import calls, make_offices, query_string  # noqa: E402
+from pbx_emulator.simulate import calls, make_offices, query_string  # noqa: E402
 from receiver.store import MIGRATIONS  # noqa: E402
 
 NOISE = [

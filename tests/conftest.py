@@ -16,11 +16,11 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.app import create_app
 from receiver.event import Event
 from receiver.settings import Settings
 from receiver.store import migrate
 from receiver.store.schema import event_row, insert_events
+from receiver.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "tests" / "samples"  # real deliveries, the PBX's own examples
@@ -148,7 +148,7 @@ class PbxProcess(ServerProcess):
     """`receiver pbx serve` (the emulator) as a real subprocess on a free port."""
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "receiver", "pbx", "serve", "--port", str(self.port),
+        return [sys.executable, "-m", "pbx_emulator", "serve", "--port", str(self.port),
                 *self.args]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from pbx_emulator.cli import pbx
 from receiver.cli import main
 from tests.conftest import ROOT, free_port
 
@@ -158,7 +159,7 @@ def every_command(
             yield from every_command(sub, (*path, name))
 
 
-COMMANDS = list(every_command(main))
+COMMANDS = [*every_command(main), *every_command(pbx, ("receiver-pbx",))]
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
@@ -167,9 +168,11 @@ def test_every_command_has_examples_and_every_option_a_help(
 ) -> None:
     nameless = [o.opts[0] for o in command.params if isinstance(o, click.Option) and not o.help]
     assert nameless == [], f"{' '.join(path)}: options without help"
-    shown = CliRunner().invoke(main, [*path[1:], "--help"], terminal_width=100).output
+    top = main if path[0] == "receiver" else pbx
+    shown = CliRunner().invoke(top, [*path[1:], "--help"], terminal_width=100).output
     assert "Examples:" in shown, shown
     examples = shown.split("Examples:")[1].split("Options:")[0].strip().splitlines()
     assert examples and all(
-        line.strip().startswith(("receiver ", "RECEIVER_", "url=")) for line in examples
+        line.strip().startswith(("receiver ", "receiver-pbx ", "RECEIVER_", "url="))
+        for line in examples
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
+from receiver.replay.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
 
 # format (None: combined/common) | line | (time_us, method, target, body)
 CASES = [

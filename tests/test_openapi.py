@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from starlette.routing import Mount
 
-from receiver.openapi import spec
+from receiver.web.openapi import spec
 from tests.test_api import SCENARIOS, lines
 
 SPEC = spec()

@@ -16,14 +16,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.api import stream
 from receiver.calls import build_call, call_json
 from receiver.cli import main
+from receiver.cli.render import Output
 from receiver.event import Event, RawRequest, event_json
 from receiver.parse import Rejected, parse_request
-from receiver.render import Output
 from receiver.store import CallQuery, EventQuery, Store
 from receiver.store.schema import SCHEMA_VERSION, call_row, leg_rows
+from receiver.web.api import stream
 from tests.conftest import stored_by_version
 from tests.test_api import assert_every_read_answers
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from receiver.cli import main
-from receiver.pbxclient import PbxClient, PbxError, plan, webhook_url
+from receiver.pbx.client import PbxClient, PbxError, plan, webhook_url
 
 URL = "http://127.0.0.1:9/webhook?myid=80000"
 
@@ -164,7 +164,7 @@ def test_whole_chain_agrees_with_the_ground_truth(emulator, server, tmp_path: Pa
         assert done.returncode == 0, done.stderr
     truth_file = tmp_path / "truth.jsonl"
     simulated = subprocess.run(
-        [sys.executable, "-m", "receiver", "pbx", "simulate", "--pbx", pbx.url, "--calls", "300",
+        [sys.executable, "-m", "pbx_emulator", "simulate", "--pbx", pbx.url, "--calls", "300",
          "--rate", "5", "--speed", "0", "--seed", "5", "--truth", str(truth_file)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -214,7 +214,7 @@ def test_pbx_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "receiver", "pbx", "serve", "--port",
+        done = subprocess.run([sys.executable, "-m", "pbx_emulator", "serve", "--port",
                                str(port)], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == (

@@ -71,8 +71,8 @@ def test_query_lines_give_the_same_events_as_live_deliveries(tmp_path: Path, cli
     # the same records, field by field (the event API reads the replayed database)
     from starlette.testclient import TestClient
 
-    from receiver.app import create_app
     from receiver.settings import Settings
+    from receiver.web.app import create_app
 
     with TestClient(create_app(Settings(db=db))) as other:
         again = [comparable(e) for e in other.get("/api/events?limit=1000").json()["events"]]
@@ -231,8 +231,8 @@ def test_ndjson_export_round_trips_every_field(tmp_path: Path, client) -> None: 
     assert code == 0, output
     from starlette.testclient import TestClient
 
-    from receiver.app import create_app
     from receiver.settings import Settings
+    from receiver.web.app import create_app
 
     with TestClient(create_app(Settings(db=db))) as fresh:
         back = [fresh.get(f"/api/events/{n}").json() for n in range(1, count + 1)]
@@ -299,7 +299,7 @@ def test_to_an_unreachable_receiver_fails_after_retries(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("query", ["myid=1&EventType=answer&EventTime=1", ""])
 def test_query_line_forms(query: str) -> None:
-    from receiver.replay import query_line
+    from receiver.replay.run import query_line
 
     for line in (query, f"/webhook?{query}", f"https://h/webhook?{query}"):
         delivery = query_line(line.encode(), "x:1")
@@ -307,7 +307,7 @@ def test_query_line_forms(query: str) -> None:
 
 
 def test_replay_parses_like_live() -> None:
-    from receiver.replay import Options, parse_delivery, query_line
+    from receiver.replay.run import Options, parse_delivery, query_line
 
     line = "myid=1&" + sample("outbound-hangup")
     replayed = parse_delivery(query_line(line.encode(), "x:1"), Options())
@@ -334,7 +334,7 @@ def test_replay_refuses_a_myid_of_the_wrong_shape(tmp_path: Path) -> None:
 def test_sending_adds_a_myid_only_to_a_query_without_one(query: bytes, sent: bytes) -> None:
     import httpx2 as httpx
 
-    from receiver.replay import Delivery, target_url
+    from receiver.replay.run import Delivery, target_url
 
     delivery = Delivery(RawRequest("GET", query), "replay:query-lines", None, None, "f:1")
     url = target_url(httpx.URL("http://127.0.0.1:1/webhook?t=1"), delivery, "9")

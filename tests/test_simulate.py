@@ -7,10 +7,10 @@ import random
 
 import pytest
 
+from pbx_emulator.simulate import KINDS, calls, make_offices, parse_mix, query_string
 from receiver.calls import build_call, call_json
 from receiver.event import RawRequest
 from receiver.parse import parse_request
-from receiver.simulate import KINDS, calls, make_offices, parse_mix, query_string
 
 COMPARED = ("direction", "status", "answered_by", "talk_seconds", "external_number")
 

@@ -25,8 +25,8 @@ from urllib.parse import quote
 import httpx2 as httpx
 
 from receiver.event import Event, RawRequest, Source, now_us, parse_time
-from receiver.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
 from receiver.parse import MYID, MissingMyid, Rejected, is_receiver_name, parse_request
+from receiver.replay.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
 from receiver.store import Store, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from receiver.cli import check_database, setting_option
+from receiver.cli.options import check_database, setting_option
 
 
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,7 +56,7 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
     """Open the database, and print what `records(store)` gives (an async iterator or a list)."""
     import asyncio
 
-    from receiver.render import Output
+    from receiver.cli.render import Output
     from receiver.store import Store
 
     must_exist(db)

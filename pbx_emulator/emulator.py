@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pbx_emulator.simulate import calls as simulated_calls
+from pbx_emulator.simulate import make_offices, query_string
 from receiver.event import EventType, now_us
-from receiver.simulate import calls as simulated_calls
-from receiver.simulate import make_offices, query_string
 
 EVENT_TYPES = [t.value for t in EventType]
 

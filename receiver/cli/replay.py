@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from receiver.cli import check_database, setting_option
+from receiver.cli.options import check_database, setting_option
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
-from receiver.replay import FORMATS, Summary
+from receiver.replay.run import FORMATS, Summary
 
 
 def valid_myid(context: click.Context, parameter: click.Parameter, myid: str | None) -> str | None:
@@ -88,8 +88,8 @@ def replay(
     """
     import asyncio
 
-    from receiver.replay import Options, ReplayError, Target
-    from receiver.replay import replay as run_replay
+    from receiver.replay.run import Options, ReplayError, Target
+    from receiver.replay.run import replay as run_replay
     from receiver.store import Store
 
     options = Options(fmt, log_format, path, myid, strict)

@@ -14,10 +14,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.calls import CallStatus, Direction, call_json
 from receiver.event import event_json, now_us, parse_time, reject_json
-from receiver.openapi import EXPORT_MAX, PAGE_MAX, query_names
 from receiver.parse import MYID_SHAPE, is_valid_myid
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Store, parse_call_cursor, parse_cursor
+from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
 
 CHUNK_LINES = 500
 FORMATS = ("json", "ndjson", "csv")

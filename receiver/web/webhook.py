@@ -1,33 +1,22 @@
-"""The HTTP service: the webhook the PBX calls, and the read API."""
+"""The webhook front: /webhook, where the PBX delivers events, answered 200 only once stored."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from receiver import api as api_routes
 from receiver.event import REJECT_BODY_KEPT, RawRequest, Reject, Source, now_us
 from receiver.logs import Repeated
-from receiver.openapi import spec
 from receiver.parse import Rejected, parse_request, query_myid, strip_body_token, strip_token
 from receiver.settings import Settings
-from receiver.store import SCHEMA_VERSION, Store, Stored
+from receiver.store import Store, Stored
+from receiver.web.errors import error
 
 log = logging.getLogger("receiver")
-
-BACKGROUND_SECONDS = 0.2
 
 # Headers of some refusals: what is allowed, and that a client too slow to send its body is
 # let go (the rest of the body, if it ever comes, is not waited for).
@@ -35,12 +24,6 @@ ANSWER_HEADERS: dict[int, dict[str, str]] = {
     405: {"Allow": "GET, POST"},
     408: {"Connection": "close"},
 }
-
-
-def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The one error shape of the whole HTTP API."""
-    body = {"ok": False, "error": message, "status": status}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -208,122 +191,3 @@ class Webhook:
             )
         headers = ANSWER_HEADERS.get(why.status)
         return error(why.status, why.reason, headers)
-
-
-async def healthz(request: Request) -> Response:
-    """GET /healthz: 200 when the database answers."""
-    store: Store = request.app.state.store
-    try:
-        version = await store.check()
-    except Exception as failure:
-        return error(503, f"the database does not answer: {failure}")
-    return JSONResponse({"ok": True, "schema_version": version, "expected": SCHEMA_VERSION})
-
-
-async def openapi_json(request: Request) -> Response:
-    """GET /openapi.json: the API's description."""
-    return JSONResponse(spec(request.app.state.settings))
-
-
-class BearerAuth:
-    """ASGI middleware: requests need `Authorization: Bearer <token>` (401 otherwise)."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token.encode() if token else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token is not None and scope["type"] == "http":
-            headers = dict(scope["headers"])
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                response = error(
-                    401,
-                    "this API needs the header 'Authorization: Bearer <api token>'",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-async def http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail, exc.headers)
-
-
-async def server_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error(500, f"internal error: {type(exc).__name__}")
-
-
-async def refresh_calls(store: Store, repeated: Repeated) -> None:
-    """Five times a second: rebuild changed calls (queries also refresh before reading), make
-    the export lines of new events and of events stored before the lines existed, and give
-    events stored before schema version 6 their new de-dup key."""
-    while True:
-        try:
-            await store.refresh_calls(background=True)
-            await store.fill_event_lines(background=True)
-            await store.rekey_old_events(background=True)
-        except Exception as failure:  # a full disk fails it five times a second
-            repeated.log(
-                logging.ERROR,
-                "background",
-                "background work on the database failed; trying again",
-                exc_info=failure,
-            )
-        await asyncio.sleep(BACKGROUND_SECONDS)
-
-
-def create_app(settings: Settings) -> Webhook:
-    """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
-    repeated = Repeated(log)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.settings = settings
-        async with Store(
-            settings.db,
-            rejects_max=settings.rejects_max,
-            rejects_max_bytes=settings.rejects_max_bytes,
-            own_process=True,
-            lines_later=True,
-        ) as store:
-            app.state.store = store
-            refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")
-            try:
-                yield
-            finally:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
-                repeated.flush_all()
-
-    api = Mount(
-        "/api",
-        routes=[
-            Route("/events", api_routes.list_events),
-            Route("/events/{id:int}", api_routes.get_event),
-            Route("/calls", api_routes.list_calls),
-            Route("/calls/{call_id}", api_routes.get_call),
-            Route("/reports/missed", api_routes.missed_report),
-            Route("/reports/extensions", api_routes.extensions_report),
-            Route("/rejects", api_routes.list_rejects),
-        ],
-        middleware=[Middleware(BearerAuth, token=settings.api_token)],
-    )
-    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
-        HTTPException: http_error,
-        Exception: server_error,
-    }
-    rest = Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/openapi.json", openapi_json),
-            api,
-        ],
-        exception_handlers=handlers,
-        lifespan=lifespan,
-    )
-    return Webhook(rest, settings, repeated)

@@ -1,0 +1,3 @@
+from pbx_emulator.cli import pbx
+
+pbx(prog_name="receiver-pbx")

@@ -1,0 +1,1 @@
+"""The PBX's API, as a client: its access token, and the receiver's subscriptions."""
