@@ -108,7 +108,6 @@ def events(**options: Any) -> None:
 
     --format ndjson keeps each event's raw request, so the output can be replayed.
     """
-    from receiver.event import event_json
     from receiver.store import EventQuery
 
     query = EventQuery(
@@ -125,11 +124,10 @@ def events(**options: Any) -> None:
         export_lines(options["db"], query, options["limit"])
         return
 
-    async def records(store: Any) -> Any:
-        async for event in store.iter_events(query):
-            yield event_json(event)
-
-    print_records(options["db"], records, options["fmt"], "events", options["limit"])
+    print_records(
+        options["db"], lambda store: store.iter_event_records(query), options["fmt"], "events",
+        options["limit"],
+    )  # fmt: skip
 
 
 def export_lines(db: Path, query: Any, limit: int | None) -> None:
