@@ -6,7 +6,9 @@ Generates a combined-format access log: deliveries of ~250k calls made as pbx-ev
 (pbx_emulator/simulate.py), among non-event noise lines. Then, each as its own process, on a fresh
 database: the baseline (the same lines parsed with the standard library and inserted with one
 executemany into a table of the same columns) and `receiver replay`. Prints both times, the
-ratio (target <= 2x) and each one's peak memory (target < 200 MB).
+ratio (target <= 2x), each one's peak memory (target < 200 MB), and the bytes per event of the
+database the replay made (file and WAL after a checkpoint, target <= 1,200), with what each
+table and index takes of it.
 """
 
 from __future__ import annotations
@@ -184,6 +186,23 @@ def report(name: str, seconds: float, peak_mb: float, events: int, db: Path) -> 
     )
 
 
+def disk_use(db: Path, events: int) -> None:
+    """The database's bytes per event, everything included, and each table's and index's."""
+    with sqlite3.connect(db) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            parts = connection.execute(
+                "SELECT name, sum(pgsize) AS size FROM dbstat GROUP BY name ORDER BY size DESC"
+            ).fetchall()
+        except sqlite3.OperationalError:  # SQLite built without the dbstat table
+            parts = []
+    wal = db.with_name(db.name + "-wal")
+    size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    print(f"database {size / 1e6:,.1f} MB = {size / events:,.0f} bytes/event (target <= 1,200)")
+    for name, part in parts:
+        print(f"  {name:24} {part / 1e6:8,.1f} MB  {part / events:6,.0f} bytes/event")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -216,6 +235,7 @@ def main() -> None:
             [sys.executable, "-m", "receiver", "replay", "--quiet", "--db", str(ours_db), str(log)]
         )
         report("receiver replay", ours_s, ours_mb, events, ours_db)
+        disk_use(ours_db, count(ours_db))
         print(
             f"ratio receiver/baseline {ours_s / base_s:.2f}x (target <= 2), "
             f"peak memory {ours_mb:.0f} MB (target < 200)"

@@ -11,8 +11,11 @@ import json
 import operator
 import re
 import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
@@ -22,7 +25,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # a 64-bit integer holds; sums of many spans are checked where they are made (calls.storable).
 LAST_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 LAST_DURATION_US = 10**15 - 1
-quoted = json.encoder.encode_basestring_ascii  # a JSON string literal, made in C
 
 
 class EventType(enum.StrEnum):
@@ -193,8 +195,8 @@ def now_us() -> int:
 def iso_time(us: int | None) -> str | None:
     """Microseconds since the epoch as ISO 8601 UTC, exact (integer arithmetic, no floats).
 
-    None outside 1970 to 9999 (0 to LAST_TIME_US), as iso_sql() in SQL: an event stored before
-    parsing checked EventTime may hold any 64-bit integer.
+    None outside 1970 to 9999 (0 to LAST_TIME_US): an event stored before parsing checked
+    EventTime may hold any 64-bit integer.
     """
     if us is None or not 0 <= us <= LAST_TIME_US:
         return None
@@ -236,8 +238,8 @@ def parse_time(text: str) -> int:
 
 
 def seconds(us: int | float | None) -> float | None:
-    """Microseconds as seconds, exact to the µs; None beyond LAST_DURATION_US either way (as
-    seconds_sql() in SQL), which neither a float nor SQLite's JSON would show exactly."""
+    """Microseconds as seconds, exact to the µs; None beyond LAST_DURATION_US either way, which
+    a float would not show exactly."""
     if us is None or not -LAST_DURATION_US <= us <= LAST_DURATION_US:
         return None
     return us / 1_000_000
@@ -251,43 +253,136 @@ def text_or_base64(data: bytes, name: str) -> dict[str, str]:
         return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
 
 
-def event_json(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
-    """The event's public JSON form (field names fixed by the API contract)."""
+# An event as the database stores it: its values in this order (the events table's columns,
+# selected as EVENT_COLUMNS in receiver/store/schema.py). extra and flags are JSON text.
+STORED_FIELDS = (
+    "id", "myid", "event_type", "event_time_us", "order_us", "call_id", "sub_call_id",
+    "call_api_id", "callback_id", "caller_id_num", "caller_id_name", "called_did",
+    "called_number", "caller_extension", "caller_extension_id", "called_extension",
+    "called_extension_id", "call_status", "call_flow", "duration_us", "rec_id", "transferred",
+    "bridged", "diversion", "remote_number", "extra", "flags", "received_at_us", "source",
+    "raw_method", "raw_query", "raw_body", "raw_content_type", "duplicates",
+)  # fmt: skip
+
+
+def stored_row(event: Event, event_id: int | None) -> tuple[Any, ...]:
+    """The event's values in STORED_FIELDS order, with `event_id` as its id."""
+    return (
+        event_id,
+        event.myid,
+        event.event_type,
+        event.event_time_us,
+        event.order_us,
+        event.call_id,
+        event.sub_call_id,
+        event.call_api_id,
+        event.callback_id,
+        event.caller_id_num,
+        event.caller_id_name,
+        event.called_did,
+        event.called_number,
+        event.caller_extension,
+        event.caller_extension_id,
+        event.called_extension,
+        event.called_extension_id,
+        event.call_status,
+        event.call_flow,
+        event.duration_us,
+        event.rec_id,
+        event.transferred,
+        event.bridged,
+        event.diversion,
+        event.remote_number,
+        json.dumps(event.extra, ensure_ascii=False),
+        json.dumps(event.flags),
+        event.received_at_us,
+        event.source,
+        event.raw.method,
+        event.raw.query,
+        event.raw.body,
+        event.raw.content_type,
+        event.duplicates,
+    )
+
+
+def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any]:
+    """The event's public JSON form (field names fixed by the API contract), from its stored
+    row (STORED_FIELDS). Every output of events is made here: JSON pages, the NDJSON export
+    (event_lines), CSV and the command line, so they cannot disagree.
+
+    It reads the row's values as they are, without making an Event first: an export makes
+    millions, and an Event costs more than its record.
+    """
+    (
+        event_id, myid, event_type, event_time_us, _order_us, call_id, sub_call_id, call_api_id,
+        callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension,
+        caller_extension_id, called_extension, called_extension_id, call_status, call_flow,
+        duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags,
+        received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates,
+    ) = row  # fmt: skip
     out: dict[str, Any] = {
-        "id": event.id,
-        "myid": event.myid,
-        "event_type": event.event_type,
-        "event_time": iso_time(event.event_time_us),
-        "call_id": event.call_id,
-        "sub_call_id": event.sub_call_id,
-        "call_api_id": event.call_api_id,
-        "callback_id": event.callback_id,
-        "caller_id_num": event.caller_id_num,
-        "caller_id_name": event.caller_id_name,
-        "called_did": event.called_did,
-        "called_number": event.called_number,
-        "caller_extension": event.caller_extension,
-        "caller_extension_id": event.caller_extension_id,
-        "called_extension": event.called_extension,
-        "called_extension_id": event.called_extension_id,
-        "call_status": event.call_status,
-        "call_flow": event.call_flow,
-        "duration": seconds(event.duration_us),
-        "rec_id": event.rec_id,
-        "transferred": event.transferred,
-        "bridged": event.bridged,
-        "diversion": event.diversion,
-        "remote_number": event.remote_number,
-        "extra": event.extra,
-        "flags": list(event.flags),
-        "received_at": iso_time(event.received_at_us),
-        "source": event.source,
-        "event_time_us": event.event_time_us,
-        "duplicates": event.duplicates,
+        "id": event_id,
+        "myid": myid,
+        "event_type": event_type,
+        "event_time": iso_time(event_time_us),
+        "call_id": call_id,
+        "sub_call_id": sub_call_id,
+        "call_api_id": call_api_id,
+        "callback_id": callback_id,
+        "caller_id_num": caller_id_num,
+        "caller_id_name": caller_id_name,
+        "called_did": called_did,
+        "called_number": called_number,
+        "caller_extension": caller_extension,
+        "caller_extension_id": caller_extension_id,
+        "called_extension": called_extension,
+        "called_extension_id": called_extension_id,
+        "call_status": call_status,
+        "call_flow": call_flow,
+        "duration": seconds(duration_us),
+        "rec_id": rec_id,
+        "transferred": bool(transferred),
+        "bridged": None if bridged is None else bool(bridged),
+        "diversion": diversion,
+        "remote_number": remote_number,
+        "extra": json.loads(extra) if extra != "{}" else {},  # most events: skip the parser
+        "flags": json.loads(flags) if flags != "[]" else [],
+        "received_at": iso_time(received_at_us),
+        "source": source,
+        "event_time_us": event_time_us,
+        "duplicates": duplicates,
     }
     if with_raw:
-        out["raw"] = raw_dict(event.raw)
+        try:  # raw_dict(), written out for the common case: exports make millions
+            out["raw"] = {
+                "method": raw_method,
+                "query": raw_query.decode(),
+                "body": raw_body.decode(),
+                "content_type": raw_content_type,
+            }
+        except UnicodeDecodeError:
+            raw = RawRequest(raw_method, bytes(raw_query), bytes(raw_body), raw_content_type)
+            out["raw"] = raw_dict(raw)
     return out
+
+
+def event_lines(rows: Iterable[Sequence[Any]]) -> bytes:
+    """The NDJSON export of stored rows: each event's record with its raw request, a line each.
+
+    Written into one buffer, so each line's bytes are freed as soon as they are copied and the
+    next line reuses their memory: a page of lines kept alive to be joined cost an allocation
+    each, three times orjson's own work.
+    """
+    out = bytearray()
+    for row in rows:
+        out += orjson.dumps(event_record(row, with_raw=True))
+        out += b"\n"
+    return bytes(out)
+
+
+def event_json(event: Event, *, with_raw: bool = False) -> dict[str, Any]:
+    """event_record() of an Event, as it would be stored."""
+    return event_record(stored_row(event, event.id), with_raw=with_raw)
 
 
 def raw_dict(raw: RawRequest) -> dict[str, Any]:
@@ -298,19 +393,6 @@ def raw_dict(raw: RawRequest) -> dict[str, Any]:
         **text_or_base64(raw.body, "body"),
         "content_type": raw.content_type,
     }
-
-
-def raw_json(raw: RawRequest) -> str:
-    """raw_dict() as JSON text; written by hand for the common case, as exports make millions."""
-    try:
-        query, body = raw.query.decode(), raw.body.decode()
-    except UnicodeDecodeError:
-        return json.dumps(raw_dict(raw), ensure_ascii=False)
-    kind = "null" if raw.content_type is None else quoted(raw.content_type)
-    return (
-        f'{{"method":{quoted(raw.method)},"query":{quoted(query)},"body":{quoted(body)},'
-        f'"content_type":{kind}}}'
-    )
 
 
 REJECT_BODY_KEPT = 4096  # bytes of a refused body kept: enough to see what was sent

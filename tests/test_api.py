@@ -93,6 +93,30 @@ def test_event_exports_stream_every_event(loaded) -> None:  # type: ignore[no-un
     assert loaded.get("/api/events?format=csv&limit=3").text.count("\n") == 4
 
 
+def test_every_ndjson_record_is_its_json_page_record_with_its_raw_request(loaded) -> None:  # type: ignore[no-untyped-def]
+    loaded.get("/webhook?myid=85219&" + lines("outbound-answered")[0])  # a repeat, counted
+    # odd values: a cp1251 name, a body that is not UTF-8 (base64), a bad value, no EventTime
+    loaded.get("/webhook?myid=9&EventType=answer&CallID=x&Name=%C8%E2%E0%ED")
+    loaded.post("/webhook?myid=9", content=b"EventType=hangup&EventTime=7&N=\xff&Duration=1.5",
+                headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    paged, after = [], ""
+    while True:
+        page = loaded.get(f"/api/events?limit=7{after}").json()
+        paged += page["events"]
+        if page["next"] is None:
+            break
+        after = f"&after={page['next']}"
+    exported = [json.loads(line) for line in loaded.get("/api/events?format=ndjson").iter_lines()]
+    assert len(exported) == len(paged) > 30
+    for record, line in zip(paged, exported, strict=True):
+        alone = loaded.get(f"/api/events/{record['id']}").json()
+        assert line == {**record, "raw": alone["raw"]}
+        assert alone == line
+    assert any(line["duplicates"] for line in exported)
+    assert any("body_base64" in line["raw"] for line in exported)
+    assert any(line["flags"] for line in exported)
+
+
 BIG = str(2**63)  # one more than SQLite's largest integer
 BAD_PARAMETERS = [
     # path and query -> the parameter the 400 names

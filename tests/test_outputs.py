@@ -107,7 +107,7 @@ async def every_output(store: Store, events: list[Event], myid: str) -> None:
     for event in events:
         shown("events", [event_json(event, with_raw=True)])
         await store.add_event(event)
-    # The NDJSON export, made by SQLite, equals the JSON made in Python.
+    # The NDJSON export equals each stored event's JSON with its raw request.
     query = EventQuery(myids=(myid,))
     lines = b"".join([chunk async for chunk in store.iter_event_lines(query)])
     stored = [e async for e in store.iter_events(query)]

@@ -201,7 +201,7 @@ async def test_rejects_are_kept_newest_first(db_path: Path) -> None:
     assert [r.raw.query for r in older.items] == [b"n=1"]
 
 
-async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> None:
+async def test_export_lines_equal_event_json_whatever_the_values(db_path: Path) -> None:
     import json
 
     from receiver.event import event_json
@@ -243,71 +243,27 @@ async def test_export_lines_made_by_sqlite_equal_event_json(db_path: Path) -> No
     assert any("body_base64" in m["raw"] for m in made)
 
 
-async def test_events_stored_before_export_lines_get_theirs(db_path: Path) -> None:
+async def test_a_database_with_export_lines_loses_them_and_no_event(db_path: Path) -> None:
     import json
 
     from receiver.event import event_json
     from receiver.store import EventQuery
 
-    stored_by_version(db_path, 4, [numbered(n) for n in range(2500)])
-
-    def lines_kept() -> int:
-        with sqlite3.connect(db_path) as check:
-            return int(check.execute("SELECT count(*) FROM event_lines").fetchone()[0])
-
+    events = [numbered(n) for n in range(300)]
+    stored_by_version(db_path, 7, events)
+    with sqlite3.connect(db_path) as old:  # lines as version 7 kept them (made by SQLite)
+        old.execute("INSERT INTO event_lines SELECT id, 'old line' FROM events")
     async with Store(db_path) as store:
-        assert lines_kept() == 0  # the upgrade makes none itself
-        await store.add_event(numbered(9999))  # a new event gets its line as it is stored
-        stored = [e async for e in store.iter_events(EventQuery())]
-        expected = [event_json(e, with_raw=True) for e in stored]
-
-        async def exported() -> list[dict[str, object]]:
-            chunks = [chunk async for chunk in store.iter_event_lines(EventQuery())]
-            return [json.loads(line) for line in b"".join(chunks).splitlines()]
-
-        assert lines_kept() == 1
-        assert await exported() == expected  # the missing lines are made as the export reads
-        await store.add_event(numbered(9999))  # a repeat, but a commit: the store is busy
-        assert await store.fill_event_lines(background=True) == 100  # so one small batch only
-        assert await store.fill_event_lines() == 2400
-        assert lines_kept() == 2501
-        stored = [e async for e in store.iter_events(EventQuery())]  # with the repeat counted
-        assert await exported() == [event_json(e, with_raw=True) for e in stored]
-        assert await store.fill_event_lines() == 0
-
-
-async def test_lines_later_are_made_in_the_background_and_exports_never_miss_one(
-    db_path: Path, own_process: bool
-) -> None:
-    import json
-
-    from receiver.event import event_json
-    from receiver.store import EventQuery
-
-    def lines_kept() -> int:
-        with sqlite3.connect(db_path) as check:
-            return int(check.execute("SELECT count(*) FROM event_lines").fetchone()[0])
-
-    async with Store(db_path) as store:  # some events with their lines, as a replay makes them
-        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(30)))
-    async with Store(db_path, own_process=own_process, lines_later=True) as store:
-
-        async def exported() -> list[dict[str, object]]:
-            chunks = [chunk async for chunk in store.iter_event_lines(EventQuery())]
-            return [json.loads(line) for line in b"".join(chunks).splitlines()]
-
-        async def expected() -> list[dict[str, object]]:
-            return [event_json(e, with_raw=True) async for e in store.iter_events(EventQuery())]
-
-        await asyncio.gather(*(store.add_event(numbered(n)) for n in range(30, 250)))
-        await store.add_event(numbered(40))  # a repeat of an event that has no line yet
-        assert lines_kept() == 30  # the new events' lines are not made in their commits
-        assert await exported() == await expected()  # the export makes them as it reads
-        assert await store.fill_event_lines(background=True) == 100  # busy: one small batch
-        assert await store.fill_event_lines() == 120
-        assert lines_kept() == 250
-        assert await exported() == await expected()  # the stored lines, repeat counted
-        assert await store.fill_event_lines() == 0
+        chunks = [chunk async for chunk in store.iter_event_lines(EventQuery())]
+        assert (await store.add_event(events[0])).duplicate
+    with sqlite3.connect(db_path) as check:
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_schema")}
+        assert check.execute("SELECT count(*) FROM events").fetchone() == (300,)
+    assert "event_lines" not in tables
+    exported = [json.loads(line) for line in b"".join(chunks).splitlines()]
+    assert exported == [
+        event_json(dataclasses.replace(e, id=n), with_raw=True) for n, e in enumerate(events, 1)
+    ]
 
 
 async def test_two_writers_on_one_file_lose_nothing(db_path: Path) -> None:
@@ -333,7 +289,7 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
     from receiver.store.writer import frame, writer_command
 
     writer = subprocess.Popen(
-        writer_command(db_path, 100, 1 << 20, lines_later=False),
+        writer_command(db_path, 100, 1 << 20),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     assert writer.stdin is not None and writer.stdout is not None and writer.stderr is not None

@@ -118,7 +118,6 @@ def events(**options: Any) -> None:
       receiver events --myid 85219 --since 2025-12-01 --number +79161112233
       receiver events --format ndjson > backup.ndjson   # replayable
     """
-    from receiver.event import event_json
     from receiver.store import EventQuery
 
     query = EventQuery(
@@ -135,11 +134,10 @@ def events(**options: Any) -> None:
         export_lines(options["db"], query, options["limit"])
         return
 
-    async def records(store: Any) -> Any:
-        async for event in store.iter_events(query):
-            yield event_json(event)
-
-    print_records(options["db"], records, options["fmt"], "events", options["limit"])
+    print_records(
+        options["db"], lambda store: store.iter_event_records(query), options["fmt"], "events",
+        options["limit"],
+    )  # fmt: skip
 
 
 def export_lines(db: Path, query: Any, limit: int | None) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
-from receiver.event import Event, Reject, iso_time, seconds
+from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
 from receiver.store.queries import (
     EXPORT_PAGE,
     CallQuery,
@@ -36,19 +36,15 @@ from receiver.store.schema import (
     CALLS_AT_ONCE,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
-    EVENT_LINE_FROM_ROW,
     GROUPS_IN_FLIGHT,
     IDLE_AFTER,
     KEYS_AT_ONCE,
     KEYS_WHILE_BUSY,
-    LINES_AT_ONCE,
-    LINES_WHILE_BUSY,
     MAX_GROUP,
     REJECT_COLUMNS,
     connect_pragmas,
     event_from_row,
     reject_from_row,
-    sql_raw_json,
 )
 from receiver.store.writer import ProcessHost, ThreadHost
 
@@ -112,8 +108,7 @@ class Store:
     own_process, in a child process; a whole group (check for repeats, insert, commit) is one
     call on it. aiosqlite would hop between threads for every statement, and each hop can wait
     for the GIL while the event loop parses requests; under load those waits, not the disk, set
-    the latency. Reads go through aiosqlite. lines_later: events get their export lines from
-    fill_event_lines() rather than in their own commit (see Writer).
+    the latency. Reads go through aiosqlite.
     """
 
     def __init__(
@@ -123,12 +118,10 @@ class Store:
         *,
         rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
-        lines_later: bool = False,
     ) -> None:
         self.path = path
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
-        self.lines_later = lines_later
         self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
         self._reader: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[Event | Reject, asyncio.Future[Any]] | None] = (
@@ -143,16 +136,13 @@ class Store:
     async def open(self) -> Store:
         """Create or migrate the database, then start the writer."""
         try:
-            await self._writer.start(
-                self.path, self.rejects_max, self.rejects_max_bytes, self.lines_later
-            )
+            await self._writer.start(self.path, self.rejects_max, self.rejects_max_bytes)
         except BaseException:
             await self._writer.stop()
             raise
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.executescript(connect_pragmas())
         await self._reader.create_function("digits", 1, digits, deterministic=True)
-        await self._reader.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")
         return self
 
@@ -258,18 +248,6 @@ class Store:
             "refresh_some_calls", CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
         )
 
-    async def fill_event_lines(self, *, background: bool = False) -> int:
-        """Make the export lines of events that have none; returns how many.
-
-        Those are events stored with lines_later, and those stored before the lines existed.
-
-        background: as for refresh_calls(). Until they are all made, exports make the missing
-        lines as they read (event_lines()).
-        """
-        return await self._in_batches(
-            "fill_some_lines", LINES_AT_ONCE, LINES_WHILE_BUSY, background
-        )
-
     async def rekey_old_events(self, *, background: bool = False) -> int:
         """Give the events stored before schema version 6 their new de-dup key; returns how
         many ids that went through. background: as for refresh_calls()."""
@@ -310,73 +288,86 @@ class Store:
 
     async def get_event(self, event_id: int) -> Event | None:
         """One event by id, or None."""
+        row = await self._event_row(event_id)
+        return None if row is None else event_from_row(row)
+
+    async def get_event_record(self, event_id: int) -> dict[str, Any] | None:
+        """One event's JSON record with its raw request, or None."""
+        row = await self._event_row(event_id)
+        return None if row is None else event_record(row, with_raw=True)
+
+    async def _event_row(self, event_id: int) -> Sequence[Any] | None:
         assert self._reader is not None
         if not 0 < event_id < 2**63:  # no such id, and SQLite could not even be asked
             return None
         sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
         async with self._reader.execute(sql, (event_id,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else event_from_row(row)
+            row: Sequence[Any] | None = await cursor.fetchone()
+        return row
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
+    async def _event_rows(self, query: EventQuery, limit: int, after: str | None) -> Page:
+        """A page of events' rows (EVENT_COLUMNS) in time order (EventTime, or receipt when
+        it is missing)."""
+        sql, params = event_page_sql(query, EVENT_COLUMNS, after)
+        rows = await self._rows(sql, [*params, limit + 1])
+        more = len(rows) > limit
+        last = rows[limit - 1] if more else None  # its order_us and id make the cursor
+        return Page(rows[:limit], f"{last[4]}:{last[0]}" if last else None)
+
     async def list_events(
         self, query: EventQuery | None = None, *, limit: int = 100, after: str | None = None
     ) -> Page:
-        """Events in time order (EventTime, or receipt when it is missing), a page at a time."""
-        sql, params = event_page_sql(query or EventQuery(), EVENT_COLUMNS, after)
-        rows = await self._rows(sql, [*params, limit + 1])
-        events = [event_from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit
-        return Page(events, f"{events[-1].order_us}:{events[-1].id}" if more else None)
+        """A page of Events in time order."""
+        page = await self._event_rows(query or EventQuery(), limit, after)
+        return Page([event_from_row(row) for row in page.items], page.next)
 
-    async def event_lines(
-        self, query: EventQuery, *, limit: int = EXPORT_PAGE, after: str | None = None
+    async def list_event_records(
+        self, query: EventQuery, *, limit: int = 100, after: str | None = None
     ) -> Page:
-        """A page of events as NDJSON lines with their raw request (made when they were stored)."""
-        # As UTF-8 bytes, which go out as they are: no decoding here, no encoding in the response.
-        # An event stored before the lines existed may have none yet: made here, then.
-        line = (
-            "CAST(coalesce((SELECT line FROM event_lines WHERE event_lines.id = events.id), "
-            f"{EVENT_LINE_FROM_ROW}) AS BLOB)"
-        )
-        sql, params = event_page_sql(query, f"order_us, id, {line}", after)
-        rows = await self._rows(sql, [*params, limit + 1])
-        lines = [line for _, _, line in rows[:limit]]
-        more = len(rows) > limit
-        return Page(lines, f"{rows[limit - 1][0]}:{rows[limit - 1][1]}" if more else None)
+        """A page of events' JSON records (event_record), in time order."""
+        page = await self._event_rows(query, limit, after)
+        return Page([event_record(row) for row in page.items], page.next)
+
+    def _all_rows(self, query: EventQuery, after: str | None) -> AsyncIterator[list[Any]]:
+        """Every matching event's row, a page at a time; the next page is read from SQLite
+        while this one is used."""
+        return read_ahead(lambda cursor: self._event_rows(query, EXPORT_PAGE, cursor), after)
 
     async def iter_event_lines(
         self, query: EventQuery, *, after: str | None = None, limit: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Matching events as NDJSON lines (UTF-8), up to `limit`, a page of lines at a time."""
-        pages = read_ahead(lambda cursor: self.event_lines(query, after=cursor), after)
+        """Matching events as NDJSON lines (UTF-8), up to `limit`, a page of lines at a time,
+        made from the events' rows as they are read (event_lines)."""
         left = limit
-        async for page in pages:
+        async for rows in self._all_rows(query, after):
             if left is not None:
-                page = page[:left]
-                left -= len(page)
-            if page:
-                yield b"\n".join(page) + b"\n"
+                rows = rows[:left]
+                left -= len(rows)
+            if rows:
+                yield event_lines(rows)
             if left == 0:
                 return
+
+    async def iter_event_records(
+        self, query: EventQuery, *, after: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching event's JSON record (flat memory for exports)."""
+        async for rows in self._all_rows(query, after):
+            for row in rows:
+                yield event_record(row)
 
     async def iter_events(
         self, query: EventQuery, *, after: str | None = None
     ) -> AsyncIterator[Event]:
-        """Every matching event, a page at a time (flat memory for exports).
-
-        The next page is read while this one is used.
-        """
-        pages = read_ahead(
-            lambda cursor: self.list_events(query, limit=EXPORT_PAGE, after=cursor), after
-        )
-        async for page in pages:
-            for event in page:
-                yield event
+        """Every matching Event (flat memory)."""
+        async for rows in self._all_rows(query, after):
+            for row in rows:
+                yield event_from_row(row)
 
     async def get_call(
         self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US

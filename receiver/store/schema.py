@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from receiver.calls import Call, call_json, digits
-from receiver.event import LAST_DURATION_US, LAST_TIME_US, Event, RawRequest, Reject, raw_json
+from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, stored_row
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -125,8 +125,8 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX events_myid_order;
     CREATE INDEX events_myid_order ON events (myid, order_us, id, call_id);
     """,
-    # 5: each event's NDJSON export line, made by SQLite once, when the event is stored. The
-    # events stored before get theirs in the background (Store.fill_event_lines).
+    # 5: each event's NDJSON export line, made by SQLite once, when the event is stored (dropped
+    # in 8: the lines are made as they are read).
     """
     CREATE TABLE event_lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
@@ -148,16 +148,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     DROP TABLE calls_dirty;
     """,
+    # 8: no stored copy of each event's JSON: an export makes its lines from the events' columns
+    # as it reads them (event_record), which costs less than reading 1.3 KB more per event.
+    """
+    DROP TABLE event_lines;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-EVENT_COLUMNS = (
-    "id, myid, event_type, event_time_us, order_us, call_id, sub_call_id, call_api_id, "
-    "callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension, "
-    "caller_extension_id, called_extension, called_extension_id, call_status, call_flow, "
-    "duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags, "
-    "received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates"
-)
+# The events-table columns of an event, in the order event_from_row() and event_record() take.
+EVENT_COLUMNS = ", ".join(STORED_FIELDS)
 EVENT_MARKS = f"({', '.join('?' * (EVENT_COLUMNS.count(',') + 2))})"
 
 
@@ -182,75 +182,9 @@ TRIM_REJECTS_BY_BYTES = (
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
 GROUPS_IN_FLIGHT = 3  # groups sent to the writer before the first is answered: it never waits idle
-LINES_AT_ONCE = 1000  # old events given their export line per writer turn (~20 ms)
-LINES_WHILE_BUSY = 100  # the same while deliveries arrive (~2 ms, about a commit)
 KEYS_AT_ONCE = 1000  # old events given their new de-dup key per writer turn (~30 ms)
 KEYS_WHILE_BUSY = 100  # the same while deliveries arrive (~3 ms, about a commit)
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit
-
-
-def iso_sql(column: str) -> str:
-    """SQL for iso_time(): µs since the epoch as ISO 8601 UTC with microseconds; NULL outside
-    1970 to 9999, as in iso_time() (and where SQLite's / and % would not floor, or strftime end).
-    """
-    return (
-        f"CASE WHEN {column} BETWEEN 0 AND {LAST_TIME_US} THEN strftime('%Y-%m-%dT%H:%M:%S', "
-        f"{column} / 1000000, 'unixepoch') || printf('.%06dZ', {column} % 1000000) END"
-    )
-
-
-def seconds_sql(column: str) -> str:
-    """SQL for seconds(): µs as seconds; NULL beyond LAST_DURATION_US either way, as there."""
-    limit = LAST_DURATION_US
-    return f"CASE WHEN {column} BETWEEN -{limit} AND {limit} THEN {column} / 1000000.0 END"
-
-
-def event_line_sql(raw: str) -> str:
-    """SQL for the export line, event_json(event, with_raw=True), with `raw` as its "raw" value.
-
-    Made by SQLite: the same names and values, as a test checks. The raw request's JSON comes
-    from raw_json() in Python, which turns bytes that are not UTF-8 into base64.
-    """
-    return "json_object({})".format(", ".join(f"'{name}', {value}" for name, value in (
-        ("id", "id"), ("myid", "myid"), ("event_type", "event_type"),
-        ("event_time", iso_sql("event_time_us")), ("call_id", "call_id"),
-        ("sub_call_id", "sub_call_id"), ("call_api_id", "call_api_id"),
-        ("callback_id", "callback_id"), ("caller_id_num", "caller_id_num"),
-        ("caller_id_name", "caller_id_name"), ("called_did", "called_did"),
-        ("called_number", "called_number"), ("caller_extension", "caller_extension"),
-        ("caller_extension_id", "caller_extension_id"), ("called_extension", "called_extension"),
-        ("called_extension_id", "called_extension_id"), ("call_status", "call_status"),
-        ("call_flow", "call_flow"), ("duration", seconds_sql("duration_us")), ("rec_id", "rec_id"),
-        ("transferred", "json(CASE WHEN transferred THEN 'true' ELSE 'false' END)"),
-        ("bridged", "json(CASE bridged WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"),
-        ("diversion", "diversion"), ("remote_number", "remote_number"), ("extra", "json(extra)"),
-        ("flags", "json(flags)"), ("received_at", iso_sql("received_at_us")), ("source", "source"),
-        ("event_time_us", "event_time_us"), ("duplicates", "duplicates"),
-        ("raw", raw),
-    )))  # fmt: skip
-
-
-# The line from an events row alone, with sql_raw_json() as the SQL function raw_json: for the
-# events stored before the lines existed.
-EVENT_LINE_FROM_ROW = event_line_sql(
-    "json(raw_json(raw_method, raw_query, raw_body, raw_content_type))"
-)
-# For a group being stored: ?1 is a JSON array of the raw requests' JSON, ?2 the first one's id.
-INSERT_EVENT_LINES = (
-    f"INSERT INTO event_lines (id, line) SELECT id, {event_line_sql('json(raw_text)')} "
-    "FROM (SELECT events.*, raws.value AS raw_text "
-    "FROM json_each(?1) AS raws JOIN events ON events.id = ?2 + raws.key)"
-)
-# After a repeat is counted on an event, its line says so too.
-UPDATE_LINE_DUPLICATES = (
-    "UPDATE event_lines SET line = json_set(line, '$.duplicates', "
-    "(SELECT duplicates FROM events WHERE events.id = event_lines.id)) WHERE id = ?"
-)
-
-
-def sql_raw_json(method: str, query: bytes, body: bytes, content_type: str | None) -> str:
-    """raw_json() as an SQL function of the raw_* columns (EVENT_LINE_FROM_ROW)."""
-    return raw_json(RawRequest(method, bytes(query), bytes(body), content_type))
 
 
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another process's lock before it fails
@@ -339,43 +273,7 @@ def check_known(version: int) -> None:
 
 def event_row(event: Event, event_id: int, key: bytes) -> tuple[Any, ...]:
     """The events-table row of an Event, in EVENT_COLUMNS order then dedup_key."""
-    return (
-        event_id,
-        event.myid,
-        event.event_type,
-        event.event_time_us,
-        event.order_us,
-        event.call_id,
-        event.sub_call_id,
-        event.call_api_id,
-        event.callback_id,
-        event.caller_id_num,
-        event.caller_id_name,
-        event.called_did,
-        event.called_number,
-        event.caller_extension,
-        event.caller_extension_id,
-        event.called_extension,
-        event.called_extension_id,
-        event.call_status,
-        event.call_flow,
-        event.duration_us,
-        event.rec_id,
-        event.transferred,
-        event.bridged,
-        event.diversion,
-        event.remote_number,
-        json.dumps(event.extra, ensure_ascii=False),
-        json.dumps(event.flags),
-        event.received_at_us,
-        event.source,
-        event.raw.method,
-        event.raw.query,
-        event.raw.body,
-        event.raw.content_type,
-        event.duplicates,
-        key,
-    )
+    return (*stored_row(event, event_id), key)
 
 
 def event_from_row(row: Sequence[Any]) -> Event:

@@ -1,7 +1,7 @@
 """The write connection, and where it runs: a thread of this process, or a process of its own.
 
 `Writer` does every write (a group of events in one transaction, a batch of calls rebuilt, a
-batch of old events' export lines) with a plain sqlite3 connection. The Store calls it through a
+batch of old events' de-dup keys) with a plain sqlite3 connection. The Store calls it through a
 host, one call at a time:
 
 - `ThreadHost` runs it on a thread: no start-up cost (commands, tests).
@@ -31,19 +31,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from receiver.calls import build_call
-from receiver.event import Event, Reject, key_prefix, raw_json
+from receiver.event import Event, Reject, key_prefix
 from receiver.store.queries import Stored
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
     EVENT_COLUMNS,
-    EVENT_LINE_FROM_ROW,
     INSERT_CALL,
-    INSERT_EVENT_LINES,
     INSERT_LEG,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
     TRIM_REJECTS_BY_BYTES,
-    UPDATE_LINE_DUPLICATES,
     call_row,
     connect_pragmas,
     event_from_row,
@@ -52,7 +49,6 @@ from receiver.store.schema import (
     leg_rows,
     migrate,
     reject_row,
-    sql_raw_json,
     use_wal,
 )
 
@@ -77,40 +73,24 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
 
 
 class Writer:
-    """The one write connection of a database, and every write made with it.
+    """The one write connection of a database, and every write made with it."""
 
-    lines_later: a group's events get their export lines afterwards, from fill_some_lines(),
-    not in the group's commit (the server: a fifth of a group's work, out of the deliveries'
-    way; exports make any line not made yet as they read).
-    """
-
-    def __init__(
-        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool = False
-    ) -> None:
+    def __init__(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
-        self.lines_later = lines_later
         self.short_of_space = False  # a commit failed for space, and no checkpoint has run since
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         # A group's INSERT keeps the pages it changes in a statement journal (to undo just it
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
         use_wal(self.db)
-        self.db.create_function("raw_json", 4, sql_raw_json, deterministic=True)
         self.db.create_function(
             "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
         )
         migrate(self.db)
         # Events up to this id may have a de-dup key without EventTime in front (schema < 6).
         self.old_keys_to: int = self.db.execute("SELECT up_to FROM old_keys").fetchone()[0]
-        # Events below the lowest one with an export line have none yet (stored before the
-        # lines existed); fill_some_lines() works down from there, and up from the highest.
-        self.lines_missing_to: int = self.db.execute(
-            "SELECT coalesce((SELECT min(id) FROM event_lines) - 1, "
-            "(SELECT max(id) FROM events), 0)"
-        ).fetchone()[0]
-        self.lines_from = self.lines_missing_to  # new events above it, if no line is higher
 
     def close(self) -> None:
         self.db.close()
@@ -168,7 +148,7 @@ class Writer:
                 known[old.get(bytes(found), bytes(found))] = event_id
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
-        rows, new, repeats = [], [], []
+        rows, repeats = [], []
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
             if not isinstance(item, Event):
@@ -181,19 +161,12 @@ class Writer:
             event_id = known[key] = next_id
             next_id += 1
             rows.append(event_row(item, event_id, key))
-            new.append(item)
             results.append(Stored(event_id, False))
         # Few statements, each one step: SQLite's work goes in a few calls, not one per row.
         for start in range(0, len(rows), ROWS_AT_ONCE):
             chunk = rows[start : start + ROWS_AT_ONCE]
             db.execute(insert_events(len(chunk)), [value for row in chunk for value in row])
-        if (
-            rows and not self.lines_later
-        ):  # their export lines (their ids run on from the first while we hold the lock)
-            raws = f"[{','.join(raw_json(item.raw) for item in new)}]"
-            db.execute(INSERT_EVENT_LINES, (raws, rows[0][0]))
         db.executemany("UPDATE events SET duplicates = duplicates + 1 WHERE id = ?", repeats)
-        db.executemany(UPDATE_LINE_DUPLICATES, repeats)
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
         if rejects:
             marks = ", ".join("?" * (REJECT_COLUMNS.count(",") + 1))
@@ -204,35 +177,6 @@ class Writer:
             )
             db.execute(TRIM_REJECTS_BY_BYTES, (self.rejects_max_bytes,))
         return results
-
-    def fill_some_lines(self, limit: int) -> int:
-        """Make the export lines of up to `limit` events without one; returns how many.
-
-        First the newest: those above the highest line (stored with lines_later). Then the old:
-        those stored before the lines existed, working down. Lines are only ever missing there,
-        unless two writers, one with lines_later, took turns; exports make any missing line.
-        """
-        with write_transaction(self.db):
-            made: int = self.db.execute(
-                f"INSERT INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
-                "FROM events WHERE id > (SELECT coalesce(max(id), ?) FROM event_lines) "
-                "ORDER BY id LIMIT ?",
-                (self.lines_from, limit),
-            ).rowcount
-        if made:
-            return made
-        top = self.lines_missing_to
-        if top <= 0:
-            return 0
-        bottom = max(top - limit, 0)
-        with write_transaction(self.db):
-            self.db.execute(
-                f"INSERT OR IGNORE INTO event_lines (id, line) SELECT id, {EVENT_LINE_FROM_ROW} "
-                "FROM events WHERE id > ? AND id <= ?",
-                (bottom, top),
-            )
-        self.lines_missing_to = bottom
-        return top - bottom
 
     def rekey_some_events(self, limit: int) -> int:
         """Put EventTime in front of the de-dup keys of up to `limit` events stored before
@@ -297,10 +241,8 @@ class ThreadHost:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
         self._writer: Writer | None = None
 
-    async def start(
-        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
-    ) -> None:
-        self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes, lines_later)
+    async def start(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
+        self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes)
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), on the writer thread."""
@@ -336,16 +278,14 @@ class ProcessHost:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
         self._gone: WriterGone | None = None
-        self._started_with: tuple[Path, int, int, bool] | None = None
+        self._started_with: tuple[Path, int, int] | None = None
         self._restarting = asyncio.Lock()
 
-    async def start(
-        self, path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
-    ) -> None:
-        self._started_with = (path, rejects_max, rejects_max_bytes, lines_later)
+    async def start(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
+        self._started_with = (path, rejects_max, rejects_max_bytes)
         self._gone = None
         self._process = await asyncio.create_subprocess_exec(
-            *writer_command(path, rejects_max, rejects_max_bytes, lines_later),
+            *writer_command(path, rejects_max, rejects_max_bytes),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -406,13 +346,11 @@ class ProcessHost:
         self._process = None
 
 
-def writer_command(
-    path: Path, rejects_max: int, rejects_max_bytes: int, lines_later: bool
-) -> list[str]:
+def writer_command(path: Path, rejects_max: int, rejects_max_bytes: int) -> list[str]:
     """The command line of a writer process: serve() with its arguments."""
     program = "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])"
     limits = [str(rejects_max), str(rejects_max_bytes)]
-    return [sys.executable, "-c", program, str(path), *limits, str(int(lines_later))]
+    return [sys.executable, "-c", program, str(path), *limits]
 
 
 def read_frame(channel: BinaryIO) -> Any:
@@ -438,17 +376,16 @@ def write_frame(fd: int, value: Any) -> None:
 
 
 def serve(argv: list[str]) -> None:
-    """The writer process (argv: database path, rejects_max, rejects_max_bytes, lines_later as
-    1 or 0): run the calls that come on stdin, answer each on stdout."""
+    """The writer process (argv: database path, rejects_max, rejects_max_bytes): run the calls
+    that come on stdin, answer each on stdout."""
     path, rejects_max, rejects_max_bytes = Path(argv[0]), int(argv[1]), int(argv[2])
-    lines_later = argv[3] == "1"
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     calls, results = sys.stdin.buffer, os.dup(1)
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
-        writer = Writer(path, rejects_max, rejects_max_bytes, lines_later)
+        writer = Writer(path, rejects_max, rejects_max_bytes)
     except Exception as error:  # the answer to the server's first call ("ready"), then exit
         if read_frame(calls) is not None:
             write_frame(results, (False, picklable(error)))

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.calls import CallStatus, Direction, call_json
-from receiver.event import event_json, now_us, parse_time, reject_json
+from receiver.event import now_us, parse_time, reject_json
 from receiver.parse import MYID_SHAPE, is_valid_myid
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Store, parse_call_cursor, parse_cursor
@@ -190,29 +190,25 @@ async def list_events(request: Request) -> Response:
     after = cursor_param(request, parse_cursor)
     fmt = output_format(request)
     limit = limit_param(request, fmt)
-    if fmt == "ndjson":  # the export: lines made by SQLite, with the raw request
+    if fmt == "ndjson":  # the export, with the raw requests
         lines = store.iter_event_lines(query, after=after, limit=limit)
         return StreamingResponse(lines, media_type=MEDIA[fmt])
     if fmt == "csv":
-
-        async def records() -> AsyncIterator[dict[str, Any]]:
-            async for event in limited(store.iter_events(query, after=after), limit):
-                yield event_json(event)
-
-        return StreamingResponse(stream(records(), fmt), media_type=MEDIA[fmt])
+        records = limited(store.iter_event_records(query, after=after), limit)
+        return StreamingResponse(stream(records, fmt), media_type=MEDIA[fmt])
     assert limit is not None
-    page = await store.list_events(query, limit=limit, after=after)
-    return JSONResponse({"events": [event_json(e) for e in page.items], "next": page.next})
+    page = await store.list_event_records(query, limit=limit, after=after)
+    return JSONResponse({"events": page.items, "next": page.next})
 
 
 async def get_event(request: Request) -> Response:
     """GET /api/events/{id}: one event with its raw request."""
     known_params(request, "/api/events/{id}")
     store: Store = request.app.state.store
-    event = await store.get_event(request.path_params["id"])
-    if event is None:
+    record = await store.get_event_record(request.path_params["id"])
+    if record is None:
         raise HTTPException(404, f"no event with id {request.path_params['id']}")
-    return JSONResponse(event_json(event, with_raw=True))
+    return JSONResponse(record)
 
 
 async def list_calls(request: Request) -> Response:

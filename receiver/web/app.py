@@ -78,13 +78,11 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store, repeated: Repeated) -> None:
-    """Five times a second: rebuild changed calls (queries also refresh before reading), make
-    the export lines of new events and of events stored before the lines existed, and give
+    """Five times a second: rebuild changed calls (queries also refresh before reading), and give
     events stored before schema version 6 their new de-dup key."""
     while True:
         try:
             await store.refresh_calls(background=True)
-            await store.fill_event_lines(background=True)
             await store.rekey_old_events(background=True)
         except Exception as failure:  # a full disk fails it five times a second
             repeated.log(
@@ -108,7 +106,6 @@ def create_app(settings: Settings) -> Webhook:
             rejects_max=settings.rejects_max,
             rejects_max_bytes=settings.rejects_max_bytes,
             own_process=True,
-            lines_later=True,
         ) as store:
             app.state.store = store
             refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")
