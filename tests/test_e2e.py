@@ -261,6 +261,18 @@ def test_a_killed_server_leaves_no_writer_process_behind(server) -> None:  # typ
     assert gone(writer)  # its stdin closed with the server, and it ended
 
 
+def test_a_killed_server_leaves_no_export_worker_behind(server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    assert httpx.get(f"{running.url}/webhook?myid=7&{delivery(2, 0)}").status_code == 200
+    export = httpx.get(f"{running.url}/api/events?format=ndjson", timeout=30)
+    assert export.status_code == 200 and export.text.count("\n") == 1
+    pid = running.process.pid
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    assert len(children) >= 3, children  # the writer, the export workers (and their tracker)
+    running.stop(signal.SIGKILL)
+    assert all(gone(child) for child in children)  # each sees its server gone, and ends
+
+
 def test_a_dead_writer_process_is_replaced(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
     running = server()
     assert httpx.get(f"{running.url}/webhook?myid=7&{delivery(2, 0)}").status_code == 200

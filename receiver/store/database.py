@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
+from receiver.store.export import Exporter
 from receiver.store.queries import (
     EXPORT_PAGE,
     CallQuery,
     EventQuery,
     Page,
     Stored,
+    event_page_sql,
     parse_call_cursor,
-    parse_cursor,
 )
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
@@ -66,19 +68,6 @@ async def read_ahead(
                 return
     finally:
         ahead.cancel()
-
-
-def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[str, list[Any]]:
-    """SELECT `columns` of the events after the cursor, in time order; its last ? is the limit."""
-    where, params = query.where()
-    if after is not None:
-        order_us, event_id = parse_cursor(after)
-        where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
-        params += [order_us, event_id]
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    way = "DESC" if query.descending else "ASC"
-    sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
-    return sql, params
 
 
 @contextlib.contextmanager
@@ -124,6 +113,8 @@ class Store:
         self.rejects_max_bytes = rejects_max_bytes
         self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
         self._reader: aiosqlite.Connection | None = None
+        self._own_process = own_process
+        self._exporter: Exporter | None = None  # the server's exports use worker processes
         self._queue: asyncio.Queue[tuple[Event | Reject, asyncio.Future[Any]] | None] = (
             asyncio.Queue()
         )
@@ -143,6 +134,8 @@ class Store:
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await self._reader.executescript(connect_pragmas())
         await self._reader.create_function("digits", 1, digits, deterministic=True)
+        if self._own_process:
+            self._exporter = Exporter(self.path, self._reader)
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")
         return self
 
@@ -153,6 +146,9 @@ class Store:
             self._queue.put_nowait(None)
             await self._task
             self._task = None
+        if self._exporter is not None:
+            await asyncio.to_thread(self._exporter.close)
+            self._exporter = None
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -342,7 +338,19 @@ class Store:
         self, query: EventQuery, *, after: str | None = None, limit: int | None = None
     ) -> AsyncIterator[bytes]:
         """Matching events as NDJSON lines (UTF-8), up to `limit`, a page of lines at a time,
-        made from the events' rows as they are read (event_lines)."""
+        made from the events' rows as they are read (event_lines); by worker processes in
+        the server (export.py)."""
+        if self._exporter is not None:
+            try:  # `after` moves with the pages sent, for the rest if a worker dies
+                async for lines, page_after in self._exporter.pages(query, after, limit):
+                    after = page_after
+                    if limit is not None:
+                        limit -= lines.count(b"\n")  # a line each: JSON escapes its newlines
+                    if lines:
+                        yield lines
+                return
+            except BrokenProcessPool:
+                log.error("an export worker process died: exporting the rest in the server")
         left = limit
         async for rows in self._all_rows(query, after):
             if left is not None:

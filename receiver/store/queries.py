@@ -181,3 +181,16 @@ def parse_call_cursor(cursor: str) -> tuple[int, str]:
         raise ValueError(f"{cursor!r} is not a calls cursor")
     started_us, _, call_id = cursor.partition(":")
     return int(started_us), call_id
+
+
+def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[str, list[Any]]:
+    """SELECT `columns` of the events after the cursor, in time order; its last ? is the limit."""
+    where, params = query.where()
+    if after is not None:
+        order_us, event_id = parse_cursor(after)
+        where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
+        params += [order_us, event_id]
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    way = "DESC" if query.descending else "ASC"
+    sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
+    return sql, params

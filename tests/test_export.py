@@ -1,0 +1,96 @@
+"""The server's NDJSON export, made by worker processes: the same lines as one process makes,
+in the same order, whatever the query, the limit or the cursor; and complete when a worker dies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from receiver.event import RawRequest
+from receiver.parse import parse_request
+from receiver.store import EventQuery, Store
+from receiver.store.queries import EXPORT_PAGE
+from tests.conftest import sample
+
+EVENTS = 2 * EXPORT_PAGE + 500  # pages a worker makes, and a part page
+
+
+@pytest.fixture
+async def filled(db_path: Path) -> Path:
+    """A database of EVENTS events of three myids, some with the same time (order by id)."""
+    line = sample("outbound-hangup")
+    async with Store(db_path) as store:
+        events = []
+        for n in range(EVENTS):
+            raw = RawRequest(
+                "GET", f"myid={n % 3}&{line}".replace("CallID=", f"CallID={n}").encode()
+            )
+            event, _ = parse_request(raw, received_at_us=1_700_000_000_000_000 + n // 2, source="t")
+            events.append(event)
+        for stored in await asyncio.gather(*store.submit_events(events)):
+            assert not stored.duplicate
+    return db_path
+
+
+async def export(store: Store, query: EventQuery, after: str | None, limit: int | None) -> bytes:
+    return b"".join(
+        [lines async for lines in store.iter_event_lines(query, after=after, limit=limit)]
+    )
+
+
+CASES = [
+    # query, cursor (by position in the in-process export, or None), limit
+    (EventQuery(), None, None),
+    (EventQuery(descending=True), None, None),
+    (EventQuery(myids=("1",)), None, None),
+    (EventQuery(), None, 1),
+    (EventQuery(), None, EXPORT_PAGE),
+    (EventQuery(), None, EXPORT_PAGE + 1),
+    (EventQuery(), 777, None),
+    (EventQuery(descending=True), 1500, 600),
+    (EventQuery(myids=("nobody",)), None, None),
+]
+
+
+@pytest.mark.parametrize(("query", "start", "limit"), CASES)
+async def test_workers_export_what_one_process_does(
+    filled: Path, query: EventQuery, start: int | None, limit: int | None
+) -> None:
+    async with Store(filled) as alone:
+        cursor = None
+        if start is not None:
+            page = await alone.list_event_records(query, limit=start)
+            cursor = page.next
+        expected = await export(alone, query, cursor, limit)
+    async with Store(filled, own_process=True) as server:
+        assert await export(server, query, cursor, limit) == expected
+    shown = min(limit or EVENTS, EVENTS - (start or 0)) if query.myids != ("nobody",) else 0
+    if query.myids == ("1",):
+        shown = EVENTS // 3 + (EVENTS % 3 > 1)
+    assert expected.count(b"\n") == shown
+
+
+async def test_an_export_completes_when_its_workers_die(
+    filled: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Store(filled) as alone:
+        expected = await export(alone, EventQuery(), None, None)
+    async with Store(filled, own_process=True) as server:
+        ten = await export(server, EventQuery(), None, 10)  # the workers start
+        assert ten == b"".join(line + b"\n" for line in expected.split(b"\n")[:10])
+        exporter = server._exporter
+        assert exporter is not None and exporter.pool is not None
+        pages = server.iter_event_lines(EventQuery())
+        first = await anext(pages)
+        for pid in list(exporter.pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        with caplog.at_level(logging.ERROR, logger="receiver.store"):
+            rest = b"".join([lines async for lines in pages])
+        assert first + rest == expected
+        assert "an export worker process died" in caplog.text
+        assert await export(server, EventQuery(), None, None) == expected  # new workers
