@@ -22,19 +22,44 @@ def pbx() -> None:
 
 @pbx.command(name="serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8100, show_default=True, type=click.IntRange(1, 65535),
-              help="Port to listen on.")  # fmt: skip
-@click.option("--client-id", default="demo", show_default=True,
-              help="The one API application's id it accepts.")  # fmt: skip
-@click.option("--client-secret", default="demo-secret", show_default=True,
-              help="That application's secret.")  # fmt: skip
-@click.option("--offices", default=2, show_default=True, type=click.IntRange(1, 200),
-              help="Customers, each with phones, an IVR (887) and a queue (888).")  # fmt: skip
+@click.option(
+    "--port",
+    default=8100,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Port to listen on.",
+)
+@click.option(
+    "--client-id",
+    default="demo",
+    show_default=True,
+    help="The one API application's id it accepts.",
+)
+@click.option(
+    "--client-secret", default="demo-secret", show_default=True, help="That application's secret."
+)
+@click.option(
+    "--offices",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 200),
+    help="Customers, each with phones, an IVR (887) and a queue (888).",
+)
 @click.option("--seed", default=1, show_default=True, type=int, help="Makes the same offices.")
-@click.option("--token-ttl", default=3600, show_default=True, type=click.IntRange(1),
-              help="Seconds an access token lives.")  # fmt: skip
-@click.option("--subscription-limit", default=200, show_default=True, type=click.IntRange(0),
-              help="Subscriptions per client; one more is answered 403.")  # fmt: skip
+@click.option(
+    "--token-ttl",
+    default=3600,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds an access token lives.",
+)
+@click.option(
+    "--subscription-limit",
+    default=200,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Subscriptions per client; one more is answered 403.",
+)
 def pbx_serve(**options: Any) -> None:
     """Run the emulated PBX API (OAuth2, subscriptions, callback).
 
@@ -52,21 +77,44 @@ def pbx_serve(**options: Any) -> None:
     for office in app.state.pbx.offices:
         names = ", ".join(f"{e.name} (id {e.id}, {e.kind})" for e in office.extensions)
         click.echo(f"office {office.prefix}, number {office.did}: {names}", err=True)
-    click.echo(f"PBX API on http://{url_host(host)}:{port} (client {options['client_id']}, "
-               f"secret {options['client_secret']}): set RECEIVER_PBX_API_URL to it",
-               err=True)  # fmt: skip
+    click.echo(
+        f"PBX API on http://{url_host(host)}:{port} (client {options['client_id']}, "
+        f"secret {options['client_secret']}): set RECEIVER_PBX_API_URL to it",
+        err=True,
+    )
     run_server(app, sock, host=host, port=port, log_level="warning")
 
 
 @pbx.command()
-@click.option("--pbx", "pbx_url", default="http://127.0.0.1:8100", show_default=True,
-              help="The running emulator.")  # fmt: skip
-@click.option("--calls", "count", default=100, show_default=True, type=click.IntRange(1),
-              help="How many calls to place.")  # fmt: skip
-@click.option("--rate", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="New calls per second of simulated time.")  # fmt: skip
-@click.option("--speed", default=1.0, show_default=True, type=click.FloatRange(0),
-              help="Simulated seconds per real second; 0 plays as fast as it can.")  # fmt: skip
+@click.option(
+    "--pbx",
+    "pbx_url",
+    default="http://127.0.0.1:8100",
+    show_default=True,
+    help="The running emulator.",
+)
+@click.option(
+    "--calls",
+    "count",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How many calls to place.",
+)
+@click.option(
+    "--rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="New calls per second of simulated time.",
+)
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Simulated seconds per real second; 0 plays as fast as it can.",
+)
 @click.option(
     "--mix",
     help="Weights of kinds of call (default: outbound=30,inbound=28,ivr=12,queue=12,"
@@ -75,10 +123,20 @@ def pbx_serve(**options: Any) -> None:
 @click.option(
     "--seed", default=1, show_default=True, type=int, help="The same seed, the same calls."
 )
-@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write each call's expected outcome here, one JSON line per call.")  # fmt: skip
-def simulate(pbx_url: str, count: int, rate: float, speed: float, mix: str | None, seed: int,
-             truth: Path | None) -> None:  # fmt: skip
+@click.option(
+    "--truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write each call's expected outcome here, one JSON line per call.",
+)
+def simulate(
+    pbx_url: str,
+    count: int,
+    rate: float,
+    speed: float,
+    mix: str | None,
+    seed: int,
+    truth: Path | None,
+) -> None:
     """Place calls and deliver their events to every subscription, as the PBX does.
 
     \b
@@ -97,15 +155,18 @@ def simulate(pbx_url: str, count: int, rate: float, speed: float, mix: str | Non
         raise click.BadParameter(str(error), param_hint="--mix") from None
     out = truth.open("w") if truth else None
     try:
-        report = run_simulation(pbx_url, calls=count, rate=rate, speed=speed, seed=seed,
-                                mix=weights, truth=out)  # fmt: skip
+        report = run_simulation(
+            pbx_url, calls=count, rate=rate, speed=speed, seed=seed, mix=weights, truth=out
+        )
     except httpx.TransportError as error:
         raise click.ClickException(f"cannot reach the emulator at {pbx_url}: {error}") from None
     finally:
         if out:
             out.close()
-    click.echo(f"{report.calls} calls, {report.events} events, {report.deliveries} deliveries: "
-               f"{report.delivered} answered 2xx, {len(report.failed)} failed")  # fmt: skip
+    click.echo(
+        f"{report.calls} calls, {report.events} events, {report.deliveries} deliveries: "
+        f"{report.delivered} answered 2xx, {len(report.failed)} failed"
+    )
     for failure in report.failed[:10]:
         click.echo(f"failed: {failure}", err=True)
     if report.failed:

@@ -47,8 +47,12 @@ class Subscription:
     event_type: str
 
     def json(self) -> dict[str, Any]:
-        return {"id": self.id, "url": self.url, "method": self.method,
-                "event_type": self.event_type}  # fmt: skip
+        return {
+            "id": self.id,
+            "url": self.url,
+            "method": self.method,
+            "event_type": self.event_type,
+        }
 
 
 class Pbx:
@@ -215,14 +219,17 @@ async def callback(request: Request) -> Response:
 async def state(request: Request) -> Response:
     """GET /emulator/state: the PBX's set-up and subscriptions (the emulator's own route)."""
     pbx = pbx_of(request)
-    return JSONResponse({
-        "offices": pbx.config.offices,
-        "seed": pbx.config.seed,
-        "extensions": [dataclasses.asdict(e) for e in pbx.extensions.values()],
-        "subscriptions": [{**s.json(), "extension_id": s.extension_id}
-                          for s in pbx.subscriptions.values()],
-        "callbacks": pbx.callbacks,
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "offices": pbx.config.offices,
+            "seed": pbx.config.seed,
+            "extensions": [dataclasses.asdict(e) for e in pbx.extensions.values()],
+            "subscriptions": [
+                {**s.json(), "extension_id": s.extension_id} for s in pbx.subscriptions.values()
+            ],
+            "callbacks": pbx.callbacks,
+        }
+    )
 
 
 async def faults(request: Request) -> Response:
@@ -237,15 +244,21 @@ def create_pbx_app(config: PbxConfig) -> Starlette:
     app = Starlette(
         routes=[
             Route("/oauth/token", oauth_token, methods=["POST"]),
-            Route("/extension/{extension_id:int}/event/", events_collection,
-                  methods=["GET", "POST", "DELETE"]),
-            Route("/extension/{extension_id:int}/event/{event_id:int}", events_item,
-                  methods=["GET", "PUT", "DELETE"]),
+            Route(
+                "/extension/{extension_id:int}/event/",
+                events_collection,
+                methods=["GET", "POST", "DELETE"],
+            ),
+            Route(
+                "/extension/{extension_id:int}/event/{event_id:int}",
+                events_item,
+                methods=["GET", "PUT", "DELETE"],
+            ),
             Route("/extension/{extension_id:int}/callback/", callback, methods=["POST"]),
             Route("/emulator/state", state),
             Route("/emulator/faults", faults, methods=["POST"]),
         ]
-    )  # fmt: skip
+    )
     app.state.pbx = Pbx(config)
     return app
 
@@ -288,10 +301,15 @@ def run_simulation(
         start_us = now_us()
         gap = 1_000_000 / rate
         made = itertools.islice(
-            simulated_calls(offices, seed=seed, start_us=start_us, mix=mix,
-                            every_us=(int(gap * 0.5), int(gap * 1.5))),
+            simulated_calls(
+                offices,
+                seed=seed,
+                start_us=start_us,
+                mix=mix,
+                every_us=(int(gap * 0.5), int(gap * 1.5)),
+            ),
             calls,
-        )  # fmt: skip
+        )
         report = SimulationReport()
         schedule = []
         for sim_call in made:

@@ -16,8 +16,16 @@ from urllib.parse import quote
 DOMAIN = "sipproxy.telphin.ru"
 NAMES = ["Пукин Васисуалий Карлович", "Иванов Иван Иванович", "Anna Smith", "Мария Петрова"]
 KINDS = ("outbound", "inbound", "ivr", "queue", "parallel", "forward", "callback", "internal")
-DEFAULT_MIX = {"outbound": 30, "inbound": 28, "ivr": 12, "queue": 12, "parallel": 6,
-               "forward": 4, "callback": 4, "internal": 4}  # fmt: skip
+DEFAULT_MIX = {
+    "outbound": 30,
+    "inbound": 28,
+    "ivr": 12,
+    "queue": 12,
+    "parallel": 6,
+    "forward": 4,
+    "callback": 4,
+    "internal": 4,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +55,18 @@ def make_offices(count: int, seed: int = 1) -> list[Office]:
     offices = []
     for number in range(count):
         prefix, base = str(2000 + number), 80000 + number * 100
-        phones = tuple(Extension(f"{prefix}*{101 + i}", base + i, "phone")
-                       for i in range(rng.randint(3, 8)))  # fmt: skip
-        offices.append(Office(prefix, phones, Extension(f"{prefix}*887", base + 87, "ivr"),
-                              Extension(f"{prefix}*888", base + 88, "queue"),
-                              f"7495{rng.randint(1000000, 9999999)}"))  # fmt: skip
+        phones = tuple(
+            Extension(f"{prefix}*{101 + i}", base + i, "phone") for i in range(rng.randint(3, 8))
+        )
+        offices.append(
+            Office(
+                prefix,
+                phones,
+                Extension(f"{prefix}*887", base + 87, "ivr"),
+                Extension(f"{prefix}*888", base + 88, "queue"),
+                f"7495{rng.randint(1000000, 9999999)}",
+            )
+        )
     return offices
 
 
@@ -116,25 +131,53 @@ class CallMaker:
 
     # Legs.
 
-    def inbound_leg(self, office: Office, ext: Extension, caller: str, ids: dict[str, str],
-                    via: Extension | None = None, flow: str = "in") -> dict[str, str]:  # fmt: skip
-        fields = {**ids, "SubCallID": f"{ext.id}-{self.hexid()}", "CallFlow": flow,
-                  "CalledDID": office.did, "CalledNumber": ext.name,
-                  "CalledExtension": f"{ext.name}@{DOMAIN}", "CalledExtensionID": str(ext.id),
-                  "CallerIDNum": caller, "CallerIDName": caller}  # fmt: skip
+    def inbound_leg(
+        self,
+        office: Office,
+        ext: Extension,
+        caller: str,
+        ids: dict[str, str],
+        via: Extension | None = None,
+        flow: str = "in",
+    ) -> dict[str, str]:
+        fields = {
+            **ids,
+            "SubCallID": f"{ext.id}-{self.hexid()}",
+            "CallFlow": flow,
+            "CalledDID": office.did,
+            "CalledNumber": ext.name,
+            "CalledExtension": f"{ext.name}@{DOMAIN}",
+            "CalledExtensionID": str(ext.id),
+            "CallerIDNum": caller,
+            "CallerIDName": caller,
+        }
         if via is not None:
             fields["CallerExtension"] = f"{via.name}@{DOMAIN}"
             fields["CallerExtensionID"] = str(via.id)
         return fields
 
     def outbound_leg(self, ext: Extension, number: str, ids: dict[str, str]) -> dict[str, str]:
-        return {**ids, "SubCallID": f"{ext.id}-{self.hexid()}", "CallFlow": "out",
-                "CalledNumber": number, "CallerIDNum": ext.name,
-                "CallerIDName": self.rng.choice(NAMES), "CallerExtension": f"{ext.name}@{DOMAIN}",
-                "CallerExtensionID": str(ext.id)}  # fmt: skip
+        return {
+            **ids,
+            "SubCallID": f"{ext.id}-{self.hexid()}",
+            "CallFlow": "out",
+            "CalledNumber": number,
+            "CallerIDNum": ext.name,
+            "CallerIDName": self.rng.choice(NAMES),
+            "CallerExtension": f"{ext.name}@{DOMAIN}",
+            "CallerExtensionID": str(ext.id),
+        }
 
-    def leg(self, events: list, owner: int, fields: dict[str, str], start: int, status: str,  # type: ignore[type-arg]
-            bridged: bool | None = None, dial: str | None = None) -> tuple[int, int]:  # fmt: skip
+    def leg(
+        self,
+        events: list,
+        owner: int,
+        fields: dict[str, str],
+        start: int,
+        status: str,  # type: ignore[type-arg]
+        bridged: bool | None = None,
+        dial: str | None = None,
+    ) -> tuple[int, int]:
         """dial, answer (when status is ANSWER), hangup; returns (end time, talk µs)."""
         if dial is None:
             outgoing = fields["CallFlow"] == "out" and "CalledExtension" not in fields
@@ -154,24 +197,35 @@ class CallMaker:
         return end, talk
 
     @staticmethod
-    def truth(direction: str, status: str, answered_by: str | None, talk: int,
-              external: str | None) -> dict[str, Any]:  # fmt: skip
-        return {"direction": direction, "status": status, "answered_by": answered_by,
-                "talk_seconds": talk / 1_000_000 if talk else None,
-                "external_number": external}  # fmt: skip
+    def truth(
+        direction: str, status: str, answered_by: str | None, talk: int, external: str | None
+    ) -> dict[str, Any]:
+        return {
+            "direction": direction,
+            "status": status,
+            "answered_by": answered_by,
+            "talk_seconds": talk / 1_000_000 if talk else None,
+            "external_number": external,
+        }
 
     # Kinds of call (pbx-events §4).
 
     def outbound(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
         phone = self.rng.choice(office.phones)
-        status = self.rng.choices(["ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION"],
-                                  [70, 10, 12, 5, 3])[0]  # fmt: skip
+        status = self.rng.choices(
+            ["ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION"], [70, 10, 12, 5, 3]
+        )[0]
         number = self.external()
         _, talk = self.leg(
             events, phone.id, self.outbound_leg(phone, number, self.ids()), now, status
         )
-        outcome = {"ANSWER": "answered", "BUSY": "busy", "NOANSWER": "no_answer",
-                   "CANCEL": "cancelled", "CONGESTION": "failed"}[status]  # fmt: skip
+        outcome = {
+            "ANSWER": "answered",
+            "BUSY": "busy",
+            "NOANSWER": "no_answer",
+            "CANCEL": "cancelled",
+            "CONGESTION": "failed",
+        }[status]
         return self.truth("out", outcome, None, talk, number)
 
     def inbound(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
@@ -181,8 +235,13 @@ class CallMaker:
         fields = self.inbound_leg(office, phone, caller, self.ids())
         _, talk = self.leg(events, phone.id, fields, now, status)
         answered = status == "ANSWER"
-        return self.truth("in", "answered" if answered else "missed",
-                          phone.name if answered else None, talk, caller)  # fmt: skip
+        return self.truth(
+            "in",
+            "answered" if answered else "missed",
+            phone.name if answered else None,
+            talk,
+            caller,
+        )
 
     def ivr(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
         ids, caller = self.ids(), self.external()
@@ -196,8 +255,9 @@ class CallMaker:
             end, talk = self.leg(events, phone.id, leg, end, "ANSWER")
             end += 1000
         events.append((office.ivr.id, routing_hangup(end, bridged, menu)))
-        return self.truth("in", "answered" if bridged else "missed",
-                          phone.name if phone else None, talk, caller)  # fmt: skip
+        return self.truth(
+            "in", "answered" if bridged else "missed", phone.name if phone else None, talk, caller
+        )
 
     def queue(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
         ids, caller, owner = self.ids(), self.external(), office.queue.id
@@ -290,8 +350,14 @@ def parse_mix(text: str | None) -> dict[str, int]:
     return mix
 
 
-def calls(offices: list[Office], *, seed: int, start_us: int, mix: dict[str, int] | None = None,
-          every_us: tuple[int, int] = (50_000, 550_000)) -> Iterator[SimCall]:  # fmt: skip
+def calls(
+    offices: list[Office],
+    *,
+    seed: int,
+    start_us: int,
+    mix: dict[str, int] | None = None,
+    every_us: tuple[int, int] = (50_000, 550_000),
+) -> Iterator[SimCall]:
     """An endless stream of SimCalls, one every `every_us` (random within the range)."""
     maker = CallMaker(offices, seed)
     mix = mix or DEFAULT_MIX

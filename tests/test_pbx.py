@@ -22,8 +22,12 @@ URL = "http://127.0.0.1:9/webhook?myid=80000"
 
 def client(pbx, **kwargs) -> PbxClient:  # type: ignore[no-untyped-def]
     kwargs.setdefault("pause", 0.01)
-    return PbxClient(pbx.url, kwargs.pop("client_id", "demo"),
-                     kwargs.pop("client_secret", "demo-secret"), **kwargs)  # fmt: skip
+    return PbxClient(
+        pbx.url,
+        kwargs.pop("client_id", "demo"),
+        kwargs.pop("client_secret", "demo-secret"),
+        **kwargs,
+    )
 
 
 def fail_next(pbx, status: int, count: int) -> None:  # type: ignore[no-untyped-def]
@@ -54,17 +58,27 @@ def test_plan_never_duplicates_and_never_touches_other_urls() -> None:
 
 def test_subscribe_commands_are_idempotent_in_real_processes(emulator) -> None:  # type: ignore[no-untyped-def]
     pbx = emulator()
-    env = {**os.environ, "RECEIVER_PBX_API_URL": pbx.url, "RECEIVER_PBX_CLIENT_ID": "demo",
-           "RECEIVER_PBX_CLIENT_SECRET": "demo-secret"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RECEIVER_PBX_API_URL": pbx.url,
+        "RECEIVER_PBX_CLIENT_ID": "demo",
+        "RECEIVER_PBX_CLIENT_SECRET": "demo-secret",
+    }
 
     def receiver(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "receiver", *args], env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "receiver", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     for _ in range(2):
         assert receiver("subscribe", "add", "--extension", "80000", "--url", URL).returncode == 0
-    listed = json.loads(receiver("subscribe", "list", "--extension", "80000", "--format",
-                                 "json").stdout)  # fmt: skip
+    listed = json.loads(
+        receiver("subscribe", "list", "--extension", "80000", "--format", "json").stdout
+    )
     assert sorted(s["event_type"] for s in listed) == ["answer", "dial-in", "dial-out", "hangup"]
     # another integration's subscription on the same extension
     with client(pbx) as api:
@@ -74,8 +88,9 @@ def test_subscribe_commands_are_idempotent_in_real_processes(emulator) -> None: 
     assert synced.stdout.count("removed") == 3  # dial-in, dial-out, answer
     removed = receiver("subscribe", "remove", "--extension", "80000", "--url", URL)
     assert removed.stdout.count("removed") == 1
-    left = json.loads(receiver("subscribe", "list", "--extension", "80000", "--format",
-                               "json").stdout)  # fmt: skip
+    left = json.loads(
+        receiver("subscribe", "list", "--extension", "80000", "--format", "json").stdout
+    )
     assert [s["url"] for s in left] == ["https://crm.example/hook"]
     missing = receiver("subscribe", "remove", "--extension", "80000", "--id", "999")
     assert (missing.returncode, "has no subscription 999" in missing.stderr) == (1, True)
@@ -100,7 +115,7 @@ def test_token_is_cached_and_renewed_when_it_expires(emulator) -> None:  # type:
         (lambda api: api.subscribe(80000, URL, "PUT", "hangup"), "method: must be GET or POST"),
         (lambda api: api.unsubscribe(80000, 77), "does not know subscription 77"),
     ],
-)  # fmt: skip
+)
 def test_errors_say_what_went_wrong(emulator, action, words: str) -> None:  # type: ignore[no-untyped-def]
     with client(emulator()) as api, pytest.raises(PbxError, match=words):
         action(api)
@@ -149,25 +164,62 @@ def test_webhook_url() -> None:
 def test_whole_chain_agrees_with_the_ground_truth(emulator, server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pbx = emulator("--offices", "2", "--seed", "5")
     receiver_process = server("--token", "t0ken")
-    env = {**os.environ, "RECEIVER_PBX_API_URL": pbx.url, "RECEIVER_PBX_CLIENT_ID": "demo",
-           "RECEIVER_PBX_CLIENT_SECRET": "demo-secret"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RECEIVER_PBX_API_URL": pbx.url,
+        "RECEIVER_PBX_CLIENT_ID": "demo",
+        "RECEIVER_PBX_CLIENT_SECRET": "demo-secret",
+    }
     extensions = httpx.get(f"{pbx.url}/emulator/state").json()["extensions"]
     for n, extension in enumerate(extensions):
         url = webhook_url(receiver_process.url, str(extension["id"]), "t0ken")
         preset = {"ivr": ["--ivr"], "queue": ["--queue"]}.get(extension["kind"], [])
         method = "POST" if n % 2 else "GET"  # both ways of delivery
         done = subprocess.run(
-            [sys.executable, "-m", "receiver", "subscribe", "add", "--extension",
-             str(extension["id"]), "--url", url, "--method", method, *preset],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "receiver",
+                "subscribe",
+                "add",
+                "--extension",
+                str(extension["id"]),
+                "--url",
+                url,
+                "--method",
+                method,
+                *preset,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     truth_file = tmp_path / "truth.jsonl"
     simulated = subprocess.run(
-        [sys.executable, "-m", "pbx_emulator", "simulate", "--pbx", pbx.url, "--calls", "300",
-         "--rate", "5", "--speed", "0", "--seed", "5", "--truth", str(truth_file)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pbx_emulator",
+            "simulate",
+            "--pbx",
+            pbx.url,
+            "--calls",
+            "300",
+            "--rate",
+            "5",
+            "--speed",
+            "0",
+            "--seed",
+            "5",
+            "--truth",
+            str(truth_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert simulated.returncode == 0, simulated.stderr
     deliveries = int(simulated.stdout.split(" deliveries")[0].split()[-1])
     truth = [json.loads(line) for line in truth_file.read_text().splitlines()]
@@ -175,16 +227,23 @@ def test_whole_chain_agrees_with_the_ground_truth(emulator, server, tmp_path: Pa
     with httpx.Client(base_url=receiver_process.url, timeout=60) as api:
         stored = api.get("/api/events", params={"format": "ndjson"}).text.splitlines()
         assert len(stored) == deliveries  # every delivered event, once
-        calls = {c["call_id"]: c for c in map(json.loads, api.get(
-            "/api/calls", params={"format": "ndjson"}).text.splitlines())}  # fmt: skip
+        calls = {
+            c["call_id"]: c
+            for c in map(
+                json.loads, api.get("/api/calls", params={"format": "ndjson"}).text.splitlines()
+            )
+        }
     compared = ("direction", "status", "answered_by", "talk_seconds")
     wrong = [
-        (expected["kind"], {k: expected[k] for k in compared},
-         {k: calls.get(expected["call_id"], {}).get(k) for k in compared})
+        (
+            expected["kind"],
+            {k: expected[k] for k in compared},
+            {k: calls.get(expected["call_id"], {}).get(k) for k in compared},
+        )
         for expected in truth
         if {k: calls.get(expected["call_id"], {}).get(k) for k in compared}
         != {k: expected[k] for k in compared}
-    ]  # fmt: skip
+    ]
     assert wrong == []
     assert len(calls) == 300
 
@@ -193,8 +252,11 @@ def test_subscribe_list_prints_a_header_over_its_table(emulator) -> None:  # typ
     pbx = emulator()
     with client(pbx) as api:
         api.subscribe(80000, URL, "POST", "hangup")
-    env = {"RECEIVER_PBX_API_URL": pbx.url, "RECEIVER_PBX_CLIENT_ID": "demo",
-           "RECEIVER_PBX_CLIENT_SECRET": "demo-secret"}  # fmt: skip
+    env = {
+        "RECEIVER_PBX_API_URL": pbx.url,
+        "RECEIVER_PBX_CLIENT_ID": "demo",
+        "RECEIVER_PBX_CLIENT_SECRET": "demo-secret",
+    }
     result = CliRunner().invoke(main, ["subscribe", "list", "--extension", "80000"], env=env)
     assert result.exit_code == 0, result.output
     header, row = result.output.splitlines()
@@ -214,8 +276,12 @@ def test_pbx_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "pbx_emulator", "serve", "--port",
-                               str(port)], capture_output=True, text=True, timeout=30)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "pbx_emulator", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert done.returncode == 1
     assert done.stderr.strip() == (
         f"Error: port {port} on 127.0.0.1 is already in use (another receiver?): stop it, "

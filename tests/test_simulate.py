@@ -62,8 +62,10 @@ def test_same_seed_same_calls() -> None:
     assert first == again
 
 
-@pytest.mark.parametrize(("text", "words"), [("bogus=1", "unknown kind"), ("ivr=x", "whole number"),
-                                             ("ivr=0", "weight 0")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("bogus=1", "unknown kind"), ("ivr=x", "whole number"), ("ivr=0", "weight 0")],
+)
 def test_bad_mix(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_mix(text)

@@ -10,15 +10,49 @@ from typing import Any, TextIO
 
 # Columns shown in a table, per kind of record (all fields go to json, ndjson and csv).
 TABLES: dict[str, Sequence[str]] = {
-    "events": ("id", "event_time", "myid", "event_type", "call_flow", "call_status",
-               "caller_id_num", "called_number", "duration", "call_id"),
-    "calls": ("started_at", "direction", "status", "external_number", "answered_by",
-              "ring_seconds", "talk_seconds", "extensions", "call_id"),
-    "missed": ("number", "missed", "last_missed_at", "handled", "handled_by", "handled_at",
-               "recall_seconds"),
-    "extensions": ("extension", "period", "calls", "answered", "missed", "avg_ring_seconds",
-                   "total_talk_seconds", "avg_talk_seconds"),
-}  # fmt: skip
+    "events": (
+        "id",
+        "event_time",
+        "myid",
+        "event_type",
+        "call_flow",
+        "call_status",
+        "caller_id_num",
+        "called_number",
+        "duration",
+        "call_id",
+    ),
+    "calls": (
+        "started_at",
+        "direction",
+        "status",
+        "external_number",
+        "answered_by",
+        "ring_seconds",
+        "talk_seconds",
+        "extensions",
+        "call_id",
+    ),
+    "missed": (
+        "number",
+        "missed",
+        "last_missed_at",
+        "handled",
+        "handled_by",
+        "handled_at",
+        "recall_seconds",
+    ),
+    "extensions": (
+        "extension",
+        "period",
+        "calls",
+        "answered",
+        "missed",
+        "avg_ring_seconds",
+        "total_talk_seconds",
+        "avg_talk_seconds",
+    ),
+}
 
 
 def cell(value: Any) -> str:
@@ -49,9 +83,11 @@ class Output:
                 self.csv = csv.DictWriter(self.out, fieldnames=list(record), extrasaction="ignore")
                 self.csv.writeheader()
             self.csv.writerow(
-                {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
-                 for k, v in record.items()}
-            )  # fmt: skip
+                {
+                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+                    for k, v in record.items()
+                }
+            )
         else:
             self.rows.append(record)
 

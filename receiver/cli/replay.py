@@ -47,16 +47,22 @@ def valid_myid(context: click.Context, parameter: click.Parameter, myid: str | N
     "instead of writing the database.",
 )
 @click.option(
-    "--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
     help="With --to: requests in flight at once.",
-)  # fmt: skip
+)
 @click.option(
     "--rate", type=click.FloatRange(0, min_open=True), help="With --to: deliveries per second."
 )
 @click.option(
-    "--retries", default=3, show_default=True, type=click.IntRange(0, 20),
+    "--retries",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 20),
     help="With --to: tries again after a network error, 429 or 5xx.",
-)  # fmt: skip
+)
 @click.option("--dry-run", is_flag=True, help="Parse and report; write and send nothing.")
 @click.option("--strict", is_flag=True, help="Stop at the first malformed line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -14,14 +14,27 @@ from receiver.pbx.client import CALL_EVENTS, DEFAULT_API_URL, PbxClient, PbxErro
 def pbx_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Where the PBX's API is, and the application's credentials."""
     options = [
-        click.option("--api-url", default=DEFAULT_API_URL, show_default=True,
-                     envvar="RECEIVER_PBX_API_URL", show_envvar=True,
-                     help="The PBX's REST API (point it at `receiver pbx serve` to try things)."),
-        click.option("--client-id", envvar="RECEIVER_PBX_CLIENT_ID", show_envvar=True,
-                     help="The API application's id (Application_ID)."),
-        click.option("--client-secret", envvar="RECEIVER_PBX_CLIENT_SECRET", show_envvar=True,
-                     help="The API application's secret (Application_Secret)."),
-    ]  # fmt: skip
+        click.option(
+            "--api-url",
+            default=DEFAULT_API_URL,
+            show_default=True,
+            envvar="RECEIVER_PBX_API_URL",
+            show_envvar=True,
+            help="The PBX's REST API (point it at `receiver pbx serve` to try things).",
+        ),
+        click.option(
+            "--client-id",
+            envvar="RECEIVER_PBX_CLIENT_ID",
+            show_envvar=True,
+            help="The API application's id (Application_ID).",
+        ),
+        click.option(
+            "--client-secret",
+            envvar="RECEIVER_PBX_CLIENT_SECRET",
+            show_envvar=True,
+            help="The API application's secret (Application_Secret).",
+        ),
+    ]
     for option in reversed(options):
         command = option(command)
     return command
@@ -31,8 +44,9 @@ def wanted_events(events: str | None, ivr: bool, queue: bool) -> list[str]:
     """--events, or the provider's advice: all four call events; only hangup for IVR and queue."""
     if events:
         chosen = [e.strip() for e in events.split(",") if e.strip()]
-        unknown = [e for e in chosen if e not in (*CALL_EVENTS, "message-in", "message-out",
-                                                  "voicemail")]  # fmt: skip
+        unknown = [
+            e for e in chosen if e not in (*CALL_EVENTS, "message-in", "message-out", "voicemail")
+        ]
         if unknown:
             raise click.BadParameter(f"unknown event type {unknown[0]!r}", param_hint="--events")
         return chosen
@@ -41,8 +55,9 @@ def wanted_events(events: str | None, ivr: bool, queue: bool) -> list[str]:
 
 def client(options: dict[str, Any]) -> PbxClient:
     try:
-        return PbxClient(options["api_url"], options["client_id"] or "",
-                         options["client_secret"] or "")  # fmt: skip
+        return PbxClient(
+            options["api_url"], options["client_id"] or "", options["client_secret"] or ""
+        )
     except PbxError as error:
         raise click.ClickException(str(error)) from None
 
@@ -53,36 +68,57 @@ def change(options: dict[str, Any], exact: bool) -> None:
     with client(options) as pbx:
         try:
             for extension in options["extension"]:
-                todo = plan(pbx.subscriptions(extension), options["url"], options["method"],
-                            events, exact=exact)  # fmt: skip
+                todo = plan(
+                    pbx.subscriptions(extension),
+                    options["url"],
+                    options["method"],
+                    events,
+                    exact=exact,
+                )
                 for subscription in todo.delete:
                     pbx.unsubscribe(extension, subscription["id"])
-                    click.echo(f"extension {extension}: removed {subscription['event_type']} "
-                               f"{subscription['method']} (id {subscription['id']})")  # fmt: skip
+                    click.echo(
+                        f"extension {extension}: removed {subscription['event_type']} "
+                        f"{subscription['method']} (id {subscription['id']})"
+                    )
                 for subscription in todo.keep:
-                    click.echo(f"extension {extension}: {subscription['event_type']} already "
-                               f"subscribed (id {subscription['id']})")  # fmt: skip
+                    click.echo(
+                        f"extension {extension}: {subscription['event_type']} already "
+                        f"subscribed (id {subscription['id']})"
+                    )
                 for event_type in todo.create:
                     made = pbx.subscribe(extension, options["url"], options["method"], event_type)
-                    click.echo(f"extension {extension}: subscribed {event_type} "
-                               f"{options['method']} (id {made['id']})")  # fmt: skip
+                    click.echo(
+                        f"extension {extension}: subscribed {event_type} "
+                        f"{options['method']} (id {made['id']})"
+                    )
         except PbxError as error:
             raise click.ClickException(str(error)) from None
 
 
 def target_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--extension", type=int, multiple=True, required=True,
-                     help="Extension id (repeatable)."),
-        click.option("--url", required=True,
-                     help="The URL the PBX calls (see `receiver subscribe url`)."),
-        click.option("--events", help="Comma-separated event types (default: dial-in,dial-out,"
-                                      "answer,hangup; hangup only with --ivr or --queue)."),
-        click.option("--method", type=click.Choice(["GET", "POST"]), default="GET",
-                     show_default=True, help="How the PBX sends each event."),
+        click.option(
+            "--extension", type=int, multiple=True, required=True, help="Extension id (repeatable)."
+        ),
+        click.option(
+            "--url", required=True, help="The URL the PBX calls (see `receiver subscribe url`)."
+        ),
+        click.option(
+            "--events",
+            help="Comma-separated event types (default: dial-in,dial-out,"
+            "answer,hangup; hangup only with --ivr or --queue).",
+        ),
+        click.option(
+            "--method",
+            type=click.Choice(["GET", "POST"]),
+            default="GET",
+            show_default=True,
+            help="How the PBX sends each event.",
+        ),
         click.option("--ivr", is_flag=True, help="A voice menu: subscribe hangup only."),
         click.option("--queue", is_flag=True, help="A queue: subscribe hangup only."),
-    ]  # fmt: skip
+    ]
     for option in reversed(options):
         command = option(command)
     return command
@@ -130,8 +166,14 @@ def sync(**options: Any) -> None:
 @subscribe.command(name="list")
 @pbx_options
 @click.option("--extension", type=int, multiple=True, required=True, help="Extension id.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="A table with a header, or JSON.")  # fmt: skip
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="A table with a header, or JSON.",
+)
 def list_(**options: Any) -> None:
     """List an extension's subscriptions.
 
@@ -154,8 +196,11 @@ def list_(**options: Any) -> None:
         click.echo("no subscriptions")
         return
     line = "{extension:>9}  {id:>6}  {event_type:<11}  {method:<6}  {url}"
-    click.echo(line.format(extension="extension", id="id", event_type="event_type",
-                           method="method", url="url"))  # fmt: skip
+    click.echo(
+        line.format(
+            extension="extension", id="id", event_type="event_type", method="method", url="url"
+        )
+    )
     for row in rows:
         click.echo(line.format(**row))
 
@@ -189,8 +234,10 @@ def remove(**options: Any) -> None:
                     )
             for subscription in doomed:
                 pbx.unsubscribe(extension, subscription["id"])
-                click.echo(f"extension {extension}: removed {subscription['event_type']} "
-                           f"(id {subscription['id']})")  # fmt: skip
+                click.echo(
+                    f"extension {extension}: removed {subscription['event_type']} "
+                    f"(id {subscription['id']})"
+                )
         except PbxError as error:
             raise click.ClickException(str(error)) from None
     if not doomed:
@@ -200,8 +247,12 @@ def remove(**options: Any) -> None:
 @subscribe.command()
 @click.option("--base", required=True, help="Your receiver's public base URL, https://host[:port].")
 @click.option("--myid", required=True, help="The myid the events should carry.")
-@click.option("--token", envvar="RECEIVER_TOKEN", show_envvar=True,
-              help="The receiver's webhook token, if it has one.")  # fmt: skip
+@click.option(
+    "--token",
+    envvar="RECEIVER_TOKEN",
+    show_envvar=True,
+    help="The receiver's webhook token, if it has one.",
+)
 def url(base: str, myid: str, token: str | None) -> None:
     """Print the exact URL to register with the PBX.
 

@@ -40,8 +40,16 @@ def explain(status: int, detail: str, what: str) -> str:
 class PbxClient:
     """OAuth2 client credentials with a cached token; retries what can pass on a second try."""
 
-    def __init__(self, api_url: str, client_id: str, client_secret: str, *, retries: int = 3,
-                 timeout: float = 30.0, pause: float = 0.5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        api_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        retries: int = 3,
+        timeout: float = 30.0,
+        pause: float = 0.5,
+    ) -> None:
         if not client_id or not client_secret:
             raise PbxError(
                 "the PBX needs credentials: pass --client-id and --client-secret "
@@ -83,9 +91,16 @@ class PbxClient:
     def token(self) -> str:
         """A valid access token, fetched again shortly before it expires."""
         if self._token is None or time.monotonic() >= self._token_until:
-            response = self.send("POST", "/oauth/token", "the token request", data={
-                "grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self.client_secret})  # fmt: skip
+            response = self.send(
+                "POST",
+                "/oauth/token",
+                "the token request",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                },
+            )
             if response.status_code != 200:
                 raise PbxError(explain(response.status_code, detail(response), "the token request"))
             body = response.json()
@@ -109,8 +124,13 @@ class PbxClient:
         raise AssertionError("unreachable")
 
     def subscriptions(self, extension: int) -> list[dict[str, Any]]:
-        return list(self.call("GET", f"/extension/{extension}/event/",
-                              f"the subscriptions of extension {extension}"))  # fmt: skip
+        return list(
+            self.call(
+                "GET",
+                f"/extension/{extension}/event/",
+                f"the subscriptions of extension {extension}",
+            )
+        )
 
     def subscribe(self, extension: int, url: str, method: str, event_type: str) -> dict[str, Any]:
         body = {"url": url, "method": method, "event_type": event_type}
@@ -118,8 +138,11 @@ class PbxClient:
         return dict(self.call("POST", f"/extension/{extension}/event/", what, body))
 
     def unsubscribe(self, extension: int, subscription_id: int) -> None:
-        self.call("DELETE", f"/extension/{extension}/event/{subscription_id}",
-                  f"subscription {subscription_id} of extension {extension}")  # fmt: skip
+        self.call(
+            "DELETE",
+            f"/extension/{extension}/event/{subscription_id}",
+            f"subscription {subscription_id} of extension {extension}",
+        )
 
 
 def detail(response: httpx.Response) -> str:
@@ -139,8 +162,9 @@ class Plan:
     keep: list[dict[str, Any]]
 
 
-def plan(existing: list[dict[str, Any]], url: str, method: str, events: list[str], *,
-         exact: bool) -> Plan:  # fmt: skip
+def plan(
+    existing: list[dict[str, Any]], url: str, method: str, events: list[str], *, exact: bool
+) -> Plan:
     """Subscriptions for `url` only ever: others' are never deleted.
 
     exact=False (add): create what is missing. exact=True (sync): also delete ours that are not
