@@ -291,10 +291,10 @@ class Store:
             batch_changed: int
             read, batch_changed = await self._writer.call("build_some_calls", CALLS_AT_ONCE)
             changed += batch_changed
-            state = await self.calls_state()
             if progress is not None:
+                state = await self.calls_state()
                 progress(min(state.built_to_event, rebuild_to), rebuild_to)
-            if not read and not state.rebuilding:
+            if not read:  # up to date (or, since a newer receiver took over, its to build)
                 return changed
 
     async def rekey_old_events(self, *, background: bool = False) -> int:
@@ -423,6 +423,11 @@ class Store:
         sql = "SELECT events_to, version, rebuild_to, (SELECT max(id) FROM events) FROM calls_built"
         [(built_to, version, rebuild_to, events)] = await self._rows(sql, [])
         return CallsState(version, built_to, events or 0, rebuild_to)
+
+    async def count_calls(self) -> int:
+        """How many calls are built."""
+        [(count,)] = await self._rows("SELECT count(*) FROM calls", [])
+        return int(count)
 
     async def get_call(
         self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
