@@ -70,12 +70,16 @@ def make_offices(count: int, seed: int = 1) -> list[Office]:
     return offices
 
 
+# A call's events: each with the id of the extension whose subscriptions get it.
+Deliveries = list[tuple[int, dict[str, str]]]
+
+
 @dataclasses.dataclass
 class SimCall:
     """One call: (owner extension id, fields) in the order made, and what really happened."""
 
     kind: str
-    events: list[tuple[int, dict[str, str]]]
+    events: Deliveries
     truth: dict[str, Any]
 
 
@@ -123,7 +127,7 @@ class CallMaker:
 
     def make(self, kind: str, start_us: int) -> SimCall:
         office = self.rng.choice(self.offices)
-        events: list[tuple[int, dict[str, str]]] = []
+        events: Deliveries = []
         truth = getattr(self, kind.replace("-", "_"))(office, start_us, events)
         truth["call_id"] = events[0][1]["CallID"]
         truth["kind"] = kind
@@ -170,11 +174,11 @@ class CallMaker:
 
     def leg(
         self,
-        events: list,
+        events: Deliveries,
         owner: int,
         fields: dict[str, str],
         start: int,
-        status: str,  # type: ignore[type-arg]
+        status: str,
         bridged: bool | None = None,
         dial: str | None = None,
     ) -> tuple[int, int]:
@@ -210,7 +214,7 @@ class CallMaker:
 
     # Kinds of call (pbx-events §4).
 
-    def outbound(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def outbound(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         phone = self.rng.choice(office.phones)
         status = self.rng.choices(
             ["ANSWER", "BUSY", "NOANSWER", "CANCEL", "CONGESTION"], [70, 10, 12, 5, 3]
@@ -228,7 +232,7 @@ class CallMaker:
         }[status]
         return self.truth("out", outcome, None, talk, number)
 
-    def inbound(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def inbound(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         phone = self.rng.choice(office.phones)
         status = self.rng.choices(["ANSWER", "CANCEL", "NOANSWER"], [75, 20, 5])[0]
         caller = self.external()
@@ -243,7 +247,7 @@ class CallMaker:
             caller,
         )
 
-    def ivr(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def ivr(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         ids, caller = self.ids(), self.external()
         menu = self.inbound_leg(office, office.ivr, caller, ids)
         events.append((office.ivr.id, event("dial-in", now, "CALLING", menu)))
@@ -259,7 +263,7 @@ class CallMaker:
             "in", "answered" if bridged else "missed", phone.name if phone else None, talk, caller
         )
 
-    def queue(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def queue(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         ids, caller, owner = self.ids(), self.external(), office.queue.id
         waiting = self.inbound_leg(office, office.queue, caller, ids)
         events.append((owner, event("dial-in", now, "CALLING", waiting)))
@@ -283,7 +287,7 @@ class CallMaker:
         events.append((owner, routing_hangup(moment, bridged, waiting)))
         return self.truth("in", "answered" if bridged else "missed", taker, talk, caller)
 
-    def parallel(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def parallel(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         ids, caller = self.ids(), self.external()
         first, second = self.rng.sample(office.phones, 2)
         a = self.inbound_leg(office, first, caller, ids)
@@ -298,7 +302,7 @@ class CallMaker:
         ]
         return self.truth("in", "answered", second.name, talk, caller)
 
-    def forward(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def forward(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         ids, caller = self.ids(), self.external()
         phone = self.rng.choice(office.phones)
         leg = self.inbound_leg(office, phone, caller, ids)
@@ -309,7 +313,7 @@ class CallMaker:
         events.append((phone.id, event("hangup", end + 900, "ANSWER", leg, Duration="0")))
         return self.truth("in", "answered", phone.name, talk, caller)
 
-    def callback(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def callback(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         # The owner is connected to a number on its own behalf: only the dial-out (pbx-events §4).
         phone = self.rng.choice(office.phones)
         ids = self.ids()
@@ -321,7 +325,7 @@ class CallMaker:
         outcome = "answered" if status == "ANSWER" else "no_answer"
         return self.truth("out", outcome, None, talk, number)
 
-    def internal(self, office: Office, now: int, events: list) -> dict[str, Any]:  # type: ignore[type-arg]
+    def internal(self, office: Office, now: int, events: Deliveries) -> dict[str, Any]:
         caller, callee = self.rng.sample(office.phones, 2)
         ids = self.ids()
         self.leg(events, caller.id, self.outbound_leg(caller, callee.name, ids), now, "ANSWER")

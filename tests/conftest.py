@@ -48,6 +48,19 @@ def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
             )
 
 
+def wait_for_calls(get: Callable[[str], httpx.Response], seconds: float = 30) -> dict[str, object]:
+    """Wait until the server's background work has built the calls of every stored event (reads
+    do not build them), as its /healthz says; returns what it says."""
+    deadline = time.monotonic() + seconds
+    while True:
+        calls: dict[str, object] = get("/healthz").json()["calls"]
+        if not calls["rebuilding"] and calls["built_to_event"] == calls["events"]:
+            return calls
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the calls were not built within {seconds} s: {calls}")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "receiver.db"

@@ -6,12 +6,16 @@ import csv
 import io
 import json
 import re
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
 
 from receiver.cli import main
-from tests.conftest import ROOT
+from receiver.event import RawRequest
+from receiver.parse import parse_request
+from receiver.store import SCHEMA_VERSION
+from tests.conftest import ROOT, stored_by_version, wait_for_calls
 from tests.test_app import assert_error
 
 SCENARIOS = {
@@ -37,6 +41,7 @@ def loaded(client):  # type: ignore[no-untyped-def]
     for name, myid in SCENARIOS.items():
         for line in lines(name):
             assert client.get(f"/webhook?myid={myid}&{line}").status_code == 200
+    wait_for_calls(client.get)  # built in the background: reads do not build them
     return client
 
 
@@ -213,6 +218,15 @@ def test_calls(loaded) -> None:  # type: ignore[no-untyped-def]
     assert_error(loaded.get("/api/calls?status=lost"), 400, "parameter status")
 
 
+def test_every_call_of_the_list_is_its_detail_without_legs_and_events(loaded) -> None:  # type: ignore[no-untyped-def]
+    page = loaded.get("/api/calls").json()
+    assert len(page["calls"]) == len(SCENARIOS)
+    for call in page["calls"]:
+        detail = loaded.get(f"/api/calls/{call['call_id']}").json()
+        assert detail["legs"] and detail["events"]
+        assert {k: v for k, v in detail.items() if k not in ("legs", "events")} == call
+
+
 def test_calls_pages_and_csv(loaded) -> None:  # type: ignore[no-untyped-def]
     first = loaded.get("/api/calls?limit=3").json()
     second = loaded.get(f"/api/calls?limit=3&after={first['next']}").json()
@@ -225,7 +239,10 @@ def test_calls_pages_and_csv(loaded) -> None:  # type: ignore[no-untyped-def]
 def test_open_call_becomes_unknown_end(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(unknown_end_after=60)
     client.get(f"/webhook?myid=1&{lines('outbound-answered')[0]}")  # a dial-out, long ago
-    assert client.get("/api/calls").json()["calls"][0]["status"] == "unknown_end"
+    wait_for_calls(client.get)
+    [call] = client.get("/api/calls").json()["calls"]
+    assert call["status"] == "unknown_end"
+    assert client.get(f"/api/calls/{call['call_id']}").json()["status"] == "unknown_end"
     assert len(client.get("/api/calls?status=unknown_end").json()["calls"]) == 1
     assert client.get("/api/calls?status=in_progress").json()["calls"] == []
 
@@ -241,6 +258,7 @@ def test_missed_report(loaded) -> None:  # type: ignore[no-untyped-def]
     back = [x.replace(x.split("CallID=")[1][:32], "f" * 32) for x in back]
     for line in back:
         assert loaded.get(f"/webhook?myid=85219&{line}").json()["ok"]
+    wait_for_calls(loaded.get)
     report = loaded.get("/api/reports/missed").json()["numbers"]
     handled = next(r for r in report if r["number"] == "+74957654321")
     assert (handled["handled"], handled["handled_by"]) == (True, "call_back")
@@ -275,6 +293,7 @@ def test_missed_report_counts_from_the_last_missed_call(client) -> None:  # type
     ]
     for line in deliveries:
         assert client.get(f"/webhook?myid=85218&{line}").json()["ok"]
+    wait_for_calls(client.get)
     [row] = client.get("/api/reports/missed").json()["numbers"]
     assert (row["number"], row["digits"], row["missed"]) == ("+79990001122", "79990001122", 2)
     assert row["first_missed_at"] == "2027-01-15T08:00:00.000000Z"
@@ -283,6 +302,7 @@ def test_missed_report_counts_from_the_last_missed_call(client) -> None:  # type
     assert row["handled"] is False  # the call back came before the last missed call
     for line in replayed("inbound-answered", "d" * 32, t + 300_000_000, number):
         assert client.get(f"/webhook?myid=85218&{line}").json()["ok"]
+    wait_for_calls(client.get)
     [row] = client.get("/api/reports/missed").json()["numbers"]
     assert (row["handled"], row["handled_by"], row["handled_extension"]) == (
         True,
@@ -310,6 +330,7 @@ def test_a_call_belongs_to_every_myid_with_one_of_its_events(client) -> None:  #
     for line in lines("ivr-bridged-yes"):
         myid = "96857" if "CalledExtensionID=96857" in line else "85219"
         client.get(f"/webhook?myid={myid}&{line}")
+    wait_for_calls(client.get)
     for myid in ("96857", "85219"):
         calls = client.get(f"/api/calls?myid={myid}").json()["calls"]
         assert [c["answered_by"] for c in calls] == ["2566*102"]
@@ -327,6 +348,7 @@ READS = [
 
 def assert_every_read_answers(client, event_ids: list[int], call_ids: set[str]) -> None:  # type: ignore[no-untyped-def]
     """Every read endpoint answers 200, each event by id too, and every call is built."""
+    wait_for_calls(client.get)
     for path in READS:
         assert client.get(path).status_code == 200, path
     for event_id in event_ids:
@@ -354,3 +376,29 @@ def test_times_and_durations_no_output_can_show_are_bad_values(client) -> None: 
         assert stored["extra"] == {name: value}
         assert "bad_value" in stored["flags"]
     assert_every_read_answers(client, ids, {f"c{n}" for n in range(len(out_of_range))})
+
+
+def test_calls_reads_never_write_and_say_how_current_they_are(db_path, make_client) -> None:  # type: ignore[no-untyped-def]
+    events = [parse_request(RawRequest("GET", f"myid=1&{line}".encode()), received_at_us=1,
+                            source="t")[0] for line in lines("inbound-answered")]  # fmt: skip
+    stored_by_version(db_path, SCHEMA_VERSION, events)  # stored, no call built yet
+    with sqlite3.connect(db_path, isolation_level=None) as other:
+        other.execute("PRAGMA journal_mode=WAL")
+        other.execute("BEGIN IMMEDIATE")  # another process writes, for as long as it likes
+        try:
+            client = make_client()
+            page = client.get("/api/calls").json()  # a read that wrote would wait, then fail
+            assert (page["calls"], page["built_to_event"]) == ([], 0)
+            for path in ("/api/reports/missed", "/api/reports/extensions", "/api/calls/x"):
+                assert client.get(path).status_code in (200, 404), path
+            health = client.get("/healthz").json()["calls"]
+            assert (health["built_to_event"], health["events"]) == (0, len(events))
+            assert health["rebuilding"] is True
+        finally:
+            other.execute("ROLLBACK")
+    assert wait_for_calls(client.get)["events"] == len(events)
+    page = client.get("/api/calls").json()
+    assert ([c["status"] for c in page["calls"]], page["built_to_event"]) == (
+        ["answered"],
+        len(events),
+    )

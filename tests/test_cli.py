@@ -7,18 +7,23 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import httpx2 as httpx
 import pytest
 from click.testing import CliRunner
 
 from pbx_emulator.cli import pbx
 from receiver.cli import main
-from tests.conftest import ROOT, free_port
+from receiver.event import RawRequest
+from receiver.parse import parse_request
+from receiver.store import SCHEMA_VERSION
+from tests.conftest import ROOT, free_port, stored_by_version, wait_for_calls
 
 
 @pytest.fixture
@@ -176,3 +181,52 @@ def test_every_command_has_examples_and_every_option_a_help(
         line.strip().startswith(("receiver ", "receiver-pbx ", "RECEIVER_", "url="))
         for line in examples
     )
+
+
+def test_rebuild_builds_every_call_again_and_counts_those_that_changed(db: Path) -> None:
+    first = run("rebuild", "--db", str(db))
+    assert first.startswith("rebuilt 12 calls from ") and first.endswith(": 0 changed\n")
+    with sqlite3.connect(db) as other:  # a call built otherwise (by an older release, say)
+        other.execute("UPDATE calls SET status = 'busy' WHERE status = 'missed'")
+    assert run("rebuild", "--db", str(db)).endswith(": 2 changed\n")
+    missed = json.loads(run("calls", "--db", str(db), "--format", "json", "--status", "missed"))
+    assert len(missed) == 2
+
+
+def test_the_read_commands_say_when_the_calls_are_behind_the_events(tmp_path: Path) -> None:
+    path = tmp_path / "behind.db"
+    queries = [line for line in (ROOT / "sample_payloads" / "callback.txt").read_text().splitlines()
+               if line and not line.startswith("#")]  # fmt: skip
+    raws = [RawRequest("GET", f"myid=1&{query}".encode()) for query in queries]
+    events = [parse_request(raw, received_at_us=1, source="t")[0] for raw in raws]
+    stored_by_version(path, SCHEMA_VERSION, events)  # stored, no call built yet
+    for command in (["calls"], ["report", "missed"], ["report", "extensions"]):
+        result = CliRunner().invoke(main, [*command, "--db", str(path), "--format", "json"])
+        assert (result.exit_code, result.stdout) == (0, "[]\n")
+        assert f"`receiver rebuild --db {path}`" in result.stderr, command
+        assert "another version of call building (0, this is 1)" in result.stderr
+    run("rebuild", "--db", str(path))
+    result = CliRunner().invoke(main, ["calls", "--db", str(path), "--format", "json"])
+    assert (len(json.loads(result.stdout)), result.stderr) == (1, "")
+
+
+def test_rebuild_while_a_server_stores_on_the_same_file(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = sorted((ROOT / "sample_payloads").glob("*.txt"))
+    deliveries = [f"myid=1&{line}" for path in files for line in path.read_text().splitlines()
+                  if line and not line.startswith("#")]  # fmt: skip
+    running = server()
+    half = len(deliveries) // 2
+    with httpx.Client(base_url=running.url) as api:
+        for query in deliveries[:half]:
+            assert api.get(f"/webhook?{query}").status_code == 200
+        rebuild = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "rebuild", "--db", str(db_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for query in deliveries[half:]:  # stored while the rebuild goes on, or after it
+            assert api.get(f"/webhook?{query}").status_code == 200
+        out, err = rebuild.communicate(timeout=60)
+        assert rebuild.returncode == 0, err
+        assert out.startswith("rebuilt ") and out.endswith(" changed\n")
+        wait_for_calls(api.get)
+        assert len(api.get("/api/calls").json()["calls"]) == 12

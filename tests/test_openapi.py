@@ -7,6 +7,7 @@ import pytest
 from starlette.routing import Mount
 
 from receiver.web.openapi import spec
+from tests.conftest import wait_for_calls
 from tests.test_api import SCENARIOS, lines
 
 SPEC = spec()
@@ -32,6 +33,7 @@ def loaded(client):  # type: ignore[no-untyped-def]
     for name, myid in SCENARIOS.items():
         for line in lines(name):
             client.get(f"/webhook?myid={myid}&{line}")
+    wait_for_calls(client.get)
     return client
 
 

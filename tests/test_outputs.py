@@ -127,6 +127,7 @@ async def every_output(store: Store, events: list[Event], myid: str) -> None:
         json.dumps(call_json(call), allow_nan=False)
         call_row(call)
         leg_rows(call)
+    await store.refresh_calls()  # as a server's background work or a replay does
     calls = (await store.list_calls(CallQuery(), limit=1000)).items
     assert set(by_call) <= {c["call_id"] for c in calls}  # every call was built
     shown("calls", calls)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from receiver.cli import main
 from receiver.pbx.client import PbxClient, PbxError, plan, webhook_url
+from tests.conftest import wait_for_calls
 
 URL = "http://127.0.0.1:9/webhook?myid=80000"
 
@@ -227,6 +228,7 @@ def test_whole_chain_agrees_with_the_ground_truth(emulator, server, tmp_path: Pa
     with httpx.Client(base_url=receiver_process.url, timeout=60) as api:
         stored = api.get("/api/events", params={"format": "ndjson"}).text.splitlines()
         assert len(stored) == deliveries  # every delivered event, once
+        wait_for_calls(api.get)  # built in the background: reads do not build them
         calls = {
             c["call_id"]: c
             for c in map(

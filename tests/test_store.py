@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from receiver.calls import CALLS_VERSION, Call, CallLeg
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
 from receiver.store.queries import Stored
-from receiver.store.schema import event_row, insert_events
+from receiver.store.schema import (
+    CALL_COLUMNS,
+    CALL_FIELDS,
+    LEG_COLUMNS,
+    LEG_FIELDS,
+    event_row,
+    insert_events,
+)
 from tests.conftest import sample, stored_by_version
 
 
@@ -67,17 +75,68 @@ async def test_keys_stored_before_version_6_catch_repeats_before_and_after_rekey
     assert keys[0][:8] == (1001).to_bytes(8, "big") and keys[1][:8] == bytes(8)
 
 
-async def test_calls_left_to_build_before_version_7_are_built(db_path: Path) -> None:
-    stored_by_version(db_path, 6, [numbered(n) for n in range(1, 5)])
-    with sqlite3.connect(db_path) as old:  # c1's call was built; c2's not, nor those after it
-        old.execute("DELETE FROM calls_dirty WHERE call_id = 'c1'")
+async def test_calls_of_a_database_before_version_9_are_all_built_again(db_path: Path) -> None:
+    # Version 8 kept each call's JSON; 9 keeps its fields as columns and builds every call again.
+    stored_by_version(db_path, 8, [numbered(n) for n in range(1, 5)])
+    with sqlite3.connect(db_path) as old:
+        old.execute("UPDATE calls_built SET events_to = 4")  # as if every call had been built
     async with Store(db_path) as store:
-        assert await store.refresh_calls() == 3
+        assert (await store.calls_state()).rebuilding
+        assert await store.refresh_calls() == 4
         await store.add_event(numbered(5))
         assert await store.refresh_calls() == 1
+        state = await store.calls_state()
+        assert (state.version, state.built_to_event, state.rebuilding) == (CALLS_VERSION, 5, False)
     with sqlite3.connect(db_path) as check:
         built = [call_id for (call_id,) in check.execute("SELECT call_id FROM calls")]
-    assert sorted(built) == ["c2", "c3", "c4", "c5"]
+    assert sorted(built) == ["c1", "c2", "c3", "c4", "c5"]
+
+
+def test_the_calls_tables_have_a_column_for_each_field_of_their_records(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as db:
+        migrate(db)
+        for table, columns in (("calls", CALL_COLUMNS), ("legs", LEG_COLUMNS)):
+            found = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            assert found == columns.split(", ")
+    assert [c.name for c in CALL_FIELDS] == [
+        f.name for f in dataclasses.fields(Call) if f.name not in ("legs", "events")
+    ]
+    assert [c.name for c in LEG_FIELDS] == [f.name for f in dataclasses.fields(CallLeg)]
+
+
+async def test_calls_built_by_another_version_are_built_again(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        for n in range(1, 4):
+            await store.add_event(numbered(n))
+        assert await store.refresh_calls() == 3
+    with sqlite3.connect(db_path) as old:  # an older release built them, one differently
+        old.execute("UPDATE calls_built SET version = ?", (CALLS_VERSION - 1,))
+        old.execute("UPDATE calls SET status = 'busy' WHERE call_id = 'c2'")
+    async with Store(db_path) as store:
+        assert (await store.calls_state()).json()["rebuilding"] is True
+        assert await store.refresh_calls() == 3
+        assert (await store.get_call("c2", now_us=0)).status == "in_progress"  # type: ignore[union-attr]
+        assert not (await store.calls_state()).rebuilding
+    with sqlite3.connect(db_path) as newer:  # a newer release built them: they are its to build
+        newer.execute("UPDATE calls_built SET version = ?", (CALLS_VERSION + 1,))
+    async with Store(db_path) as store:
+        await store.add_event(numbered(4))
+        assert await store.refresh_calls() == 0
+        assert await store.get_call("c4", now_us=0) is None
+
+
+async def test_rebuilding_every_call_counts_those_that_changed(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        for n in range(1, 4):
+            await store.add_event(numbered(n))
+        await store.refresh_calls()
+        seen: list[tuple[int, int]] = []
+        assert await store.rebuild_calls(lambda done, to: seen.append((done, to))) == 0
+        assert seen[-1] == (3, 3)
+        with sqlite3.connect(db_path) as other:
+            other.execute("UPDATE legs SET status = 'BUSY' WHERE call_id = 'c3'")
+        assert await store.rebuild_calls() == 1
+        assert await store.rebuild_calls() == 0
 
 
 async def test_calls_up_to_date_take_no_write_lock(db_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, subscribe), with options.py and server.py shared by them."""
+(serve, replay, query, rebuild, subscribe), with options.py and server.py shared by them."""
 
 from __future__ import annotations
 
@@ -36,11 +36,12 @@ def main() -> None:
 def register() -> None:
     """The commands, each in its own module."""
     from receiver.cli.query import calls, events, report
+    from receiver.cli.rebuild import rebuild
     from receiver.cli.replay import replay
     from receiver.cli.serve import serve
     from receiver.cli.subscribe import subscribe
 
-    for command in (serve, replay, events, calls, report, subscribe):
+    for command in (serve, replay, events, calls, report, rebuild, subscribe):
         main.add_command(command)
 
 

@@ -64,6 +64,8 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
 
     async def run() -> None:
         async with Store(db) as store:
+            if kind != "events":
+                behind(await store.calls_state(), db)
             found = records(store)
             if not hasattr(found, "__aiter__"):
                 found = aiter_list(await found)
@@ -74,6 +76,25 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
 
     asyncio.run(run())
     output.close()
+
+
+def behind(state: Any, db: Path) -> None:
+    """Say on stderr when the calls read are not built from every event, by this receiver."""
+    from receiver.calls import CALLS_VERSION
+
+    if state.current:
+        return
+    if state.version != CALLS_VERSION:
+        how = (
+            f"built by another version of call building ({state.version}, this is {CALLS_VERSION})"
+        )
+    else:
+        how = f"built up to event {state.built_to_event:,} of {state.events:,}"
+    click.echo(
+        f"note: the calls are {how}: `receiver rebuild --db {db}`, or a `receiver serve` running "
+        "on it, brings them up to date",
+        err=True,
+    )
 
 
 async def aiter_list(rows: list[Any]) -> Any:

@@ -107,7 +107,9 @@ def replay(
         if dry_run or target is not None:
             return await run_replay(list(paths), options, target=target, progress=bar.update_from)
         async with Store(db) as store:
-            return await run_replay(list(paths), options, store=store, progress=bar.update_from)
+            summary = await run_replay(list(paths), options, store=store, progress=bar.update_from)
+            await store.refresh_calls()  # the calls of what it stored: reads do not build them
+            return summary
 
     bar = ReplayProgress(paths, enabled=not quiet and sys.stderr.isatty())
     try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, build_call, digits
+from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
 from receiver.store.export import Exporter
 from receiver.store.queries import (
@@ -35,6 +35,7 @@ from receiver.store.queries import (
 )
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
+    CALL_FIELDS,
     CALLS_AT_ONCE,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
@@ -42,8 +43,11 @@ from receiver.store.schema import (
     IDLE_AFTER,
     KEYS_AT_ONCE,
     KEYS_WHILE_BUSY,
+    LEG_FIELD_COLUMNS,
     MAX_GROUP,
     REJECT_COLUMNS,
+    call_fields_sql,
+    call_from_row,
     connect_pragmas,
     event_from_row,
     reject_from_row,
@@ -51,6 +55,33 @@ from receiver.store.schema import (
 from receiver.store.writer import ProcessHost, ThreadHost
 
 log = logging.getLogger("receiver.store")
+# Where a call's start time is in a row of its fields (for the next page's cursor).
+CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
+
+
+@dataclasses.dataclass(frozen=True)
+class CallsState:
+    """How far the calls are built: up to which event, by which version of call building."""
+
+    version: int  # CALLS_VERSION of the code that built them
+    built_to_event: int  # the calls of every event up to this id are built
+    events: int  # the newest event's id
+    rebuild_to: int  # a rebuild of every call goes up to this event
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether the calls are (to be) built again by this version, from the first event."""
+        return self.version != CALLS_VERSION or self.built_to_event < self.rebuild_to
+
+    @property
+    def current(self) -> bool:
+        """Whether every stored event's call is built by this version."""
+        return self.version == CALLS_VERSION and self.built_to_event >= self.events
+
+    def json(self) -> dict[str, Any]:
+        return {"version": self.version, "expected": CALLS_VERSION,
+                "built_to_event": self.built_to_event, "events": self.events,
+                "rebuilding": self.rebuilding}  # fmt: skip
 
 
 async def read_ahead(
@@ -233,16 +264,34 @@ class Store:
                 future.set_result(result)
 
     async def refresh_calls(self, *, background: bool = False) -> int:
-        """Rebuild the calls of the events stored since the last rebuild; returns their number.
+        """Build the calls of the events stored since the last build (all of them, after a
+        change of CALLS_VERSION); returns how many call events that read.
 
         Live writes go between. background: while events are arriving, the calls of a few
         events (CALLS_WHILE_BUSY) and stop, so that the background refresher, calling this five
         times a second, keeps the calls table close behind steady traffic without holding
-        deliveries up. Queries refresh fully.
+        deliveries up. Reads never call it: they read the calls as built.
         """
         return await self._in_batches(
             "refresh_some_calls", CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
         )
+
+    async def rebuild_calls(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Build every call again from its events, in batches between the live writes; returns
+        how many calls came out other than they were. `progress(built_to_event, rebuild_to)`
+        after each batch."""
+        rebuild_to: int = await self._writer.call("rebuild_all_calls")
+        changed = 0
+        while True:
+            read: int
+            batch_changed: int
+            read, batch_changed = await self._writer.call("build_some_calls", CALLS_AT_ONCE)
+            changed += batch_changed
+            if progress is not None:
+                state = await self.calls_state()
+                progress(min(state.built_to_event, rebuild_to), rebuild_to)
+            if not read:  # up to date (or, since a newer receiver took over, its to build)
+                return changed
 
     async def rekey_old_events(self, *, background: bool = False) -> int:
         """Give the events stored before schema version 6 their new de-dup key; returns how
@@ -377,26 +426,40 @@ class Store:
             for row in rows:
                 yield event_from_row(row)
 
+    async def calls_state(self) -> CallsState:
+        """How far the calls table is built, and by which version of call building."""
+        sql = "SELECT events_to, version, rebuild_to, (SELECT max(id) FROM events) FROM calls_built"
+        [(built_to, version, rebuild_to, events)] = await self._rows(sql, [])
+        return CallsState(version, built_to, events or 0, rebuild_to)
+
+    async def count_calls(self) -> int:
+        """How many calls are built."""
+        [(count,)] = await self._rows("SELECT count(*) FROM calls", [])
+        return int(count)
+
     async def get_call(
         self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
     ) -> Call | None:
-        """One call, rebuilt now from all its events (so always current)."""
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL}"
-        rows = await self._rows(sql, [call_id])
+        """One call as built, with its legs and its events' timeline."""
+        query = CallQuery(now_us=now_us, unknown_after_us=unknown_after_us)
+        sql = f"SELECT {call_fields_sql(query.status_sql())} FROM calls WHERE call_id = ?"
+        rows = await self._rows(sql, [query.unknown_before_us(), call_id])
         if not rows:
             return None
-        events = [event_from_row(row) for row in rows]
-        return build_call(events, now_us=now_us, unknown_after_us=unknown_after_us)
+        legs_sql = f"SELECT {LEG_FIELD_COLUMNS} FROM legs WHERE call_id = ? ORDER BY rowid"
+        legs = await self._rows(legs_sql, [call_id])
+        events_sql = (
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL} "
+            "ORDER BY order_us, id"
+        )
+        events = tuple(event_from_row(row) for row in await self._rows(events_sql, [call_id]))
+        return call_from_row(rows[0], legs, events)
 
     async def list_calls(
         self, query: CallQuery, *, limit: int = 100, after: str | None = None
     ) -> Page:
-        """Calls by start time, a page at a time; items are JSON objects (no legs, no events)."""
-        await self.refresh_calls()
-        return await self.calls_page(query, limit=limit, after=after)
-
-    async def calls_page(self, query: CallQuery, *, limit: int, after: str | None) -> Page:
-        """list_calls() as the calls table stands, without rebuilding changed calls first."""
+        """Calls by start time, as built, a page at a time; items are their JSON records (no
+        legs, no events), as call_json() makes them."""
         where, params = query.where()
         if after is not None:
             started_us, call_id = parse_call_cursor(after)
@@ -404,27 +467,22 @@ class Store:
             params += [started_us, call_id]
         way = "DESC" if query.descending else "ASC"
         sql = (
-            f"SELECT body, started_us, call_id, {query.status_sql()} FROM calls "
+            f"SELECT {call_fields_sql(query.status_sql())} FROM calls "
             f"WHERE {' AND '.join(where) or '1'} "
             f"ORDER BY started_us {way}, call_id {way} LIMIT ?"
         )
         rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
-        calls = []
-        for body, _, _, status in rows[:limit]:
-            call = json.loads(body)
-            call["status"] = status
-            calls.append(call)
-        more = len(rows) > limit
-        last = rows[limit - 1] if more else None
-        return Page(calls, f"{last[1]}:{last[2]}" if last else None)
+        with gc_paused():
+            calls = [call_json(call_from_row(row), with_details=False) for row in rows[:limit]]
+        last = calls[-1] if len(rows) > limit else None
+        return Page(calls, f"{rows[limit - 1][CALL_STARTED]}:{last['call_id']}" if last else None)
 
     async def iter_calls(
         self, query: CallQuery, *, after: str | None = None
     ) -> AsyncIterator[dict[str, Any]]:
         """Every matching call, a page at a time; the next page is read while this one is used."""
-        await self.refresh_calls()
         pages = read_ahead(
-            lambda cursor: self.calls_page(query, limit=EXPORT_PAGE, after=cursor), after
+            lambda cursor: self.list_calls(query, limit=EXPORT_PAGE, after=cursor), after
         )
         async for page in pages:
             for call in page:
@@ -435,7 +493,6 @@ class Store:
 
         Handled: a later answered call with the same number, ours (a call back) or theirs.
         """
-        await self.refresh_calls()
         where, params = query.where()
         # The first answered call with the number after the last missed one, found by one seek
         # in calls_number per number. DIDs repeat here; they are made distinct below.
@@ -486,7 +543,6 @@ class Store:
         self, query: CallQuery, *, by: str | None = None
     ) -> list[dict[str, Any]]:
         """Per extension (and per day or hour): calls, answered, missed, ring and talk times."""
-        await self.refresh_calls()
         where, params = query.where(table="c")
         bucket_us = {"day": 86_400_000_000, "hour": 3_600_000_000}.get(by or "")
         bucket = f"(c.started_us / {bucket_us}) * {bucket_us}" if bucket_us else "NULL"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -153,9 +154,10 @@ class CallQuery:
         if self.number is not None:
             where.append(f"{table}.external_digits = ?")
             params.append(digits(self.number))
-        if self.extension is not None:
-            where.append(f"{table}.extensions LIKE ?")
-            params.append(f"% {self.extension} %")
+        if self.extension is not None:  # one of the JSON array's strings, whole
+            where.append(f"{table}.extensions LIKE ? ESCAPE '!'")
+            quoted = json.dumps(self.extension, ensure_ascii=False)
+            params.append("%" + re.sub(r"([!%_])", r"!\1", quoted) + "%")
         return where, params
 
 

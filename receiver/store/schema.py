@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from receiver.calls import Call, call_json, digits
+from receiver.calls import Call, CallLeg, digits
 from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, stored_row
 
 MIGRATIONS: tuple[str, ...] = (
@@ -152,6 +155,62 @@ MIGRATIONS: tuple[str, ...] = (
     # as it reads them (event_record), which costs less than reading 1.3 KB more per event.
     """
     DROP TABLE event_lines;
+    """,
+    # 9: calls and legs hold their records' fields as columns, no JSON copy (their record is
+    # made from them as they are read), and the calls say which version of call building made
+    # them (CALLS_VERSION): 0 here, so the new tables are built from all the events.
+    """
+    DROP TABLE legs;
+    DROP TABLE calls;
+    CREATE TABLE calls (
+        call_id TEXT PRIMARY KEY,
+        myid TEXT NOT NULL,
+        myids TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        started_us INTEGER NOT NULL,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        last_event_us INTEGER NOT NULL,
+        ring_us INTEGER,
+        talk_us INTEGER,
+        status TEXT NOT NULL,
+        external_number TEXT,
+        did TEXT,
+        answered_by TEXT,
+        extensions TEXT NOT NULL,
+        transferred INTEGER NOT NULL,
+        callback_id TEXT,
+        recordings TEXT NOT NULL,
+        external_digits TEXT
+    );
+    CREATE INDEX calls_started ON calls (started_us, call_id);
+    CREATE INDEX calls_number
+        ON calls (external_digits, status, started_us, direction, answered_by);
+    CREATE INDEX calls_outcome
+        ON calls (direction, status, started_us, external_digits, external_number, did);
+    CREATE TABLE legs (
+        call_id TEXT NOT NULL,
+        sub_call_id TEXT NOT NULL,
+        extension TEXT,
+        extension_id INTEGER,
+        direction TEXT,
+        started_us INTEGER,
+        answered_us INTEGER,
+        ended_us INTEGER,
+        talk_us INTEGER,
+        status TEXT,
+        transferred INTEGER NOT NULL,
+        bridged INTEGER,
+        rec_id TEXT,
+        answered INTEGER NOT NULL,
+        routing INTEGER NOT NULL,
+        ring_us INTEGER
+    );
+    CREATE INDEX legs_call ON legs (call_id);
+    CREATE INDEX legs_extension ON legs (extension, started_us);
+    ALTER TABLE calls_built ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls_built ADD COLUMN rebuild_to INTEGER NOT NULL DEFAULT 0;
+    UPDATE calls_built SET events_to = 0, version = 0;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -344,61 +403,112 @@ def reject_from_row(row: Sequence[Any]) -> Reject:
     return Reject(received, status, reason, raw, myid, client, size, rid)
 
 
-CALL_COLUMNS = (
-    "call_id, myid, direction, status, started_us, answered_us, ended_us, last_event_us, "
-    "ring_us, talk_us, external_number, external_digits, did, answered_by, extensions, "
-    "transferred, callback_id, body"
-)
-INSERT_CALL = f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) VALUES ({', '.join('?' * 18)})"
-LEG_COLUMNS = (
-    "call_id, sub_call_id, extension, direction, started_us, answered_us, ended_us, ring_us, "
-    "talk_us, status, answered, routing"
-)
-INSERT_LEG = f"INSERT INTO legs ({LEG_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 CALLS_AT_ONCE = 200  # call events whose calls are rebuilt per writer turn (~20 ms)
 CALLS_WHILE_BUSY = 20  # the same while deliveries arrive (~3 ms, about a commit)
 IDLE_AFTER = 0.5  # seconds without commits before the background rebuilds all changed calls
 
 
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a record's table, and how a value goes in and comes back out."""
+
+    name: str
+    to_sql: Callable[[Any], Any]
+    from_sql: Callable[[Any], Any]
+
+
+def same(value: Any) -> Any:
+    return value
+
+
+def json_list(values: tuple[str, ...]) -> str:
+    return json.dumps(list(values), ensure_ascii=False)
+
+
+def flag_or_none(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def column(name: str, kind: Any) -> Column:
+    """The column of a record field of type `kind`: the field's own name, its value as SQLite
+    keeps it (an enum as its value, a tuple of strings as a JSON array, a bool as 0 or 1)."""
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return Column(name, lambda value: value.value, kind)
+    if typing.get_origin(kind) is tuple:
+        return Column(name, json_list, lambda text: tuple(json.loads(text)))
+    if kind is bool:
+        return Column(name, int, bool)
+    if kind == bool | None:
+        return Column(name, same, flag_or_none)
+    return Column(name, same, same)
+
+
+def record_columns(record: type, *, besides: tuple[str, ...] = ()) -> tuple[Column, ...]:
+    """A column for each field of the dataclass `record`, in its order, but those `besides`."""
+    kinds = typing.get_type_hints(record)
+    fields = dataclasses.fields(record)
+    return tuple(column(f.name, kinds[f.name]) for f in fields if f.name not in besides)
+
+
+# The calls and legs tables hold their records' fields, one column each (migration 9 has the
+# same columns: tests/test_store.py holds them equal), then what the reports search or sum by.
+CALL_FIELDS = record_columns(Call, besides=("legs", "events"))
+CALL_SEARCHED: dict[str, Callable[[Call], Any]] = {
+    "external_digits": lambda call: digits(call.external_number),
+}
+LEG_FIELDS = record_columns(CallLeg)
+LEG_SEARCHED: dict[str, Callable[[CallLeg], Any]] = {
+    "answered": lambda leg: leg.answered,
+    "routing": lambda leg: leg.routing,
+    "ring_us": lambda leg: leg.ring_us,
+}
+CALL_COLUMNS = ", ".join([*(c.name for c in CALL_FIELDS), *CALL_SEARCHED])
+LEG_COLUMNS = ", ".join(["call_id", *(c.name for c in LEG_FIELDS), *LEG_SEARCHED])
+INSERT_CALL = (
+    f"INSERT OR REPLACE INTO calls ({CALL_COLUMNS}) "
+    f"VALUES ({', '.join('?' * (len(CALL_FIELDS) + len(CALL_SEARCHED)))})"
+)
+INSERT_LEG = (
+    f"INSERT INTO legs ({LEG_COLUMNS}) "
+    f"VALUES ({', '.join('?' * (1 + len(LEG_FIELDS) + len(LEG_SEARCHED)))})"
+)
+LEG_FIELD_COLUMNS = ", ".join(c.name for c in LEG_FIELDS)
+
+
+def call_fields_sql(status: str) -> str:
+    """The calls table's CALL_FIELDS, to SELECT, with `status` for the stored status (the
+    status now: CallQuery.status_sql)."""
+    return ", ".join(status if c.name == "status" else f"calls.{c.name}" for c in CALL_FIELDS)
+
+
 def call_row(call: Call) -> tuple[Any, ...]:
-    """The calls-table row of a Call; `body` is its JSON without legs and events."""
+    """The calls-table row of a Call, in CALL_COLUMNS order."""
     return (
-        call.call_id,
-        call.myid,
-        call.direction.value,
-        call.status.value,
-        call.started_us,
-        call.answered_us,
-        call.ended_us,
-        call.last_event_us,
-        call.ring_us,
-        call.talk_us,
-        call.external_number,
-        digits(call.external_number),
-        call.did,
-        call.answered_by,
-        " " + " ".join(call.extensions) + " ",  # spaces around each, for LIKE '% ext %'
-        call.transferred,
-        call.callback_id,
-        json.dumps(call_json(call, with_details=False), ensure_ascii=False),
+        *(c.to_sql(getattr(call, c.name)) for c in CALL_FIELDS),
+        *(searched(call) for searched in CALL_SEARCHED.values()),
     )
 
 
 def leg_rows(call: Call) -> list[tuple[Any, ...]]:
+    """The legs-table rows of a Call's legs, in LEG_COLUMNS order."""
     return [
         (
             call.call_id,
-            leg.sub_call_id,
-            leg.extension,
-            leg.direction,
-            leg.started_us,
-            leg.answered_us,
-            leg.ended_us,
-            leg.ring_us,
-            leg.talk_us,
-            leg.status,
-            leg.answered,
-            leg.routing,
+            *(c.to_sql(getattr(leg, c.name)) for c in LEG_FIELDS),
+            *(searched(leg) for searched in LEG_SEARCHED.values()),
         )
         for leg in call.legs
     ]
+
+
+def call_from_row(
+    row: Sequence[Any], legs: Sequence[Sequence[Any]] = (), events: tuple[Event, ...] = ()
+) -> Call:
+    """A Call from its fields as selected in CALL_FIELDS order, with the legs (rows of
+    LEG_FIELD_COLUMNS) and events given: the list gives none, one call all of them."""
+    values = {c.name: c.from_sql(value) for c, value in zip(CALL_FIELDS, row, strict=True)}
+    built = tuple(
+        CallLeg(**{c.name: c.from_sql(v) for c, v in zip(LEG_FIELDS, leg, strict=True)})
+        for leg in legs
+    )
+    return Call(**values, legs=built, events=events)

@@ -30,14 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from receiver.calls import build_call
+from receiver.calls import CALLS_VERSION, build_call
 from receiver.event import Event, Reject, key_prefix
 from receiver.store.queries import Stored
 from receiver.store.schema import (
+    CALL_COLUMNS,
     CALL_EVENTS_SQL,
     EVENT_COLUMNS,
     INSERT_CALL,
     INSERT_LEG,
+    LEG_COLUMNS,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
     TRIM_REJECTS_BY_BYTES,
@@ -196,17 +198,34 @@ class Writer:
         return top - bottom
 
     def refresh_some_calls(self, limit: int) -> int:
-        """Rebuild the calls of the next `limit` call events stored since the last rebuild.
+        """Rebuild the calls of the next `limit` call events stored since the last rebuild;
+        returns how many such events it read (0: the calls are up to date)."""
+        return self.build_some_calls(limit)[0]
 
-        Returns how many such events it read (0: the calls are up to date). All under the
-        write lock, so an event another process stores meanwhile is not skipped.
+    def build_some_calls(self, limit: int) -> tuple[int, int]:
+        """Rebuild the calls of the next `limit` call events not yet built by this CALLS_VERSION.
+
+        Calls built by another version are built again from the first event on (the rows stay
+        until each is replaced); calls built by a newer version are left to it. Returns how many
+        call events it read (0: the calls are up to date) and how many calls came out other
+        than they were. All under the write lock, so an event another process stores meanwhile
+        is not skipped, and two processes building at once take turns, batch by batch.
         """
         db = self.db
         newest = "SELECT coalesce(max(id), 0) FROM events"
-        if db.execute(f"SELECT events_to = ({newest}) FROM calls_built").fetchone()[0]:
-            return 0  # up to date: no need to wait for the write lock
+        done_to, version, top = db.execute(
+            f"SELECT events_to, version, ({newest}) FROM calls_built"
+        ).fetchone()
+        if version > CALLS_VERSION or (version == CALLS_VERSION and done_to == top):
+            return 0, 0  # up to date (or not ours to build): no need to wait for the write lock
         with write_transaction(db):
-            (done_to,) = db.execute("SELECT events_to FROM calls_built").fetchone()
+            done_to, version = db.execute("SELECT events_to, version FROM calls_built").fetchone()
+            if version < CALLS_VERSION:
+                done_to = 0
+                db.execute(
+                    f"UPDATE calls_built SET events_to = 0, version = ?, rebuild_to = ({newest})",
+                    (CALLS_VERSION,),
+                )
             read = db.execute(
                 f"SELECT id, call_id FROM events WHERE id > ? AND call_id IS NOT NULL "
                 f"AND {CALL_EVENTS_SQL} ORDER BY id LIMIT ?",
@@ -216,11 +235,23 @@ class Writer:
             top = db.execute(newest).fetchone()[0] if len(read) < limit else read[-1][0]
             if top != done_to:
                 db.execute("UPDATE calls_built SET events_to = ?", (top,))
-            if read:
-                self._rebuild_calls(sorted({call_id for _, call_id in read}))
-        return len(read)
+            changed = self._rebuild_calls(sorted({call_id for _, call_id in read})) if read else 0
+        return len(read), changed
 
-    def _rebuild_calls(self, ids: list[str]) -> None:
+    def rebuild_all_calls(self) -> int:
+        """Have every call built again from its events, from the first event on (by
+        build_some_calls); returns the newest event's id, which the rebuild goes up to."""
+        with write_transaction(self.db):
+            self.db.execute(
+                "UPDATE calls_built SET events_to = 0, version = ?, "
+                "rebuild_to = (SELECT coalesce(max(id), 0) FROM events)",
+                (CALLS_VERSION,),
+            )
+            rebuild_to: int = self.db.execute("SELECT rebuild_to FROM calls_built").fetchone()[0]
+        return rebuild_to
+
+    def _rebuild_calls(self, ids: list[str]) -> int:
+        """Build these calls from their events; returns how many came out other than stored."""
         db = self.db
         marks = ", ".join("?" * len(ids))
         by_call: dict[str, list[Event]] = {}
@@ -229,9 +260,18 @@ class Writer:
             event = event_from_row(row)
             by_call.setdefault(event.call_id or "", []).append(event)
         calls = [build_call(e, now_us=0, unknown_after_us=None) for e in by_call.values()]
+        before: dict[str, list[tuple[Any, ...]]] = {}
+        for row in db.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE call_id IN ({marks})", ids):
+            before[row[0]] = [tuple(row)]
+        legs_sql = f"SELECT {LEG_COLUMNS} FROM legs WHERE call_id IN ({marks}) ORDER BY rowid"
+        for row in db.execute(legs_sql, ids):
+            before.setdefault(row[0], []).append(tuple(row))
+        rows = [(call_row(call), leg_rows(call)) for call in calls]
+        changed = sum(before.get(row[0]) != [row, *legs] for row, legs in rows)
         db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
-        db.executemany(INSERT_CALL, [call_row(call) for call in calls])
-        db.executemany(INSERT_LEG, [leg for call in calls for leg in leg_rows(call)])
+        db.executemany(INSERT_CALL, [row for row, _ in rows])
+        db.executemany(INSERT_LEG, [leg for _, legs in rows for leg in legs])
+        return changed
 
 
 class ThreadHost:

@@ -212,7 +212,7 @@ async def get_event(request: Request) -> Response:
 
 
 async def list_calls(request: Request) -> Response:
-    """GET /api/calls: calls rebuilt from events, by start time."""
+    """GET /api/calls: the calls as built from the events, by start time."""
     store: Store = request.app.state.store
     query = call_query(request, "/api/calls")
     after = cursor_param(request, parse_call_cursor)
@@ -222,12 +222,15 @@ async def list_calls(request: Request) -> Response:
         records = limited(store.iter_calls(query, after=after), limit)
         return StreamingResponse(stream(records, fmt), media_type=MEDIA[fmt])
     assert limit is not None
+    built = await store.calls_state()  # read first: the page is at least this current
     page = await store.list_calls(query, limit=limit, after=after)
-    return JSONResponse({"calls": page.items, "next": page.next})
+    return JSONResponse(
+        {"calls": page.items, "next": page.next, "built_to_event": built.built_to_event}
+    )
 
 
 async def get_call(request: Request) -> Response:
-    """GET /api/calls/{call_id}: one call with its legs and event timeline."""
+    """GET /api/calls/{call_id}: one call as built, with its legs and event timeline."""
     store: Store = request.app.state.store
     known_params(request, "/api/calls/{call_id}")
     settings: Settings = request.app.state.settings

@@ -35,9 +35,12 @@ async def healthz(request: Request) -> Response:
     store: Store = request.app.state.store
     try:
         version = await store.check()
+        calls = await store.calls_state()
     except Exception as failure:
         return error(503, f"the database does not answer: {failure}")
-    return JSONResponse({"ok": True, "schema_version": version, "expected": SCHEMA_VERSION})
+    return JSONResponse(
+        {"ok": True, "schema_version": version, "expected": SCHEMA_VERSION, "calls": calls.json()}
+    )
 
 
 async def openapi_json(request: Request) -> Response:
@@ -78,8 +81,9 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 
 async def refresh_calls(store: Store, repeated: Repeated) -> None:
-    """Five times a second: rebuild changed calls (queries also refresh before reading), and give
-    events stored before schema version 6 their new de-dup key."""
+    """Five times a second: build the calls of new events (and all of them again after a change
+    of CALLS_VERSION; reads never build), and give events stored before schema version 6 their
+    new de-dup key."""
     while True:
         try:
             await store.refresh_calls(background=True)

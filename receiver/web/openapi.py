@@ -101,10 +101,20 @@ REJECT = {**obj({
     "content_type": nullable("string"),
 }, optional=("query", "query_base64", "body", "body_base64")),
     **one_of_each("query", "body")}  # fmt: skip
+CALLS_BUILT = obj({
+    "version": {**INTEGER, "description": "The version of call building that built the calls."},
+    "expected": {**INTEGER, "description": "This receiver's version of call building."},
+    "built_to_event": {**INTEGER, "description": "The calls of every event up to this id are "
+                       "built."},
+    "events": {**INTEGER, "description": "The newest event's id (0: none)."},
+    "rebuilding": {"type": "boolean", "description": "Every call is being built again (another "
+                   "version built them, or `receiver rebuild` asked)."},
+})  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"ok": {"const": False}, "error": TEXT, "status": INTEGER}),
     "Stored": obj({"ok": {"const": True}, "id": INTEGER, "duplicate": {"type": "boolean"}}),
-    "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER}),
+    "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER,
+                   "calls": CALLS_BUILT}),
     "Event": obj(EVENT_FIELDS),
     "EventWithRaw": obj({**EVENT_FIELDS, "raw": RAW}),
     "EventPage": obj({"events": {"type": "array", "items": ref("Event")},
@@ -113,7 +123,9 @@ SCHEMAS: dict[str, Any] = {
     "CallDetail": obj({**CALL_FIELDS, "legs": {"type": "array", "items": LEG},
                        "events": {"type": "array", "items": TIMELINE_EVENT}}),
     "CallPage": obj({"calls": {"type": "array", "items": ref("Call")},
-                     "next": nullable("string")}),
+                     "next": nullable("string"),
+                     "built_to_event": {**INTEGER, "description": "The calls are built from "
+                                        "every event up to this id, at least."}}),
     "MissedReport": obj({"numbers": {"type": "array", "items": obj({
         "number": TEXT, "digits": TEXT, "missed": INTEGER,
         "first_missed_at": TIME, "last_missed_at": TIME, "dids": STRINGS,
