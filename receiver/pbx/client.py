@@ -13,9 +13,10 @@ from urllib.parse import quote
 
 import httpx2 as httpx
 
+from receiver.retry import pauses, transient
+
 DEFAULT_API_URL = "https://apiproxy.telphin.ru/api/ver1.0"
 CALL_EVENTS = ("dial-in", "dial-out", "answer", "hangup")
-TRANSIENT = {429, 500, 502, 503, 504}
 
 
 class PbxError(Exception):
@@ -75,16 +76,16 @@ class PbxClient:
     def send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         """One request, tried again after network errors, 429 and 5xx (pausing longer each time)."""
         url = f"{self.api_url}{path}"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(self.pause * 2 ** (attempt - 1), 10))
+        for attempt, pause in enumerate(pauses(self.retries, self.pause, 10)):
+            time.sleep(pause)
+            last = attempt == self.retries
             try:
                 response = self.http.request(method, url, **kwargs)
             except httpx.TransportError as error:
-                if attempt == self.retries:
+                if last:
                     raise PbxError(f"cannot reach the PBX at {self.api_url}: {error}") from None
                 continue
-            if response.status_code not in TRANSIENT or attempt == self.retries:
+            if not transient(response.status_code) or last:
                 return response
         raise AssertionError("unreachable")
 

@@ -27,6 +27,7 @@ import httpx2 as httpx
 from receiver.event import Event, RawRequest, Source, now_us, parse_time
 from receiver.parse import MYID, MissingMyid, Rejected, is_receiver_name, parse_request
 from receiver.replay.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
+from receiver.retry import pauses, transient
 from receiver.store import Store, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
@@ -325,9 +326,8 @@ async def send(
     raw = delivery.raw
     headers = {"content-type": raw.content_type or FORM} if raw.method == "POST" else {}
     problem = ""
-    for attempt in range(target.retries + 1):
-        if attempt:
-            await asyncio.sleep(min(0.25 * 2**attempt, 5))
+    for pause in pauses(target.retries, 0.5, 5):
+        await asyncio.sleep(pause)
         try:
             response = await client.request(
                 raw.method, url, content=raw.body or None, headers=headers
@@ -335,7 +335,7 @@ async def send(
         except httpx.TransportError as error:
             problem = f"{type(error).__name__}: {error}"
             continue
-        if response.status_code == 429 or response.status_code >= 500:
+        if transient(response.status_code):
             problem = f"HTTP {response.status_code}: {response.text[:200]}"
             continue
         if response.is_success:
