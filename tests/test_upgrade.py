@@ -1,4 +1,4 @@
-"""Old databases upgraded at start: every event kept, repeats still
+"""Old databases upgraded, by `receiver upgrade` and at start: every event kept, repeats still
 found, with one lookup of one form of each key."""
 
 from __future__ import annotations
@@ -6,12 +6,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import pty
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from receiver.cli import main
 from receiver.event import Event, RawRequest
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
@@ -55,6 +61,83 @@ def keys(db_path: Path) -> list[bytes]:
 def tables(db_path: Path) -> set[str]:
     with sqlite3.connect(db_path) as check:
         return {name for (name,) in check.execute("SELECT name FROM sqlite_schema")}
+
+
+def upgrade(db_path: Path, *more: str) -> Any:
+    return CliRunner().invoke(main, ["upgrade", "--db", str(db_path), *more])
+
+
+async def test_the_command_upgrades_an_old_database_and_keeps_every_event(
+    db_path: Path,
+) -> None:
+    events = old_database(db_path)
+    before = rows(db_path)
+    assert {len(key) for key in keys(db_path)} == {16}  # the hash alone, as version 5 made it
+
+    result = upgrade(db_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"upgraded {db_path} from schema version 5 to {SCHEMA_VERSION}"
+    assert lines[1].split() == ["old", "keys", "rewritten", "5"]
+    assert lines[2].split()[0] == "time"
+    assert rows(db_path) == before  # every event, every column but its key as it was
+    assert keys(db_path) == [e.dedup_key() for e in events]
+    assert "old_keys" not in tables(db_path)
+
+    async with Store(db_path) as store:  # repeats of the old events are found
+        assert [await store.add_event(e) for e in events] == [
+            Stored(n, True) for n in (1, 2, 3, 4, 5)
+        ]
+        assert await store.add_event(numbered(9)) == Stored(6, False)
+    with sqlite3.connect(db_path) as check:
+        counted = [n for (n,) in check.execute("SELECT duplicates FROM events ORDER BY id")]
+    assert counted == [3, 2, 1, 1, 1, 0]
+
+
+def test_the_command_on_a_current_database_says_so_and_changes_nothing(db_path: Path) -> None:
+    old_database(db_path)
+    assert upgrade(db_path).exit_code == 0
+    upgraded = (rows(db_path), keys(db_path))
+    again = upgrade(db_path)
+    assert again.exit_code == 0, again.output
+    assert again.output == (
+        f"{db_path} is at schema version {SCHEMA_VERSION}, this receiver's: nothing to do\n"
+    )
+    assert (rows(db_path), keys(db_path)) == upgraded
+
+
+def test_the_command_refuses_a_newer_database_and_a_missing_one(db_path: Path) -> None:
+    missing = upgrade(db_path)
+    assert missing.exit_code == 1
+    assert "no database at" in missing.output
+    with sqlite3.connect(db_path) as newer:
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    refused = upgrade(db_path)
+    assert refused.exit_code == 1
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this receiver knows" in (
+        refused.output
+    )
+
+
+def test_the_command_shows_a_progress_bar_on_a_terminal(db_path: Path) -> None:
+    stored_by_version(db_path, 5, [numbered(n) for n in range(2 * KEYS_AT_ONCE + 1)])
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "receiver", "upgrade", "--db", str(db_path)]
+    process = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal's other end closed: the command is done
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert process.wait() == 0, shown
+    assert b"rewriting old de-dup keys" in shown and b"100%" in shown
+    assert f"old keys rewritten  {2 * KEYS_AT_ONCE + 1:,}".encode() in shown
 
 
 @pytest.mark.parametrize("own_process", [False, True], ids=["writer-thread", "writer-process"])

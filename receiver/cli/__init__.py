@@ -1,5 +1,5 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, subscribe), with options.py and server.py shared by them."""
+(serve, replay, query, subscribe, upgrade), with options.py and server.py shared by them."""
 
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def register() -> None:
     from receiver.cli.replay import replay
     from receiver.cli.serve import serve
     from receiver.cli.subscribe import subscribe
+    from receiver.cli.upgrade import upgrade
 
-    for command in (serve, replay, events, calls, report, subscribe):
+    for command in (serve, replay, events, calls, report, subscribe, upgrade):
         main.add_command(command)
 
 

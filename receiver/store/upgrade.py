@@ -90,7 +90,8 @@ def upgrade_at_start(path: Path) -> None:
             log.warning(
                 "upgrading the database %s from schema version %d to %d first: the de-dup keys "
                 "of the %s events stored before version 6 get EventTime in front (about a "
-                "minute a million); this process takes nothing until it is done",
+                "minute a million); this process takes nothing until it is done (`receiver "
+                "upgrade --db FILE` does it beforehand, beside a running server)",
                 path.absolute(),
                 found,
                 SCHEMA_VERSION,
