@@ -52,29 +52,6 @@ async def test_any_older_database_migrates_to_the_current_version(
         assert await store.check() == SCHEMA_VERSION
 
 
-async def test_keys_stored_before_version_6_catch_repeats_before_and_after_rekeying(
-    db_path: Path, own_process: bool
-) -> None:
-    timed, untimed = numbered(1), event("myid=1&EventType=dial-in&CallID=c2")
-
-    def stored_keys() -> list[bytes]:
-        with sqlite3.connect(db_path) as check:
-            return [key for (key,) in check.execute("SELECT dedup_key FROM events ORDER BY id")]
-
-    stored_by_version(db_path, 5, [timed, untimed])
-    async with Store(db_path, own_process=own_process) as store:
-        results = [await store.add_event(e) for e in (timed, untimed, numbered(3))]
-        assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True), (3, False)]
-        assert [len(key) for key in stored_keys()] == [16, 16, 24]  # the upgrade rewrote none
-        assert await store.rekey_old_events() == 2
-        assert await store.rekey_old_events() == 0
-        results = [await store.add_event(e) for e in (timed, untimed)]
-        assert [(r.id, r.duplicate) for r in results] == [(1, True), (2, True)]
-    keys = stored_keys()
-    assert keys == [e.dedup_key() for e in (timed, untimed, numbered(3))]
-    assert keys[0][:8] == (1001).to_bytes(8, "big") and keys[1][:8] == bytes(8)
-
-
 async def test_calls_of_a_database_before_version_9_are_all_built_again(db_path: Path) -> None:
     # Version 8 kept each call's JSON; 9 keeps its fields as columns and builds every call again.
     stored_by_version(db_path, 8, [numbered(n) for n in range(1, 5)])

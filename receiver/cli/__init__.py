@@ -1,5 +1,5 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, subscribe), with options.py and server.py shared by them."""
+(serve, replay, query, rebuild, upgrade, subscribe), with options.py and server.py shared."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def register() -> None:
     from receiver.cli.replay import replay
     from receiver.cli.serve import serve
     from receiver.cli.subscribe import subscribe
+    from receiver.cli.upgrade import upgrade
 
-    for command in (serve, replay, events, calls, report, rebuild, subscribe):
+    for command in (serve, replay, events, calls, report, rebuild, upgrade, subscribe):
         main.add_command(command)
 
 

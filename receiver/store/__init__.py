@@ -1,8 +1,9 @@
 """SQLite storage: the only package that speaks SQL.
 
-schema.py has the tables and their migrations, queries.py what listings ask for, database.py
-the Store: one group-committing writer and a reader, and writer.py the writes themselves, made
-on a thread or in a process of their own.
+schema.py has the tables and their migrations, upgrade.py an upgrade of a whole file with its
+progress, queries.py what listings ask for, database.py the Store: one group-committing writer
+and a reader, and writer.py the writes themselves, made on a thread or in a process of their
+own.
 """
 
 from receiver.store.database import Store, StoreClosed

@@ -41,8 +41,6 @@ from receiver.store.schema import (
     EVENT_COLUMNS,
     GROUPS_IN_FLIGHT,
     IDLE_AFTER,
-    KEYS_AT_ONCE,
-    KEYS_WHILE_BUSY,
     LEG_FIELD_COLUMNS,
     MAX_GROUP,
     REJECT_COLUMNS,
@@ -52,6 +50,7 @@ from receiver.store.schema import (
     event_from_row,
     reject_from_row,
 )
+from receiver.store.upgrade import upgrade_at_start
 from receiver.store.writer import ProcessHost, ThreadHost
 
 log = logging.getLogger("receiver.store")
@@ -156,7 +155,9 @@ class Store:
         self._last_commit = 0.0
 
     async def open(self) -> Store:
-        """Create or migrate the database, then start the writer."""
+        """Create or upgrade the database (saying so in the log when it is long), then start
+        the writer."""
+        await asyncio.to_thread(upgrade_at_start, self.path)
         try:
             await self._writer.start(self.path, self.rejects_max, self.rejects_max_bytes)
         except BaseException:
@@ -292,13 +293,6 @@ class Store:
                 progress(min(state.built_to_event, rebuild_to), rebuild_to)
             if not read:  # up to date (or, since a newer receiver took over, its to build)
                 return changed
-
-    async def rekey_old_events(self, *, background: bool = False) -> int:
-        """Give the events stored before schema version 6 their new de-dup key; returns how
-        many ids that went through. background: as for refresh_calls()."""
-        return await self._in_batches(
-            "rekey_some_events", KEYS_AT_ONCE, KEYS_WHILE_BUSY, background
-        )
 
     async def _in_batches(self, work: str, size: int, busy_size: int, background: bool) -> int:
         """Call the writer's `work(size)` until it does nothing; returns its total.

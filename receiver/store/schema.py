@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from receiver.calls import Call, CallLeg, digits
-from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, stored_row
+from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, key_prefix, stored_row
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -133,9 +133,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE event_lines (id INTEGER PRIMARY KEY, line TEXT NOT NULL);
     """,
-    # 6: de-dup keys start with EventTime (Event.dedup_key). The events stored before get it in
-    # the background (Store.rekey_old_events), down from old_keys.up_to to 0; until then a
-    # lookup tries both forms of a key.
+    # 6: de-dup keys start with EventTime (Event.dedup_key). The events stored before get it
+    # before step 10 (rewrite_old_keys), down from old_keys.up_to to 0.
     """
     CREATE TABLE old_keys (up_to INTEGER NOT NULL);
     INSERT INTO old_keys SELECT coalesce(max(id), 0) FROM events;
@@ -212,8 +211,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls_built ADD COLUMN rebuild_to INTEGER NOT NULL DEFAULT 0;
     UPDATE calls_built SET events_to = 0, version = 0;
     """,
+    # 10: every de-dup key has EventTime in front, the old ones rewritten by migrate() before
+    # this step (rewrite_old_keys): a lookup tries one form of each key, and the mark goes.
+    """
+    DROP TABLE old_keys;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys
 
 # The events-table columns of an event, in the order event_from_row() and event_record() take.
 EVENT_COLUMNS = ", ".join(STORED_FIELDS)
@@ -241,8 +246,8 @@ TRIM_REJECTS_BY_BYTES = (
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
 GROUPS_IN_FLIGHT = 3  # groups sent to the writer before the first is answered: it never waits idle
-KEYS_AT_ONCE = 1000  # old events given their new de-dup key per writer turn (~30 ms)
-KEYS_WHILE_BUSY = 100  # the same while deliveries arrive (~3 ms, about a commit)
+KEYS_AT_ONCE = 2000  # old events given their new de-dup key per transaction of an upgrade
+LOCK_FREE_SHARE = 0.25  # after each, the lock is left free this share of the time it was held
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 35 parameters, far below SQLite's limit
 
 
@@ -291,18 +296,45 @@ def statements(script: str) -> Iterator[str]:
             statement = ""
 
 
-def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+@dataclasses.dataclass
+class KeyRewrite:
+    """The long step of an upgrade, as it goes: old de-dup keys given EventTime in front.
+
+    Working down by id from old_keys.up_to to 0, KEYS_AT_ONCE ids a transaction.
+    """
+
+    total: int = 0  # ids to go through, as first seen
+    left: int = 0  # ids still to go through
+    rewritten: int = 0  # keys this connection rewrote
+
+    @property
+    def done(self) -> int:
+        return self.total - self.left
+
+
+def migrate(
+    connection: sqlite3.Connection,
+    target: int = SCHEMA_VERSION,
+    progress: Callable[[KeyRewrite], None] | None = None,
+) -> int:
     """Bring a database to `target` schema version; returns the version it had.
 
     Servers, replays and read commands may start together on one file: each step is taken under
     the write lock (BEGIN IMMEDIATE) with the version read again inside it, so it is applied
     once, and the others wait for it, then find it done. (executescript() would commit the
-    transaction first, so the statements go one by one.)
+    transaction first, so the statements go one by one.) Before step KEYS_REWRITTEN, the old
+    de-dup keys are rewritten, a batch a transaction, so that another process writing the
+    file (an older server) waits for the lock a moment at a time; `progress` is called after
+    each batch.
     """
     found: int = connection.execute("PRAGMA user_version").fetchone()[0]
     check_known(found)
     if found >= target:
         return found  # versions only go up: no need to wait for the lock
+    connection.create_function(
+        "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
+    )
+    rewrite: KeyRewrite | None = None
     while True:
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -311,6 +343,23 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             if version >= target:
                 connection.execute("COMMIT")
                 return found
+            if version + 1 == KEYS_REWRITTEN:
+                (up_to,) = connection.execute("SELECT up_to FROM old_keys").fetchone()
+                if rewrite is None:
+                    rewrite = KeyRewrite(up_to, up_to)
+                # An older server may write its own, higher, mark meanwhile: every mark ever
+                # written has all the ids above it done, so the lowest seen is the one to use.
+                rewrite.left = min(rewrite.left, up_to)
+                if rewrite.left:
+                    began = time.monotonic()
+                    rewrite_old_keys(connection, rewrite)
+                    connection.execute("COMMIT")
+                    if progress is not None:
+                        progress(rewrite)
+                    # The lock left free a while: another process waiting for it polls at
+                    # growing intervals (up to 100 ms), and would seldom find a gap of no time.
+                    time.sleep((time.monotonic() - began) * LOCK_FREE_SHARE)
+                    continue
             for statement in statements(MIGRATIONS[version]):
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {version + 1}")
@@ -319,6 +368,32 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+
+
+def rewrite_old_keys(connection: sqlite3.Connection, rewrite: KeyRewrite) -> None:
+    """Put EventTime in front of the de-dup keys of the next KEYS_AT_ONCE ids, working down.
+
+    OR IGNORE: should an event's new key be another's already (the same event stored twice,
+    under each form), the two are kept, and that other one is what a repeat finds.
+    """
+    bottom = max(rewrite.left - KEYS_AT_ONCE, 0)
+    changed = connection.execute(
+        "UPDATE OR IGNORE events SET dedup_key = prefixed_key(event_time_us, dedup_key) "
+        "WHERE id > ? AND id <= ? AND length(dedup_key) = 16",
+        (bottom, rewrite.left),
+    )
+    connection.execute("UPDATE old_keys SET up_to = ?", (bottom,))
+    rewrite.rewritten += changed.rowcount
+    rewrite.left = bottom
+
+
+def pending_key_rewrite(connection: sqlite3.Connection) -> int:
+    """How many ids the old-keys rewrite of an upgrade has to go through (0: none)."""
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version >= KEYS_REWRITTEN or version == 0:
+        return 0
+    sql = "SELECT up_to FROM old_keys" if version >= 6 else "SELECT max(id) FROM events"
+    return int(connection.execute(sql).fetchone()[0] or 0)
 
 
 def check_known(version: int) -> None:

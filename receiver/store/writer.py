@@ -1,8 +1,7 @@
 """The write connection, and where it runs: a thread of this process, or a process of its own.
 
-`Writer` does every write (a group of events in one transaction, a batch of calls rebuilt, a
-batch of old events' de-dup keys) with a plain sqlite3 connection. The Store calls it through a
-host, one call at a time:
+`Writer` does every write (a group of events in one transaction, a batch of calls rebuilt)
+with a plain sqlite3 connection. The Store calls it through a host, one call at a time:
 
 - `ThreadHost` runs it on a thread: no start-up cost (commands, tests).
 - `ProcessHost` runs it in a child process (`serve()`), for the server. The writer's Python
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from receiver.calls import CALLS_VERSION, build_call
-from receiver.event import Event, Reject, key_prefix
+from receiver.event import Event, Reject
 from receiver.store.queries import Stored
 from receiver.store.schema import (
     CALL_COLUMNS,
@@ -87,12 +86,7 @@ class Writer:
         # on an error); past 64 KiB SQLite moved that to a new temporary file, dozens a second.
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
         use_wal(self.db)
-        self.db.create_function(
-            "prefixed_key", 2, lambda time_us, key: key_prefix(time_us) + key, deterministic=True
-        )
         migrate(self.db)
-        # Events up to this id may have a de-dup key without EventTime in front (schema < 6).
-        self.old_keys_to: int = self.db.execute("SELECT up_to FROM old_keys").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
@@ -140,14 +134,11 @@ class Writer:
         db = self.db
         keys = [item.dedup_key() if isinstance(item, Event) else b"" for item in items]
         known: dict[bytes, int] = {}
-        if keys:
-            # Until rekey_some_events() is done, a repeat may have its key in the old form.
-            old = {key[8:]: key for key in keys if key} if self.old_keys_to else {}
-            lookup = [*keys, *old]
+        lookup = [key for key in keys if key]
+        if lookup:
             marks = ", ".join("?" * len(lookup))
             sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
-            for found, event_id in db.execute(sql, lookup):
-                known[old.get(bytes(found), bytes(found))] = event_id
+            known.update((bytes(found), event_id) for found, event_id in db.execute(sql, lookup))
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
         rows, repeats = [], []
@@ -179,23 +170,6 @@ class Writer:
             )
             db.execute(TRIM_REJECTS_BY_BYTES, (self.rejects_max_bytes,))
         return results
-
-    def rekey_some_events(self, limit: int) -> int:
-        """Put EventTime in front of the de-dup keys of up to `limit` events stored before
-        schema version 6, working down; returns how many ids it went through (0: all done)."""
-        top = self.old_keys_to
-        if top <= 0:
-            return 0
-        bottom = max(top - limit, 0)
-        with write_transaction(self.db):
-            self.db.execute(
-                "UPDATE events SET dedup_key = prefixed_key(event_time_us, dedup_key) "
-                "WHERE id > ? AND id <= ? AND length(dedup_key) = 16",
-                (bottom, top),
-            )
-            self.db.execute("UPDATE old_keys SET up_to = ?", (bottom,))
-        self.old_keys_to = bottom
-        return top - bottom
 
     def refresh_some_calls(self, limit: int) -> int:
         """Rebuild the calls of the next `limit` call events stored since the last rebuild;

@@ -82,12 +82,10 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 async def refresh_calls(store: Store, repeated: Repeated) -> None:
     """Five times a second: build the calls of new events (and all of them again after a change
-    of CALLS_VERSION; reads never build), and give events stored before schema version 6 their
-    new de-dup key."""
+    of CALLS_VERSION; reads never build them)."""
     while True:
         try:
             await store.refresh_calls(background=True)
-            await store.rekey_old_events(background=True)
         except Exception as failure:  # a full disk fails it five times a second
             repeated.log(
                 logging.ERROR,
