@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -18,7 +19,7 @@ from starlette.testclient import TestClient
 
 from receiver.event import Event
 from receiver.settings import Settings
-from receiver.store import migrate
+from receiver.store import Storage, migrate, open_storage
 from receiver.store.schema import event_row, insert_events
 from receiver.web.app import create_app
 
@@ -64,6 +65,24 @@ def wait_for_calls(get: Callable[[str], httpx.Response], seconds: float = 30) ->
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "receiver.db"
+
+
+# The ways a storage can be had: each backend (and, for SQLite, its writer on a thread or in a
+# process of its own). The storage tests (tests/test_storage.py) run on every one.
+STORAGES = ["sqlite-writer-thread", "sqlite-writer-process"]
+
+
+@pytest.fixture(params=STORAGES)
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Storage]:
+    """`storage(**options)`: a new, unopened Storage on one database of the backend, each call
+    on the same database (to reopen it)."""
+    own_process = request.param == "sqlite-writer-process"
+    db = tmp_path / "storage.db"
+
+    def make(**options: Any) -> Storage:
+        return open_storage(db, own_process=own_process, **options)
+
+    return make
 
 
 @pytest.fixture

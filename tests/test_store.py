@@ -1,4 +1,6 @@
-"""The store on real SQLite files: migrations, group commit, de-duplication, failures."""
+"""The SQLite backend on real files: migrations, WAL, group commit, its writer process, failures.
+
+What every backend does is in tests/test_storage.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from receiver.calls import CALLS_VERSION, Call, CallLeg
-from receiver.event import Event, RawRequest, Reject
+from receiver.event import Event, RawRequest
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
 from receiver.store.queries import Stored
@@ -158,15 +160,6 @@ async def test_wal_and_full_sync(db_path: Path) -> None:
             assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_round_trip_keeps_every_field(db_path: Path, own_process: bool) -> None:
-    original = event("myid=175&" + sample("outbound-hangup") + "&Odd=%FF&Transfered=yes", 77)
-    async with Store(db_path, own_process=own_process) as store:
-        stored = await store.add_event(original)
-        back = await store.get_event(stored.id)
-    assert back == dataclasses.replace(original, id=stored.id)
-    assert back is not None and back.flags == ("cp1251",)
-
-
 async def test_concurrent_events_share_commits(db_path: Path, own_process: bool) -> None:
     async with Store(db_path, own_process=own_process) as store:
         results = await asyncio.gather(*(store.add_event(numbered(n)) for n in range(300)))
@@ -176,26 +169,6 @@ async def test_concurrent_events_share_commits(db_path: Path, own_process: bool)
     assert commits < 300  # grouped: requests waiting during a commit join the next one
     with sqlite3.connect(db_path) as check:
         assert check.execute("SELECT count(*) FROM events").fetchone()[0] == 300
-
-
-async def test_repeats_in_one_group_and_across_groups(db_path: Path, own_process: bool) -> None:
-    async with Store(db_path, own_process=own_process) as store:
-        first, second = await asyncio.gather(
-            store.add_event(numbered(1)), store.add_event(numbered(1))
-        )
-        third = await store.add_event(numbered(1))
-        assert (first.duplicate, second.duplicate, third.duplicate) == (False, True, True)
-        assert first.id == second.id == third.id
-        stored = await store.get_event(first.id)
-    assert stored is not None and stored.duplicates == 2
-
-
-async def test_ids_continue_after_reopening(db_path: Path, own_process: bool) -> None:
-    async with Store(db_path, own_process=own_process) as store:
-        await store.add_event(numbered(1))
-    async with Store(db_path, own_process=own_process) as store:
-        assert (await store.add_event(numbered(2))).id == 2
-        assert (await store.add_event(numbered(1))).duplicate is True
 
 
 async def test_a_failing_event_fails_alone(db_path: Path, own_process: bool) -> None:
@@ -218,23 +191,6 @@ async def test_a_failing_event_fails_alone(db_path: Path, own_process: bool) -> 
         f"c{n}" for n in [*range(10, 20), 30] if n != 13
     )
     assert len({e.id for e in page.items}) == 10
-
-
-async def test_writes_after_close_are_refused(db_path: Path, own_process: bool) -> None:
-    store = await Store(db_path, own_process=own_process).open()
-    await store.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        await store.add_event(numbered(1))
-
-
-async def test_rejects_are_kept_newest_first(db_path: Path) -> None:
-    async with Store(db_path, rejects_max=2) as store:
-        for n in range(3):
-            await store.add_reject(Reject(n, 400, "why", RawRequest("GET", f"n={n}".encode())))
-        page = await store.list_rejects(limit=1)
-        older = await store.list_rejects(limit=5, before=int(page.next or 0))
-    assert [r.raw.query for r in page.items] == [b"n=2"]
-    assert [r.raw.query for r in older.items] == [b"n=1"]
 
 
 async def test_export_lines_equal_event_json_whatever_the_values(db_path: Path) -> None:
@@ -337,14 +293,6 @@ def test_the_writer_process_ends_quietly_when_its_server_is_gone(db_path: Path) 
         assert writer.stderr.read() == b""  # no traceback for the answer nobody could take
     with sqlite3.connect(db_path) as check:  # what it committed stays
         assert check.execute("SELECT call_id FROM events").fetchall() == [("c1",)]
-
-
-async def test_a_missing_call_id_and_the_text_none_are_two_events(db_path: Path) -> None:
-    async with Store(db_path) as store:
-        missing = await store.add_event(event("myid=1&EventType=answer&EventTime=5"))
-        text = await store.add_event(event("myid=1&EventType=answer&EventTime=5&CallID=None"))
-        assert (missing.duplicate, text.duplicate) == (False, False)
-        assert text.id != missing.id
 
 
 async def test_a_repeat_of_an_event_stored_before_the_new_key_form_is_caught(

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from receiver.settings import describe, env_name, flag_name, range_problem
+from receiver.store.backend import unsupported
 
 
 def setting_option(
@@ -56,6 +57,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 def check_database(db: Path, *, create: bool) -> None:
     """A --db that cannot be the receiver's database is one clear line, not SQLite's traceback.
     `create`: the command writes, and makes the file when it is missing (serve, replay)."""
+    problem = unsupported(db)
+    if problem:
+        raise click.ClickException(problem)
     folder = db.absolute().parent
     if not db.exists() and not create:
         raise click.ClickException(

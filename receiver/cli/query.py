@@ -57,13 +57,13 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
     import asyncio
 
     from receiver.cli.render import Output
-    from receiver.store import Store
+    from receiver.store import open_storage
 
     must_exist(db)
     output = Output(fmt or ("table" if sys.stdout.isatty() else "ndjson"), kind, sys.stdout)
 
     async def run() -> None:
-        async with Store(db) as store:
+        async with open_storage(db) as store:
             if kind != "events":
                 behind(await store.calls_state(), db)
             found = records(store)
@@ -165,12 +165,12 @@ def export_lines(db: Path, query: Any, limit: int | None) -> None:
     """The NDJSON export, as /api/events?format=ndjson gives it (with the raw requests)."""
     import asyncio
 
-    from receiver.store import Store
+    from receiver.store import open_storage
 
     must_exist(db)
 
     async def run() -> None:
-        async with Store(db) as store:
+        async with open_storage(db) as store:
             async for chunk in store.iter_event_lines(query, limit=limit):
                 sys.stdout.buffer.write(chunk)
 

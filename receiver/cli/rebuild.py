@@ -31,7 +31,7 @@ def rebuild(db: Path, quiet: bool) -> None:
     """
     import asyncio
 
-    from receiver.store import Store
+    from receiver.store import open_storage
 
     check_database(db, create=False)
     bar: Any = None
@@ -47,7 +47,7 @@ def rebuild(db: Path, quiet: bool) -> None:
         bar.update(done - bar.pos, f"event {done:,} of {total:,}")
 
     async def run() -> tuple[int, int, int]:
-        async with Store(db) as store:
+        async with open_storage(db) as store:
             changed = await store.rebuild_calls(progress)
             state = await store.calls_state()
             return await store.count_calls(), changed, state.built_to_event

@@ -28,7 +28,7 @@ from receiver.event import Event, RawRequest, Source, now_us, parse_time
 from receiver.parse import MYID, MissingMyid, Rejected, is_receiver_name, parse_request
 from receiver.replay.logformat import COMBINED_REGEX, LogFormatError, format_regex, read_line
 from receiver.retry import pauses, transient
-from receiver.store import Store, Stored
+from receiver.store import Storage, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
 CHUNK = 1000  # events handed to the store at a time; bounds memory whatever the file size
@@ -269,7 +269,7 @@ def count_stored(results: list[Stored | BaseException], summary: Summary) -> Non
 
 
 async def into_store(
-    deliveries: Iterator[Delivery], store: Store | None, options: Options, summary: Summary
+    deliveries: Iterator[Delivery], store: Storage | None, options: Options, summary: Summary
 ) -> None:
     """Parse each delivery and store it; store=None parses only (--dry-run).
 
@@ -386,7 +386,7 @@ async def replay(
     names: list[str],
     options: Options,
     *,
-    store: Store | None = None,
+    store: Storage | None = None,
     target: Target | None = None,
     progress: Progress | None = None,
 ) -> Summary:

@@ -1,11 +1,13 @@
-"""SQLite storage: the only package that speaks SQL.
+"""Storage: the only package that speaks SQL.
 
-schema.py has the tables and their migrations, upgrade.py an upgrade of a whole file with its
-progress, queries.py what listings ask for, database.py the Store: one group-committing writer
-and a reader, and writer.py the writes themselves, made on a thread or in a process of their
-own.
+backend.py has the interface every backend gives (Storage) and open_storage(), which picks one
+from --db. The SQLite backend is the rest: schema.py has the tables and their migrations,
+upgrade.py an upgrade of a whole file with its progress, queries.py what listings ask for,
+database.py the Store (one group-committing writer and a reader), writer.py the writes, made on
+a thread or in a process of their own, and export.py the server's export workers.
 """
 
+from receiver.store.backend import Storage, open_storage
 from receiver.store.database import Store, StoreClosed
 from receiver.store.queries import (
     CALL_CURSOR_PATTERN,
@@ -27,10 +29,12 @@ __all__ = [
     "CallQuery",
     "EventQuery",
     "Page",
+    "Storage",
     "Store",
     "StoreClosed",
     "Stored",
     "migrate",
+    "open_storage",
     "parse_call_cursor",
     "parse_cursor",
 ]

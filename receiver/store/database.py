@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import logging
 import time
@@ -21,12 +20,13 @@ from typing import Any
 
 import aiosqlite
 
-from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
 from receiver.store.export import Exporter
 from receiver.store.queries import (
     EXPORT_PAGE,
     CallQuery,
+    CallsState,
     EventQuery,
     Page,
     Stored,
@@ -56,31 +56,6 @@ from receiver.store.writer import ProcessHost, ThreadHost
 log = logging.getLogger("receiver.store")
 # Where a call's start time is in a row of its fields (for the next page's cursor).
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
-
-
-@dataclasses.dataclass(frozen=True)
-class CallsState:
-    """How far the calls are built: up to which event, by which version of call building."""
-
-    version: int  # CALLS_VERSION of the code that built them
-    built_to_event: int  # the calls of every event up to this id are built
-    events: int  # the newest event's id
-    rebuild_to: int  # a rebuild of every call goes up to this event
-
-    @property
-    def rebuilding(self) -> bool:
-        """Whether the calls are (to be) built again by this version, from the first event."""
-        return self.version != CALLS_VERSION or self.built_to_event < self.rebuild_to
-
-    @property
-    def current(self) -> bool:
-        """Whether every stored event's call is built by this version."""
-        return self.version == CALLS_VERSION and self.built_to_event >= self.events
-
-    def json(self) -> dict[str, Any]:
-        return {"version": self.version, "expected": CALLS_VERSION,
-                "built_to_event": self.built_to_event, "events": self.events,
-                "rebuilding": self.rebuilding}  # fmt: skip
 
 
 async def read_ahead(

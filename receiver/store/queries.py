@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, digits
+from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,3 +196,28 @@ def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[
     way = "DESC" if query.descending else "ASC"
     sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"
     return sql, params
+
+
+@dataclass(frozen=True)
+class CallsState:
+    """How far the calls are built: up to which event, by which version of call building."""
+
+    version: int  # CALLS_VERSION of the code that built them
+    built_to_event: int  # the calls of every event up to this id are built
+    events: int  # the newest event's id
+    rebuild_to: int  # a rebuild of every call goes up to this event
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether the calls are (to be) built again by this version, from the first event."""
+        return self.version != CALLS_VERSION or self.built_to_event < self.rebuild_to
+
+    @property
+    def current(self) -> bool:
+        """Whether every stored event's call is built by this version."""
+        return self.version == CALLS_VERSION and self.built_to_event >= self.events
+
+    def json(self) -> dict[str, Any]:
+        return {"version": self.version, "expected": CALLS_VERSION,
+                "built_to_event": self.built_to_event, "events": self.events,
+                "rebuilding": self.rebuilding}  # fmt: skip

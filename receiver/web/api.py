@@ -16,7 +16,7 @@ from receiver.calls import CallStatus, Direction, call_json
 from receiver.event import now_us, parse_time, reject_json
 from receiver.parse import MYID_SHAPE, is_valid_myid
 from receiver.settings import Settings
-from receiver.store import CallQuery, EventQuery, Store, parse_call_cursor, parse_cursor
+from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
 from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
 
 CHUNK_LINES = 500
@@ -185,7 +185,7 @@ async def limited(records: AsyncIterator[Any], limit: int | None) -> AsyncIterat
 
 async def list_events(request: Request) -> Response:
     """GET /api/events: filtered events in time order; JSON pages, or all as NDJSON/CSV."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     query = event_query(request)
     after = cursor_param(request, parse_cursor)
     fmt = output_format(request)
@@ -204,7 +204,7 @@ async def list_events(request: Request) -> Response:
 async def get_event(request: Request) -> Response:
     """GET /api/events/{id}: one event with its raw request."""
     known_params(request, "/api/events/{id}")
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     record = await store.get_event_record(request.path_params["id"])
     if record is None:
         raise HTTPException(404, f"no event with id {request.path_params['id']}")
@@ -213,7 +213,7 @@ async def get_event(request: Request) -> Response:
 
 async def list_calls(request: Request) -> Response:
     """GET /api/calls: the calls as built from the events, by start time."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     query = call_query(request, "/api/calls")
     after = cursor_param(request, parse_call_cursor)
     fmt = output_format(request)
@@ -231,7 +231,7 @@ async def list_calls(request: Request) -> Response:
 
 async def get_call(request: Request) -> Response:
     """GET /api/calls/{call_id}: one call as built, with its legs and event timeline."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     known_params(request, "/api/calls/{call_id}")
     settings: Settings = request.app.state.settings
     call_id = request.path_params["call_id"]
@@ -257,7 +257,7 @@ async def report(request: Request, rows: list[dict[str, Any]], key: str) -> Resp
 
 async def missed_report(request: Request) -> Response:
     """GET /api/reports/missed: missed inbound calls per number, handled or not."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     return await report(
         request, await store.missed_report(call_query(request, "/api/reports/missed")), "numbers"
     )
@@ -265,7 +265,7 @@ async def missed_report(request: Request) -> Response:
 
 async def extensions_report(request: Request) -> Response:
     """GET /api/reports/extensions: per extension (and day or hour) call figures."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     query = call_query(request, "/api/reports/extensions")
     by = choice_param(request, "by", ("day", "hour"))
     rows = await store.extensions_report(query, by=by)
@@ -275,7 +275,7 @@ async def extensions_report(request: Request) -> Response:
 async def list_rejects(request: Request) -> Response:
     """GET /api/rejects: refused deliveries, newest first."""
     known_params(request, "/api/rejects")
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     limit = int_param(request, "limit", 100, 1, PAGE_MAX)
     before = int_param(request, "before", None, 1, 2**63 - 1)
     assert limit is not None

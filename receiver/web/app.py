@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver.logs import Repeated
 from receiver.settings import Settings
-from receiver.store import SCHEMA_VERSION, Store
+from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
 from receiver.web.errors import error
 from receiver.web.openapi import spec
@@ -32,7 +32,7 @@ BACKGROUND_SECONDS = 0.2
 
 async def healthz(request: Request) -> Response:
     """GET /healthz: 200 when the database answers."""
-    store: Store = request.app.state.store
+    store: Storage = request.app.state.store
     try:
         version = await store.check()
         calls = await store.calls_state()
@@ -80,7 +80,7 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
-async def refresh_calls(store: Store, repeated: Repeated) -> None:
+async def refresh_calls(store: Storage, repeated: Repeated) -> None:
     """Five times a second: build the calls of new events (and all of them again after a change
     of CALLS_VERSION; reads never build them)."""
     while True:
@@ -103,7 +103,7 @@ def create_app(settings: Settings) -> Webhook:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
-        async with Store(
+        async with open_storage(
             settings.db,
             rejects_max=settings.rejects_max,
             rejects_max_bytes=settings.rejects_max_bytes,

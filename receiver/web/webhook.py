@@ -13,7 +13,7 @@ from receiver.event import REJECT_BODY_KEPT, RawRequest, Reject, Source, now_us
 from receiver.logs import Repeated
 from receiver.parse import Rejected, parse_request, query_myid, strip_body_token, strip_token
 from receiver.settings import Settings
-from receiver.store import Store, Stored
+from receiver.store import Storage, Stored
 from receiver.web.errors import error
 
 log = logging.getLogger("receiver")
@@ -110,7 +110,7 @@ class Webhook:
     async def deliver(self, scope: Scope, receive: Receive) -> Response:
         """Receive one PBX event: 200 only once it is committed to the database."""
         settings = self.settings
-        store: Store = self.app.state.store
+        store: Storage = self.app.state.store
         received = now_us()
         method = scope["method"]
         body, size, cut = await read_body(scope, receive, settings.max_body, settings.body_timeout)
@@ -156,7 +156,7 @@ class Webhook:
         self, scope: Scope, received: int, raw: RawRequest, size: int, why: Rejected
     ) -> Response:
         """Answer a refused delivery with an error, after keeping it in the rejects store."""
-        store: Store = self.app.state.store
+        store: Storage = self.app.state.store
         query = strip_token(raw.query)
         body = strip_body_token(raw.body, raw.content_type)  # the token is read from the URL only
         body = body[:REJECT_BODY_KEPT]  # its start says what it was; a flood of them fills no disk

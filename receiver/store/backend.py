@@ -1,0 +1,136 @@
+"""The storage interface: what the receiver asks of its database, whatever engine keeps it.
+
+`Storage` is every operation the web app, the commands and replay use, and nothing else may be
+asked of a store; `open_storage()` picks the backend from `--db`. A path is an SQLite file
+(database.py). A second backend is a module of its own with a class of these methods, chosen
+here by its URL, and the storage tests run on it through the `storage` fixture
+(tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
+from receiver.event import Event, Reject
+from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Stored
+
+# A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
+# the text: as a Path, the URL's `//` has become one `/`.)
+URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
+NOT_YET = ("postgresql", "postgres")
+
+
+def unsupported(db: Path | str) -> str | None:
+    """What is wrong with a --db that names a backend this receiver does not have, or None."""
+    found = URL_SCHEME.match(str(db))
+    if found is None:
+        return None
+    scheme = found[1].lower()
+    if scheme in NOT_YET:
+        return (
+            f"--db {scheme}://...: PostgreSQL is not supported yet: give the path of an SQLite file"
+        )
+    return (
+        f"--db {scheme}://...: not a database this receiver knows: give the path of an SQLite file"
+    )
+
+
+class Storage(Protocol):
+    """A receiver's database: group-committed writes, derived calls, reads."""
+
+    async def __aenter__(self) -> Storage: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    # Writing: each returns (or resolves) once what it stored is durable.
+
+    async def add_event(self, event: Event) -> Stored: ...
+
+    async def add_reject(self, reject: Reject) -> None: ...
+
+    def submit_events(self, events: list[Event]) -> list[asyncio.Future[Stored]]: ...
+
+    # Upkeep: the calls, derived from the events.
+
+    async def refresh_calls(self, *, background: bool = False) -> int: ...
+
+    async def rebuild_calls(self, progress: Callable[[int, int], None] | None = None) -> int: ...
+
+    async def calls_state(self) -> CallsState: ...
+
+    async def check(self) -> int: ...
+
+    # Reading: never writes.
+
+    async def get_event(self, event_id: int) -> Event | None: ...
+
+    async def get_event_record(self, event_id: int) -> dict[str, Any] | None: ...
+
+    async def list_events(
+        self, query: EventQuery | None = None, *, limit: int = 100, after: str | None = None
+    ) -> Page: ...
+
+    async def list_event_records(
+        self, query: EventQuery, *, limit: int = 100, after: str | None = None
+    ) -> Page: ...
+
+    def iter_event_lines(
+        self, query: EventQuery, *, after: str | None = None, limit: int | None = None
+    ) -> AsyncIterator[bytes]: ...
+
+    def iter_event_records(
+        self, query: EventQuery, *, after: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    def iter_events(
+        self, query: EventQuery, *, after: str | None = None
+    ) -> AsyncIterator[Event]: ...
+
+    async def count_calls(self) -> int: ...
+
+    async def get_call(
+        self, call_id: str, *, now_us: int, unknown_after_us: int = DEFAULT_UNKNOWN_AFTER_US
+    ) -> Call | None: ...
+
+    async def list_calls(
+        self, query: CallQuery, *, limit: int = 100, after: str | None = None
+    ) -> Page: ...
+
+    def iter_calls(
+        self, query: CallQuery, *, after: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]: ...
+
+    async def extensions_report(
+        self, query: CallQuery, *, by: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page: ...
+
+
+def open_storage(
+    db: Path | str,
+    *,
+    rejects_max: int = 10_000,
+    rejects_max_bytes: int = 64 << 20,
+    own_process: bool = False,
+) -> Storage:
+    """The storage `db` names (not opened yet: `async with` it). Raises ValueError for a
+    backend this receiver does not have."""
+    from receiver.store.database import Store
+
+    problem = unsupported(db)
+    if problem:
+        raise ValueError(problem)
+    return Store(
+        Path(db),
+        rejects_max,
+        rejects_max_bytes=rejects_max_bytes,
+        own_process=own_process,
+    )
