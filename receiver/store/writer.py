@@ -193,13 +193,16 @@ class Writer:
         if version > CALLS_VERSION or (version == CALLS_VERSION and done_to == top):
             return 0, 0  # up to date (or not ours to build): no need to wait for the write lock
         with write_transaction(db):
-            done_to, version = db.execute("SELECT events_to, version FROM calls_built").fetchone()
+            done_to, version, rebuild_to = db.execute(
+                "SELECT events_to, version, rebuild_to FROM calls_built"
+            ).fetchone()
             if version < CALLS_VERSION:
                 done_to = 0
                 db.execute(
                     f"UPDATE calls_built SET events_to = 0, version = ?, rebuild_to = ({newest})",
                     (CALLS_VERSION,),
                 )
+                rebuild_to = top
             read = db.execute(
                 f"SELECT id, call_id FROM events WHERE id > ? AND call_id IS NOT NULL "
                 f"AND {CALL_EVENTS_SQL} ORDER BY id LIMIT ?",
@@ -209,7 +212,9 @@ class Writer:
             top = db.execute(newest).fetchone()[0] if len(read) < limit else read[-1][0]
             if top != done_to:
                 db.execute("UPDATE calls_built SET events_to = ?", (top,))
-            changed = self._rebuild_calls(sorted({call_id for _, call_id in read})) if read else 0
+            ids = sorted({call_id for _, call_id in read})
+            # Only a rebuild of every call counts those that changed: new events change theirs.
+            changed = self._rebuild_calls(ids, compare=done_to < rebuild_to) if read else 0
         return len(read), changed
 
     def rebuild_all_calls(self) -> int:
@@ -224,8 +229,9 @@ class Writer:
             rebuild_to: int = self.db.execute("SELECT rebuild_to FROM calls_built").fetchone()[0]
         return rebuild_to
 
-    def _rebuild_calls(self, ids: list[str]) -> int:
-        """Build these calls from their events; returns how many came out other than stored."""
+    def _rebuild_calls(self, ids: list[str], *, compare: bool) -> int:
+        """Build these calls from their events; returns how many came out other than stored
+        (with `compare`; else 0)."""
         db = self.db
         marks = ", ".join("?" * len(ids))
         by_call: dict[str, list[Event]] = {}
@@ -234,14 +240,17 @@ class Writer:
             event = event_from_row(row)
             by_call.setdefault(event.call_id or "", []).append(event)
         calls = [build_call(e, now_us=0, unknown_after_us=None) for e in by_call.values()]
-        before: dict[str, list[tuple[Any, ...]]] = {}
-        for row in db.execute(f"SELECT {CALL_COLUMNS} FROM calls WHERE call_id IN ({marks})", ids):
-            before[row[0]] = [tuple(row)]
-        legs_sql = f"SELECT {LEG_COLUMNS} FROM legs WHERE call_id IN ({marks}) ORDER BY rowid"
-        for row in db.execute(legs_sql, ids):
-            before.setdefault(row[0], []).append(tuple(row))
         rows = [(call_row(call), leg_rows(call)) for call in calls]
-        changed = sum(before.get(row[0]) != [row, *legs] for row, legs in rows)
+        changed = 0
+        if compare:
+            before: dict[str, list[tuple[Any, ...]]] = {}
+            calls_sql = f"SELECT {CALL_COLUMNS} FROM calls WHERE call_id IN ({marks})"
+            for row in db.execute(calls_sql, ids):
+                before[row[0]] = [tuple(row)]
+            legs_sql = f"SELECT {LEG_COLUMNS} FROM legs WHERE call_id IN ({marks}) ORDER BY rowid"
+            for row in db.execute(legs_sql, ids):
+                before.setdefault(row[0], []).append(tuple(row))
+            changed = sum(before.get(row[0]) != [row, *legs] for row, legs in rows)
         db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
         db.executemany(INSERT_CALL, [row for row, _ in rows])
         db.executemany(INSERT_LEG, [leg for _, legs in rows for leg in legs])
