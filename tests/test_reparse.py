@@ -4,8 +4,11 @@ parser stored is made right, repeats it missed are merged, a raw request refused
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -69,6 +72,20 @@ def run(*args: str) -> str:
     return result.output
 
 
+def reparse(db: Path) -> tuple[dict[str, int], str]:
+    """Run `receiver rebuild --reparse`; its counts, and the calls line."""
+    out = run("rebuild", "--reparse", "--db", str(db))
+    first, calls = out.splitlines()
+    found = re.fullmatch(
+        r"parsed (\d+) events again in [\d.]+ s: (\d+) changed, (\d+) merged as repeats, "
+        r"(\d+) refused by this parser \(kept as stored\)",
+        first,
+    )
+    assert found, out
+    read, changed, merged, refused = map(int, found.groups())
+    return {"read": read, "changed": changed, "merged": merged, "refused": refused}, calls
+
+
 @pytest.fixture
 def old_db(tmp_path: Path) -> Path:
     """A database stored by this receiver, then changed by hand to what an older parser would
@@ -106,6 +123,52 @@ def old_db(tmp_path: Path) -> Path:
     store_as(db, 10, dataclasses.replace(refused, raw=RawRequest("GET", query.encode())))
     run("rebuild", "--db", str(db))  # the calls, as the older release built them
     return db
+
+
+def call(db: Path, call_id: str) -> dict[str, Any] | None:
+    result = CliRunner().invoke(main, ["calls", "--db", str(db), "--format", "json"])
+    calls = {c["call_id"]: c for c in json.loads(result.stdout)}
+    return calls.get(call_id)
+
+
+def test_reparse_makes_events_what_the_current_parser_makes_of_them(old_db: Path) -> None:
+    before = {event_id: stored(old_db, event_id) for event_id in range(1, 11)}
+    assert call(old_db, "old") is not None and call(old_db, "c3") is not None
+    counts, calls = reparse(old_db)
+    # 1, 3, 4 and 6 written again, 7 and 9 merged (into 6 and 8), 10 refused: of 10 events.
+    assert counts == {"read": 10, "changed": 4, "merged": 2, "refused": 1}
+    assert not calls.endswith(": 0 changed")  # calls 'c1' and 'c3' came out otherwise
+    for event_id, query in enumerate(DELIVERIES, start=1):  # as a replay stores them now
+        now, was = stored(old_db, event_id), before[event_id]
+        assert now is not None and was is not None
+        assert (now.source, now.received_at_us) == ("replay:query-lines", was.received_at_us)
+        kept = {"id": event_id, "source": now.source, "received_at_us": now.received_at_us}
+        assert now == dataclasses.replace(parsed(query), **kept), event_id
+    one = stored(old_db, 1)
+    assert one is not None and (one.caller_id_num, one.flags) == (
+        "+79161112233",
+        ("plus_restored",),
+    )
+    three = stored(old_db, 3)
+    assert three is not None and (three.bridged, three.extra) == (True, {})
+    # The lower id stays, with the other's repeats and the other itself counted as repeats.
+    six, eight = stored(old_db, 6), stored(old_db, 8)
+    assert six is not None and (six.call_id, six.duplicates, six.extra) == ("c6", 2, {})
+    assert six.raw.query.endswith(b"&callid=c6&SubCallID=s6")  # its own raw request stays
+    assert eight is not None and (eight.call_id, eight.duplicates) == ("c8", 3)
+    assert (stored(old_db, 7), stored(old_db, 9)) == (None, None)
+    assert stored(old_db, 10) == before[10]  # refused now: kept exactly as stored
+    # The call the wrong CallID made is gone; the calls are built from the events as they are.
+    assert call(old_db, "old") is None
+    c1 = call(old_db, "c1")
+    assert c1 is not None and c1["external_number"] == "+79161112233"
+
+
+def test_a_second_reparse_changes_nothing(old_db: Path) -> None:
+    reparse(old_db)
+    counts, calls = reparse(old_db)
+    assert counts == {"read": 8, "changed": 0, "merged": 0, "refused": 1}
+    assert calls.endswith(": 0 changed")
 
 
 async def test_a_repeat_of_a_re_parsed_event_is_found_by_its_new_key(old_db: Path) -> None:
