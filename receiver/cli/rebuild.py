@@ -51,33 +51,31 @@ def rebuild(db: Path, reparse: bool, quiet: bool) -> None:
 
     check_database(db, create=False)
 
-    async def run() -> tuple[str | None, int, int, int]:
+    async def run() -> None:
+        started = time.monotonic()
         async with Store(db) as store:
-            reparsed = None
             if reparse:
                 with progress_bar("parsing events", quiet) as progress:
-                    started = time.monotonic()
                     counts = await store.reparse_events(progress)
-                reparsed = (
+                held = f", {counts.held:,} kept as stored (the same event as one refused)"
+                click.echo(
                     f"parsed {counts.read:,} events again in {time.monotonic() - started:.1f} s: "
                     f"{counts.changed:,} changed, {counts.merged:,} merged as repeats, "
                     f"{counts.refused:,} refused by this parser (kept as stored)"
+                    f"{held if counts.held else ''}"
                 )
-                if counts.held:
-                    reparsed += f", {counts.held:,} kept as stored (the same event as one refused)"
+                started = time.monotonic()
             with progress_bar("building calls", quiet) as progress:
                 changed = await store.rebuild_calls(progress)
-            state = await store.calls_state()
-            return reparsed, await store.count_calls(), changed, state.built_to_event
+            events = (await store.calls_state()).built_to_event
+            calls = await store.count_calls()
+        seconds = time.monotonic() - started
+        click.echo(
+            f"rebuilt {calls:,} calls from {events:,} events in {seconds:.1f} s: "
+            f"{changed:,} changed"
+        )
 
-    started = time.monotonic()
-    reparsed, calls, changed, events = asyncio.run(run())
-    seconds = time.monotonic() - started
-    if reparsed is not None:
-        click.echo(reparsed)
-    click.echo(
-        f"rebuilt {calls:,} calls from {events:,} events in {seconds:.1f} s: {changed:,} changed"
-    )
+    asyncio.run(run())
 
 
 @contextlib.contextmanager
