@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
 from receiver.event import Event, Reject
-from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Stored
+from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
 
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
 # the text: as a Path, the URL's `//` has become one `/`.)
@@ -62,6 +62,10 @@ class Storage(Protocol):
     async def rebuild_calls(self, progress: Callable[[int, int], None] | None = None) -> int: ...
 
     async def calls_state(self) -> CallsState: ...
+
+    async def reparse_events(self, progress: Callable[[int, int], None] | None = None) -> Reparsed:
+        """Every stored event parsed again from its raw request by this receiver's parser."""
+        ...
 
     async def check(self) -> int: ...
 

@@ -29,10 +29,12 @@ from receiver.store.queries import (
     CallsState,
     EventQuery,
     Page,
+    Reparsed,
     Stored,
     event_page_sql,
     parse_call_cursor,
 )
+from receiver.store.reparse import EVENTS_AT_ONCE as REPARSE_AT_ONCE
 from receiver.store.schema import (
     CALL_EVENTS_SQL,
     CALL_FIELDS,
@@ -268,6 +270,22 @@ class Store:
                 progress(min(state.built_to_event, rebuild_to), rebuild_to)
             if not read:  # up to date (or, since a newer receiver took over, its to build)
                 return changed
+
+    async def reparse_events(self, progress: Callable[[int, int], None] | None = None) -> Reparsed:
+        """Parse every stored event again with the current parser, in batches between the live
+        writes, and store what changed (reparse.py); up to the newest event when it starts:
+        those stored since were parsed by this parser. `progress(last_id, up_to)` after each
+        batch. The calls are left to rebuild_calls()."""
+        [(up_to,)] = await self._rows("SELECT coalesce(max(id), 0) FROM events", [])
+        total = Reparsed()
+        while total.last_id < up_to:
+            batch: Reparsed = await self._writer.call(
+                "reparse_some_events", total.last_id, up_to, REPARSE_AT_ONCE
+            )
+            total.add(batch)
+            if progress is not None:
+                progress(total.last_id, up_to)
+        return total
 
     async def _in_batches(self, work: str, size: int, busy_size: int, background: bool) -> int:
         """Call the writer's `work(size)` until it does nothing; returns its total.

@@ -221,3 +221,21 @@ class CallsState:
         return {"version": self.version, "expected": CALLS_VERSION,
                 "built_to_event": self.built_to_event, "events": self.events,
                 "rebuilding": self.rebuilding}  # fmt: skip
+
+
+@dataclass
+class Reparsed:
+    """What parsing stored events again did: counts, and the last id it went through."""
+
+    read: int = 0
+    changed: int = 0
+    merged: int = 0
+    refused: int = 0
+    held: int = 0
+    last_id: int = 0
+
+    def add(self, batch: Reparsed) -> None:
+        """Count a batch's results in these."""
+        for name in ("read", "changed", "merged", "refused", "held"):
+            setattr(self, name, getattr(self, name) + getattr(batch, name))
+        self.last_id = batch.last_id

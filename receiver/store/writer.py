@@ -31,7 +31,8 @@ from typing import Any, BinaryIO
 
 from receiver.calls import CALLS_VERSION, build_call
 from receiver.event import Event, Reject
-from receiver.store.queries import Stored
+from receiver.store.queries import Reparsed, Stored
+from receiver.store.reparse import Reparse
 from receiver.store.schema import (
     CALL_COLUMNS,
     CALL_EVENTS_SQL,
@@ -228,6 +229,13 @@ class Writer:
             )
             rebuild_to: int = self.db.execute("SELECT rebuild_to FROM calls_built").fetchone()[0]
         return rebuild_to
+
+    def reparse_some_events(self, after: int, up_to: int, limit: int) -> Reparsed:
+        """Parse again the next `limit` stored events of ids over `after` and up to `up_to`,
+        under the write lock (reparse.py); `last_id` of the result is where the next batch
+        starts (`up_to`: done)."""
+        with write_transaction(self.db):
+            return Reparse(self.db).batch(after, up_to, limit)
 
     def _rebuild_calls(self, ids: list[str], *, compare: bool) -> int:
         """Build these calls from their events; returns how many came out other than stored
