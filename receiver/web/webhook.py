@@ -43,6 +43,10 @@ async def read_body(
     declared = header(scope, b"content-length") or ""
     if declared.isdigit() and int(declared) > cap:
         return b"", int(declared), None  # refuse without reading what will not be kept anyway
+    if scope["method"] == "GET" and not declared and header(scope, b"transfer-encoding") is None:
+        # A GET without Content-Length or Transfer-Encoding has no body (RFC 9112 §6.3): every
+        # GET delivery. Nothing to read, nor to wait for under a deadline.
+        return b"", 0, None
     chunks: list[bytes] = []
     size = 0
     try:
