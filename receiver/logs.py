@@ -8,18 +8,42 @@ import logging
 import re
 import time
 from typing import NamedTuple
+from urllib.parse import unquote_plus
 
-TOKEN_IN_URL = re.compile(r"(?i)([?&]token=)[^&\s]*")
+from receiver.parse import TOKEN, is_receiver_name
+
 REPEATS_EVERY_SECONDS = 10.0  # how often a message that repeats is logged (Repeated)
+# A query string in a logged text: what follows a `?` up to the next space.
+QUERY_IN_TEXT = re.compile(r"(?<=\?)[^\s?#]+")
+# Names of secrets other services put in URLs, masked too (the receiver reads none of them).
+OTHER_SECRETS = ("access_token", "api_token", "api_key")
+
+
+def masked_query(query: str) -> str:
+    """A query string with the value of each token parameter as ***: a pair is masked exactly
+    when parsing takes its name as the token (parse.is_receiver_name: `token`, `%74oken` and
+    `To%4Ben` alike), so what is taken as the token never reaches a log."""
+    if "%" not in query and "token" not in query.lower():
+        return query
+    pairs = query.split("&")
+    for at, pair in enumerate(pairs):
+        name, sep, _ = pair.partition("=")
+        secret = is_receiver_name(name.encode("utf-8", "surrogateescape"), TOKEN)
+        if sep and (secret or unquote_plus(name).lower() in OTHER_SECRETS):
+            pairs[at] = f"{name}=***"
+    return "&".join(pairs)
 
 
 class MaskTokens(logging.Filter):
-    """Replace the value of any token= parameter in a log record with ***."""
+    """Mask the token in every query string of a log record's arguments (the access log's
+    path, a raw request)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                TOKEN_IN_URL.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                QUERY_IN_TEXT.sub(lambda found: masked_query(found[0]), arg)
+                if isinstance(arg, str) and "?" in arg
+                else arg
                 for arg in record.args
             )
         return True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import httpx2 as httpx
 import pytest
 
-from receiver.logs import Repeated
+from receiver.logs import Repeated, masked_query
 
 log = logging.getLogger("receiver.test")
 
@@ -55,3 +56,29 @@ async def test_in_an_event_loop_the_count_comes_at_the_end_of_the_interval(caplo
         "not stored: 0",
         "not stored: 3 (and 2 more like it in the last 0.05 s, not logged)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("query", "masked"),
+    [
+        ("myid=1&token=S3cret", "myid=1&token=***"),
+        ("myid=1&%74oken=S3cret", "myid=1&%74oken=***"),  # the name as decoded is the token
+        ("myid=1&To%4Ben=S3cret&x=1", "myid=1&To%4Ben=***&x=1"),
+        ("myid=1&to%E2%84%AAen=S3cret", "myid=1&to%E2%84%AAen=S3cret"),  # a Kelvin sign: not it
+        ("a=1&access_token=S3cret", "a=1&access_token=***"),
+        ("myid=1&EventType=hangup", "myid=1&EventType=hangup"),
+    ],
+)
+def test_the_token_is_masked_as_parsing_takes_it(query: str, masked: str) -> None:
+    assert masked_query(query) == masked
+
+
+def test_the_access_log_never_shows_the_token(server) -> None:  # type: ignore[no-untyped-def]
+    running = server("--token", "S3cret", "--access-log", "--log-level", "info")
+    line = "EventType=hangup&EventTime=1&CallID=c1&SubCallID=s1"
+    for name in ("token", "%74oken", "To%4Ben", "TOKEN"):
+        answer = httpx.get(f"{running.url}/webhook?myid=1&{name}=S3cret&{line}")
+        assert answer.status_code == 200, answer.text
+    _, logged = running.stop()
+    assert logged.count("/webhook?myid=1&") == 4, logged  # every delivery is in the access log
+    assert "S3cret" not in logged
