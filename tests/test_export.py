@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -94,3 +95,26 @@ async def test_an_export_completes_when_its_workers_die(
         assert first + rest == expected
         assert "an export worker process died" in caplog.text
         assert await export(server, EventQuery(), None, None) == expected  # new workers
+
+
+async def test_a_page_holds_what_is_stored_into_it_after_its_end_was_found(filled: Path) -> None:
+    # A page's end is found ahead of the worker that reads it; an event stored meanwhile with
+    # an earlier time (a late delivery, a replay) must make the page longer, not push one of
+    # its own events out of it and out of the export.
+    from receiver.store.export import page_lines, page_select
+
+    async with Store(filled, own_process=True) as server:
+        exporter = server._exporter
+        assert exporter is not None
+        end = await exporter.page_end(EventQuery(), None, EXPORT_PAGE)
+        assert end is not None
+        line = sample("outbound-hangup").replace("CallID=", "CallID=late")
+        line = re.sub(r"EventTime=\d+", "EventTime=1000", line)  # before every stored event
+        raw = RawRequest("GET", f"myid=1&{line}".encode())
+        late, _ = parse_request(raw, received_at_us=1_700_000_000_000_000, source="t")
+        assert not (await server.add_event(late)).duplicate
+        sql, params = page_select(EventQuery(), None, end, EXPORT_PAGE)
+        pool = exporter.workers()
+        lines = await asyncio.get_running_loop().run_in_executor(pool, page_lines, sql, params)
+    assert lines.count(b"\n") == EXPORT_PAGE + 1  # every event through its end, and the late one
+    assert b"CallID=late" in lines

@@ -380,10 +380,15 @@ class Store:
             try:  # `after` moves with the pages sent, for the rest if a worker dies
                 async for lines, page_after in self._exporter.pages(query, after, limit):
                     after = page_after
-                    if limit is not None:
-                        limit -= lines.count(b"\n")  # a line each: JSON escapes its newlines
+                    if limit is not None:  # a page with events stored into it is longer
+                        count = lines.count(b"\n")  # a line each: JSON escapes its newlines
+                        if count > limit:
+                            lines = b"".join(line + b"\n" for line in lines.split(b"\n")[:limit])
+                        limit -= min(count, limit)
                     if lines:
                         yield lines
+                    if limit == 0:
+                        return
                 return
             except BrokenProcessPool:
                 log.error("an export worker process died: exporting the rest in the server")

@@ -61,6 +61,17 @@ def page_lines(sql: str, params: list[Any]) -> bytes:
     return event_lines(worker_connection.execute(sql, params).fetchall())
 
 
+def page_select(
+    query: EventQuery, after: str | None, end: str | None, size: int
+) -> tuple[str, list[Any]]:
+    """The SELECT of a page's rows: from `after` through `end` as page_end() found it (or, for
+    the last page, `size` rows). An event stored meanwhile within the page (a late EventTime, a
+    replay) makes it longer; bounded by `size`, it would push the page's last event out of it,
+    and the next page starts after `end`: that event would be missing from the export."""
+    sql, params = event_page_sql(query, EVENT_COLUMNS, after, end)
+    return sql, [*params, size if end is None else -1]  # LIMIT -1: none
+
+
 class Exporter:
     """The worker processes of one store's exports, started at its first export."""
 
@@ -101,8 +112,8 @@ class Exporter:
                 while not done and len(pending) < PAGES_AHEAD:
                     size = EXPORT_PAGE if left is None else min(EXPORT_PAGE, left)
                     end = await self.page_end(query, cursor, size)
-                    sql, params = event_page_sql(query, EVENT_COLUMNS, cursor)
-                    lines = loop.run_in_executor(pool, page_lines, sql, [*params, size])
+                    sql, params = page_select(query, cursor, end, size)
+                    lines = loop.run_in_executor(pool, page_lines, sql, params)
                     if left is not None:
                         left -= size
                     cursor = end

@@ -185,12 +185,19 @@ def parse_call_cursor(cursor: str) -> tuple[int, str]:
     return int(started_us), call_id
 
 
-def event_page_sql(query: EventQuery, columns: str, after: str | None) -> tuple[str, list[Any]]:
-    """SELECT `columns` of the events after the cursor, in time order; its last ? is the limit."""
+def event_page_sql(
+    query: EventQuery, columns: str, after: str | None, through: str | None = None
+) -> tuple[str, list[Any]]:
+    """SELECT `columns` of the events after the cursor (and up to `through`, included), in
+    time order; its last ? is the limit."""
     where, params = query.where()
     if after is not None:
         order_us, event_id = parse_cursor(after)
         where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
+        params += [order_us, event_id]
+    if through is not None:
+        order_us, event_id = parse_cursor(through)
+        where.append(f"(order_us, id) {'>=' if query.descending else '<='} (?, ?)")
         params += [order_us, event_id]
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     way = "DESC" if query.descending else "ASC"
