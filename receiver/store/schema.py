@@ -151,9 +151,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE calls_dirty;
     """,
     # 8: no stored copy of each event's JSON: an export makes its lines from the events' columns
-    # as it reads them (event_record), which costs less than reading 1.3 KB more per event.
+    # as it reads them (event_record), which costs less than reading 1.3 KB more per event. The
+    # table stays, empty: a server of version 7 still writes it as it stores repeats, and beside
+    # a newer one on the same file (a restart without downtime) it would fail without it.
     """
-    DROP TABLE event_lines;
+    DELETE FROM event_lines;
     """,
     # 9: calls and legs hold their records' fields as columns, no JSON copy (their record is
     # made from them as they are read), and the calls say which version of call building made

@@ -42,7 +42,9 @@ async def read_body(
     seconds (None: it all came)."""
     declared = header(scope, b"content-length") or ""
     if declared.isdigit() and int(declared) > cap:
-        return b"", int(declared), None  # refuse without reading what will not be kept anyway
+        # Refused without reading what will not be kept anyway; its size as declared, within
+        # what SQLite can keep (a Content-Length can be any number of digits).
+        return b"", min(int(declared), 2**63 - 1), None
     if scope["method"] == "GET" and not declared and header(scope, b"transfer-encoding") is None:
         # A GET without Content-Length or Transfer-Encoding has no body (RFC 9112 §6.3): every
         # GET delivery. Nothing to read, nor to wait for under a deadline.
