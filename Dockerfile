@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY receiver ./receiver
+COPY pbx_emulator ./pbx_emulator
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /data receiver \
     && mkdir -p /data && chown receiver /data

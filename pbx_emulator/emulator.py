@@ -2,8 +2,8 @@
 
 It speaks OAuth2 client credentials, the event-subscription resource and the callback request,
 with the same status codes and `{"message": ...}` errors. Its extensions come from
-receiver/simulate.py (offices with phones, an IVR and a queue). Two routes of its own, under
-/emulator/, let `receiver pbx simulate` read the subscriptions and tests inject failures.
+pbx_emulator/simulate.py (offices with phones, an IVR and a queue). Two routes of its own, under
+/emulator/, let `receiver-pbx simulate` read the subscriptions and tests inject failures.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def create_pbx_app(config: PbxConfig) -> Starlette:
 
 @dataclasses.dataclass
 class SimulationReport:
-    """What `receiver pbx simulate` did."""
+    """What `receiver-pbx simulate` did."""
 
     calls: int = 0
     events: int = 0

@@ -52,7 +52,6 @@ MYID_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
 MYID_SHAPE = "1 to 64 ASCII letters, digits, '_', '-' or '.'"
 VALID_MYID = re.compile(MYID_PATTERN)
 ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 OVERRIDDEN = "_overridden"  # key in extra: values that lost to a later or body value
 
 # python-multipart logs a warning for each malformed body it meets; anyone can send those, and

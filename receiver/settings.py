@@ -19,7 +19,7 @@ MOST = 2**31 - 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def setting(default: Any, help: str, *, low: int | None = None, high: int | None = None) -> Any:
+def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None) -> Any:
     """A settings field with its help text and, for a number, the range it must be in."""
     return dataclasses.field(default=default, metadata={"help": help, "low": low, "high": high})
 
@@ -47,10 +47,16 @@ class Settings:
         65536, "Largest POST body accepted, in bytes (else 413).", low=1, high=MOST
     )
     header_timeout: float = setting(
-        10.0, "Seconds a connection has to send a request's headers (else it is closed)."
+        10.0,
+        "Seconds a connection has to send a request's headers (else it is closed).",
+        low=0.1,
+        high=86400,
     )
     body_timeout: float = setting(
-        30.0, "Seconds a delivery has to send its whole body, from its headers (else 408)."
+        30.0,
+        "Seconds a delivery has to send its whole body, from its headers (else 408).",
+        low=0.1,
+        high=86400,
     )
     rejects_max: int = setting(
         10000, "How many refused deliveries to keep for inspection.", low=1, high=MOST
@@ -75,8 +81,6 @@ class Settings:
             problem = range_problem(field.name, getattr(self, field.name))
             if problem:
                 raise ValueError(f"{flag_name(field.name)} {problem}")
-        if self.header_timeout <= 0 or self.body_timeout <= 0:
-            raise ValueError("--header-timeout and --body-timeout must be more than 0 seconds")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(
                 f"--log-level {self.log_level!r} is not a level: use {', '.join(LOG_LEVELS)}"
@@ -120,7 +124,7 @@ def range_problem(name: str, value: Any) -> str | None:
     low, high = field.metadata.get("low"), field.metadata.get("high")
     if value is None or (low is None and high is None):
         return None
-    if (low is not None and value < low) or (high is not None and value > high):
+    if not ((low is None or value >= low) and (high is None or value <= high)):  # NaN too
         if high is None:
             allowed = f"{low} or more"
         else:

@@ -177,7 +177,7 @@ class ServerProcess:
 
 
 class PbxProcess(ServerProcess):
-    """`receiver pbx serve` (the emulator) as a real subprocess on a free port."""
+    """`receiver-pbx serve` (the emulator) as a real subprocess on a free port."""
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pbx_emulator", "serve", "--port", str(self.port),
@@ -200,7 +200,7 @@ def process_starter(make: Callable[..., ServerProcess]) -> Iterator[object]:
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[object]:
-    """Start `receiver pbx serve` processes."""
+    """Start `receiver-pbx serve` processes."""
     yield from process_starter(
         lambda *args: PbxProcess(tmp_path / "unused.db", *args).start("/emulator/state")
     )

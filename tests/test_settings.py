@@ -94,3 +94,13 @@ def test_a_log_level_that_is_not_one_is_refused() -> None:
     assert result.exit_code == 2, result.output
     assert "'verbose' is not a level: use debug, info, warning, error" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e308"])
+@pytest.mark.parametrize("name", ["header_timeout", "body_timeout"])
+def test_a_timeout_out_of_range_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ValueError, match=r"is out of range: use 0\.1 to 86400"):
+        Settings(**{name: float(value)})
+    result = CliRunner().invoke(main, ["serve", flag_name(name), value])
+    assert result.exit_code == 2, result.output
+    assert "is out of range: use 0.1 to 86400" in result.output

@@ -71,7 +71,7 @@ def rebuild(db: Path, reparse: bool, quiet: bool) -> None:
             calls = await store.count_calls()
         seconds = time.monotonic() - started
         click.echo(
-            f"rebuilt {calls:,} calls from {events:,} events in {seconds:.1f} s: "
+            f"rebuilt {calls:,} calls from the events up to id {events:,} in {seconds:.1f} s: "
             f"{changed:,} changed"
         )
 

@@ -20,7 +20,7 @@ def pbx_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             envvar="RECEIVER_PBX_API_URL",
             show_envvar=True,
-            help="The PBX's REST API (point it at `receiver pbx serve` to try things).",
+            help="The PBX's REST API (point it at `receiver-pbx serve` to try things).",
         ),
         click.option(
             "--client-id",

@@ -22,7 +22,7 @@ def upgrade(db: Path, quiet: bool) -> None:
     """Bring a database of an earlier schema to this receiver's, and say what was done.
 
     The long step, giving the de-dup keys of the events stored before schema version 6
-    EventTime in front (about a minute a million), goes a batch at a time under the write
+    EventTime in front (about 50 s a million), goes a batch at a time under the write
     lock: a server of the version before may keep taking deliveries on the file meanwhile.
     Every event is kept. On a database already current it says so and exits 0. Without it,
     `receiver serve` (and every command that opens the database) does the same at start.

@@ -73,7 +73,7 @@ class PbxClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request, tried again after network errors, 429 and 5xx (pausing longer each time)."""
         url = f"{self.api_url}{path}"
         for attempt, pause in enumerate(pauses(self.retries, self.pause, 10)):
@@ -95,7 +95,6 @@ class PbxClient:
             response = self.send(
                 "POST",
                 "/oauth/token",
-                "the token request",
                 data={
                     "grant_type": "client_credentials",
                     "client_id": self.client_id,
@@ -115,7 +114,7 @@ class PbxClient:
         """An authorised API call; a 401 fetches a new token and tries once more."""
         for renewed in (False, True):
             headers = {"Authorization": f"Bearer {self.token()}"}
-            response = self.send(method, path, what, json=body, headers=headers)
+            response = self.send(method, path, json=body, headers=headers)
             if response.status_code == 401 and not renewed:
                 self._token = None  # expired or revoked early
                 continue
