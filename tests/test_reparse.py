@@ -3,6 +3,7 @@ parser stored is made right, repeats it missed are merged, a raw request refused
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -212,3 +213,22 @@ async def test_an_event_whose_new_key_is_held_by_a_refused_one_is_kept_as_stored
     )  # fmt: skip
     assert stored(db_path, 2) == dataclasses.replace(stale, id=2)
     assert stored(db_path, 1) == dataclasses.replace(refused, id=1)
+
+
+def test_the_id_of_an_event_merged_away_is_never_given_again(db_path: Path) -> None:
+    # The highest id merged into a lower one: the next event must not get it back, since the
+    # PBX (or a client) was answered that id for the other event.
+    query = "myid=1&EventType=hangup&EventTime=5000&CallID=c1&SubCallID=s1"
+    one, _ = parse_request(RawRequest("GET", query.encode()), received_at_us=1, source="t")
+    another = dataclasses.replace(one, call_id="c2", sub_call_id="s2")
+
+    async def add(event: Event) -> int:
+        async with Store(db_path) as store:
+            return (await store.add_event(event)).id
+
+    assert asyncio.run(add(one)) == 1
+    with sqlite3.connect(db_path) as old:  # the same event again, as an older parser keyed it
+        old.execute(insert_events(1), event_row(one, 2, b"as an older parser keyed it"))
+    counts, _ = reparse(db_path)
+    assert counts["merged"] == 1
+    assert asyncio.run(add(another)) == 3

@@ -22,7 +22,7 @@ from receiver.event import Event, RawRequest
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION, Store, migrate
 from receiver.store.queries import Stored
-from receiver.store.schema import KEYS_AT_ONCE, KeyRewrite, event_row, insert_events
+from receiver.store.schema import KEYS_AT_ONCE, KEYS_REWRITTEN, KeyRewrite, event_row, insert_events
 from receiver.store.writer import Writer
 from tests.conftest import stored_by_version
 
@@ -208,7 +208,7 @@ def test_other_writers_take_turns_with_the_rewrite_and_cannot_set_it_back(
 async def test_an_event_stored_under_both_forms_of_its_key_is_kept_twice(db_path: Path) -> None:
     one = numbered(1)
     with sqlite3.connect(db_path) as old:
-        migrate(old, target=SCHEMA_VERSION - 1)
+        migrate(old, target=KEYS_REWRITTEN - 1)
         old.execute(insert_events(1), event_row(one, 1, one.dedup_key()[8:]))
         old.execute(insert_events(1), event_row(one, 2, one.dedup_key()))
         old.execute("UPDATE old_keys SET up_to = 1")
@@ -228,7 +228,7 @@ def test_an_upgrade_stopped_in_the_rewrite_goes_on_where_it_was(db_path: Path) -
     with sqlite3.connect(db_path, isolation_level=None) as connection:
         with pytest.raises(KeyboardInterrupt):
             migrate(connection, progress=stop)
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION - 1
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == KEYS_REWRITTEN - 1
         migrate(connection, progress=lambda rewrite: seen.append(dataclasses.replace(rewrite)))
     assert seen[0].total == count - KEYS_AT_ONCE  # from the mark the first batch left
     assert len(seen) == math.ceil(seen[0].total / KEYS_AT_ONCE)

@@ -140,9 +140,16 @@ class Store:
         except BaseException:
             await self._writer.stop()
             raise
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._reader.executescript(connect_pragmas())
-        await self._reader.create_function("digits", 1, digits, deterministic=True)
+        try:
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.executescript(connect_pragmas())
+            await self._reader.create_function("digits", 1, digits, deterministic=True)
+        except BaseException:  # the writer (a process, in the server) must not stay behind
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
+            await self._writer.stop()
+            raise
         if self._own_process:
             self._exporter = Exporter(self.path, self._reader)
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")

@@ -156,6 +156,8 @@ class Reparse:
             (gone.id, into),
         )
         self.db.execute("DELETE FROM events WHERE id = ?", (gone.id,))
+        # Its id was answered to the PBX once: no later event may have it.
+        self.db.execute("UPDATE retired_ids SET top = max(top, ?)", (gone.id,))
         self.counts.merged += 1
         if gone.id is not None and gone.id > self.at:
             self.counts.read += 1  # ahead of its turn, which it will not have

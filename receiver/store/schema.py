@@ -218,6 +218,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP TABLE old_keys;
     """,
+    # 11: the highest id of an event that is gone (merged into another by a re-parse): ids are
+    # the highest one stored plus one, and an id once answered to the PBX must never be given
+    # to another event.
+    """
+    CREATE TABLE retired_ids (top INTEGER NOT NULL);
+    INSERT INTO retired_ids VALUES (0);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys

@@ -90,7 +90,7 @@ def upgrade_at_start(path: Path) -> None:
             log.warning(
                 "upgrading the database %s from schema version %d to %d first: the de-dup keys "
                 "of the %s events stored before version 6 get EventTime in front (about a "
-                "minute a million); this process takes nothing until it is done (`receiver "
+                "50 s a million); this process takes nothing until it is done (`receiver "
                 "upgrade --db FILE` does it beforehand, beside a running server)",
                 path.absolute(),
                 found,
@@ -98,6 +98,9 @@ def upgrade_at_start(path: Path) -> None:
                 f"{pending:,}",
             )
         done = upgrade(connection, LogProgress() if pending else None)
+    if done.found == 0:
+        log.info("created the database %s (schema version %d)", path.absolute(), done.version)
+        return
     log.info(
         "upgraded the database from schema version %d to %d in %.1f s%s",
         done.found,

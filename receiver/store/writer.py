@@ -74,6 +74,10 @@ def write_transaction(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+# The id of the next event: after the highest stored, and after any retired (retired_ids).
+NEXT_ID = "SELECT max(coalesce((SELECT max(id) FROM events), 0), (SELECT top FROM retired_ids)) + 1"
+
+
 class Writer:
     """The one write connection of a database, and every write made with it."""
 
@@ -141,7 +145,7 @@ class Writer:
             sql = f"SELECT dedup_key, id FROM events WHERE dedup_key IN ({marks})"
             known.update((bytes(found), event_id) for found, event_id in db.execute(sql, lookup))
         # Read under the write lock: another process (a replay, say) may write here too.
-        next_id = db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0]
+        next_id = db.execute(NEXT_ID).fetchone()[0]
         rows, repeats = [], []
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
