@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+from receiver.record_lines import LINE_FORMATS, RecordLines
 
 # Columns shown in a table, per kind of record (all fields go to json, ndjson and csv).
 TABLES: dict[str, Sequence[str]] = {
@@ -71,23 +72,13 @@ class Output:
     def __init__(self, fmt: str, kind: str, out: TextIO) -> None:
         self.fmt, self.kind, self.out = fmt, kind, out
         self.rows: list[dict[str, Any]] = []
-        self.csv: csv.DictWriter[str] | None = None
+        self.lines = RecordLines(fmt, out) if fmt in LINE_FORMATS else None
         self.count = 0
 
     def add(self, record: dict[str, Any]) -> None:
         self.count += 1
-        if self.fmt == "ndjson":
-            self.out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        elif self.fmt == "csv":
-            if self.csv is None:
-                self.csv = csv.DictWriter(self.out, fieldnames=list(record), extrasaction="ignore")
-                self.csv.writeheader()
-            self.csv.writerow(
-                {
-                    k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
-                    for k, v in record.items()
-                }
-            )
+        if self.lines is not None:
+            self.lines.add(record)
         else:
             self.rows.append(record)
 

@@ -31,6 +31,8 @@ from receiver.store.queries import (
     Page,
     Reparsed,
     Stored,
+    call_cursor,
+    event_cursor,
     event_page_sql,
     parse_call_cursor,
 )
@@ -356,7 +358,7 @@ class Store:
         rows = await self._rows(sql, [*params, limit + 1])
         more = len(rows) > limit
         last = rows[limit - 1] if more else None  # its order_us and id make the cursor
-        return Page(rows[:limit], f"{last[4]}:{last[0]}" if last else None)
+        return Page(rows[:limit], event_cursor(last[4], last[0]) if last else None)
 
     async def list_events(
         self, query: EventQuery | None = None, *, limit: int = 100, after: str | None = None
@@ -474,7 +476,8 @@ class Store:
         with gc_paused():
             calls = [call_json(call_from_row(row), with_details=False) for row in rows[:limit]]
         last = calls[-1] if len(rows) > limit else None
-        return Page(calls, f"{rows[limit - 1][CALL_STARTED]}:{last['call_id']}" if last else None)
+        cursor = call_cursor(rows[limit - 1][CALL_STARTED], last["call_id"]) if last else None
+        return Page(calls, cursor)
 
     async def iter_calls(
         self, query: CallQuery, *, after: str | None = None

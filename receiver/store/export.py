@@ -26,7 +26,7 @@ import aiosqlite
 
 from receiver.calls import digits
 from receiver.event import event_lines
-from receiver.store.queries import EXPORT_PAGE, EventQuery, event_page_sql
+from receiver.store.queries import EXPORT_PAGE, EventQuery, event_cursor, event_page_sql
 from receiver.store.schema import EVENT_COLUMNS, connect_pragmas
 
 EXPORT_WORKERS = 2  # processes making pages: one a core here, the server's work is small
@@ -96,7 +96,7 @@ class Exporter:
         sql, params = event_page_sql(query, "order_us, id", after)
         async with self.reader.execute(f"{sql} OFFSET ?", [*params, 1, size - 1]) as cursor:
             row = await cursor.fetchone()
-        return None if row is None else f"{row[0]}:{row[1]}"
+        return None if row is None else event_cursor(row[0], row[1])
 
     async def pages(
         self, query: EventQuery, after: str | None, limit: int | None

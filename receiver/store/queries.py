@@ -169,6 +169,16 @@ EVENT_CURSOR = re.compile(EVENT_CURSOR_PATTERN)
 CALL_CURSOR = re.compile(CALL_CURSOR_PATTERN, re.DOTALL)
 
 
+def event_cursor(order_us: int, event_id: int) -> str:
+    """The `next` cursor after the event of this order time and id (parse_cursor reads it)."""
+    return f"{order_us}:{event_id}"
+
+
+def call_cursor(started_us: int, call_id: str) -> str:
+    """The `next` cursor after the call of this start and id (parse_call_cursor reads it)."""
+    return f"{started_us}:{call_id}"
+
+
 def parse_cursor(cursor: str) -> tuple[int, int]:
     """`<order_us>:<id>` -> its two integers. Raises ValueError when it is not one of ours."""
     if not EVENT_CURSOR.fullmatch(cursor):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,6 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from receiver.calls import CallStatus, Direction, call_json
 from receiver.event import now_us, parse_time, reject_json
 from receiver.parse import MYID_SHAPE, is_valid_myid
+from receiver.record_lines import RecordLines
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
 from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
@@ -144,27 +143,16 @@ def cursor_param(request: Request, check: Callable[[str], object]) -> str | None
     return after
 
 
-def csv_cell(value: Any) -> Any:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
-
-
 async def stream(records: AsyncIterator[dict[str, Any]], fmt: str) -> AsyncIterator[str]:
     """Records as NDJSON lines, or CSV with a header row taken from the first record.
 
     Lines go out a few hundred at a time: one HTTP chunk per record costs more than the record.
     """
-    writer = None
     buffer = io.StringIO()
+    writer = RecordLines(fmt, buffer)
     lines = 0
     async for record in records:
-        if fmt == "ndjson":
-            buffer.write(json.dumps(record, ensure_ascii=False))
-            buffer.write("\n")
-        else:
-            if writer is None:
-                writer = csv.DictWriter(buffer, fieldnames=list(record), extrasaction="ignore")
-                writer.writeheader()
-            writer.writerow({key: csv_cell(value) for key, value in record.items()})
+        writer.add(record)
         lines += 1
         if lines % CHUNK_LINES == 0:
             yield buffer.getvalue()
