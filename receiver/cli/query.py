@@ -9,7 +9,16 @@ from typing import Any
 
 import click
 
+from receiver.calls import CallStatus, Direction
 from receiver.cli.options import check_database, setting_option
+
+ORDER = click.option(
+    "--order",
+    type=click.Choice(["asc", "desc"]),
+    default="asc",
+    show_default=True,
+    help="Oldest first (asc) or newest first (desc).",
+)
 
 
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,13 +131,7 @@ def call_query(options: dict[str, Any], **more: Any) -> Any:
 @query_options
 @click.option("--type", "event_type", help="Only this EventType (dial-in, answer, ...).")
 @click.option("--call-id", help="Only the events of this CallID.")
-@click.option(
-    "--order",
-    type=click.Choice(["asc", "desc"]),
-    default="asc",
-    show_default=True,
-    help="Oldest first (asc) or newest first (desc).",
-)
+@ORDER
 def events(**options: Any) -> None:
     """List stored events, filtered, in time order.
 
@@ -181,22 +184,15 @@ def export_lines(db: Path, query: Any, limit: int | None) -> None:
 @query_options
 @click.option(
     "--direction",
-    type=click.Choice(["in", "out", "internal"]),
+    type=click.Choice([d.value for d in Direction]),
     help="Only calls of this direction.",
 )
 @click.option(
     "--status",
-    type=click.Choice(["answered", "missed", "busy", "no_answer", "cancelled", "failed",
-                       "in_progress", "unknown_end"]),
+    type=click.Choice([s.value for s in CallStatus]),
     help="Only calls that ended so (unknown_end: no hangup after --unknown-end-after).",
-)  # fmt: skip
-@click.option(
-    "--order",
-    type=click.Choice(["asc", "desc"]),
-    default="asc",
-    show_default=True,
-    help="Oldest first (asc) or newest first (desc).",
 )
+@ORDER
 def calls(**options: Any) -> None:
     """List calls rebuilt from their events.
 

@@ -254,14 +254,22 @@ class Store:
         """Build the calls of the events stored since the last build (all of them, after a
         change of CALLS_VERSION); returns how many call events that read.
 
-        Live writes go between. background: while events are arriving, the calls of a few
-        events (CALLS_WHILE_BUSY) and stop, so that the background refresher, calling this five
-        times a second, keeps the calls table close behind steady traffic without holding
-        deliveries up. Reads never call it: they read the calls as built.
+        Live writes go between the batches. background: nothing while a group of deliveries is
+        being stored, and while events are arriving one batch of CALLS_WHILE_BUSY events (about
+        a commit's time), so that the background refresher, calling this five times a second,
+        keeps the calls close behind steady traffic without holding deliveries up. Reads never
+        call it: they read the calls as built.
         """
-        return await self._in_batches(
-            "refresh_some_calls", CALLS_AT_ONCE, CALLS_WHILE_BUSY, background
-        )
+        total = 0
+        while True:
+            if background and self._groups_storing:
+                return total  # none while a group of deliveries is being stored
+            busy = background and self.busy()
+            size = CALLS_WHILE_BUSY if busy else CALLS_AT_ONCE
+            read: int = (await self._writer.call("build_some_calls", size))[0]
+            total += read
+            if not read or busy:
+                return total
 
     async def rebuild_calls(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Build every call again from its events, in batches between the live writes; returns
@@ -295,23 +303,6 @@ class Store:
             if progress is not None:
                 progress(total.last_id, up_to)
         return total
-
-    async def _in_batches(self, work: str, size: int, busy_size: int, background: bool) -> int:
-        """Call the writer's `work(size)` until it does nothing; returns its total.
-
-        Live writes go between the batches. background: while events are arriving, one batch
-        of `busy_size`, about as long as a commit, and stop; none while a group of deliveries is
-        being stored (in a burst the work waits for its end, or for a query that needs it).
-        """
-        total = 0
-        while True:
-            if background and self._groups_storing:
-                return total
-            busy = background and self.busy()
-            count: int = await self._writer.call(work, busy_size if busy else size)
-            total += count
-            if not count or busy:
-                return total
 
     def busy(self) -> bool:
         """Whether events are waiting, or were committed in the last IDLE_AFTER seconds."""

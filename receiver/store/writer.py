@@ -176,11 +176,6 @@ class Writer:
             db.execute(TRIM_REJECTS_BY_BYTES, (self.rejects_max_bytes,))
         return results
 
-    def refresh_some_calls(self, limit: int) -> int:
-        """Rebuild the calls of the next `limit` call events stored since the last rebuild;
-        returns how many such events it read (0: the calls are up to date)."""
-        return self.build_some_calls(limit)[0]
-
     def build_some_calls(self, limit: int) -> tuple[int, int]:
         """Rebuild the calls of the next `limit` call events not yet built by this CALLS_VERSION.
 
