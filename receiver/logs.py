@@ -23,8 +23,9 @@ def masked_query(query: str) -> str:
     """A query string with the value of each token parameter as ***: a pair is masked exactly
     when parsing takes its name as the token (parse.is_receiver_name: `token`, `%74oken` and
     `To%4Ben` alike), so what is taken as the token never reaches a log."""
-    if "%" not in query and "token" not in query.lower():
-        return query
+    lowered = query.lower()
+    if "%" not in query and "token" not in lowered and "api_key" not in lowered:
+        return query  # most queries: no name that could be a secret
     pairs = query.split("&")
     for at, pair in enumerate(pairs):
         name, sep, _ = pair.partition("=")

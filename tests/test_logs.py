@@ -66,6 +66,7 @@ async def test_in_an_event_loop_the_count_comes_at_the_end_of_the_interval(caplo
         ("myid=1&To%4Ben=S3cret&x=1", "myid=1&To%4Ben=***&x=1"),
         ("myid=1&to%E2%84%AAen=S3cret", "myid=1&to%E2%84%AAen=S3cret"),  # a Kelvin sign: not it
         ("a=1&access_token=S3cret", "a=1&access_token=***"),
+        ("a=1&API_KEY=S3cret", "a=1&API_KEY=***"),
         ("myid=1&EventType=hangup", "myid=1&EventType=hangup"),
     ],
 )
