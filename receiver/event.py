@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from receiver.packing import AS_RECEIVED, DEFLATED, pack, unpack
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
 # a time up to the last µs of the year 9999, where Python's datetime and SQLite's strftime end;
@@ -254,19 +256,26 @@ def text_or_base64(data: bytes, name: str) -> dict[str, str]:
 
 
 # An event as the database stores it: its values in this order (the events table's columns,
-# selected as EVENT_COLUMNS in receiver/store/schema.py). extra and flags are JSON text.
+# selected as EVENT_COLUMNS in receiver/store/schema.py). extra and flags are JSON text; the
+# raw query and body are kept as raw_packing says (receiver/packing.py).
 STORED_FIELDS = (
     "id", "myid", "event_type", "event_time_us", "order_us", "call_id", "sub_call_id",
     "call_api_id", "callback_id", "caller_id_num", "caller_id_name", "called_did",
     "called_number", "caller_extension", "caller_extension_id", "called_extension",
     "called_extension_id", "call_status", "call_flow", "duration_us", "rec_id", "transferred",
     "bridged", "diversion", "remote_number", "extra", "flags", "received_at_us", "source",
-    "raw_method", "raw_query", "raw_body", "raw_content_type", "duplicates",
+    "raw_method", "raw_query", "raw_body", "raw_content_type", "raw_packing", "duplicates",
 )  # fmt: skip
 
 
-def stored_row(event: Event, event_id: int | None) -> tuple[Any, ...]:
-    """The event's values in STORED_FIELDS order, with `event_id` as its id."""
+def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> tuple[Any, ...]:
+    """The event's values in STORED_FIELDS order, with `event_id` as its id; its raw query and
+    body deflated (`packed`, as they are stored) or as received."""
+    raw = event.raw
+    if packed:
+        query, body, packing = pack(raw.query), pack(raw.body), DEFLATED
+    else:
+        query, body, packing = raw.query, raw.body, AS_RECEIVED
     return (
         event_id,
         event.myid,
@@ -297,10 +306,11 @@ def stored_row(event: Event, event_id: int | None) -> tuple[Any, ...]:
         json.dumps(event.flags),
         event.received_at_us,
         event.source,
-        event.raw.method,
-        event.raw.query,
-        event.raw.body,
-        event.raw.content_type,
+        raw.method,
+        query,
+        body,
+        raw.content_type,
+        packing,
         event.duplicates,
     )
 
@@ -318,7 +328,8 @@ def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any
         callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension,
         caller_extension_id, called_extension, called_extension_id, call_status, call_flow,
         duration_us, rec_id, transferred, bridged, diversion, remote_number, extra, flags,
-        received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, duplicates,
+        received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, raw_packing,
+        duplicates,
     ) = row  # fmt: skip
     out: dict[str, Any] = {
         "id": event_id,
@@ -353,6 +364,8 @@ def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any
         "duplicates": duplicates,
     }
     if with_raw:
+        if raw_packing:
+            raw_query, raw_body = unpack(raw_query, raw_packing), unpack(raw_body, raw_packing)
         try:  # raw_dict(), written out for the common case: exports make millions
             out["raw"] = {
                 "method": raw_method,

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.event import Event
+from receiver.event import STORED_FIELDS, Event, stored_row
 from receiver.settings import Settings
 from receiver.store import Storage, migrate, open_storage
 from receiver.store.schema import event_row, insert_events
@@ -32,6 +32,24 @@ def sample(name: str) -> str:
     return (SAMPLES / f"{name}.txt").read_text().strip()
 
 
+# The events columns before schema version 12, which kept the raw request as received.
+COLUMNS_BEFORE_PACKING = [name for name in STORED_FIELDS if name != "raw_packing"]
+
+
+def insert_as_before_packing(
+    connection: sqlite3.Connection, event: Event, event_id: int, key: bytes
+) -> None:
+    """Store an event as a receiver before schema version 12 did (and one of those beside a
+    newer one still does): the raw request as received, no raw_packing."""
+    row = dict(zip(STORED_FIELDS, stored_row(event, event_id), strict=True))
+    values = [row[name] for name in COLUMNS_BEFORE_PACKING]
+    marks = ", ".join("?" * (len(values) + 1))
+    connection.execute(
+        f"INSERT INTO events ({', '.join(COLUMNS_BEFORE_PACKING)}, dedup_key) VALUES ({marks})",
+        [*values, key],
+    )
+
+
 def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
     """A database of schema `version` holding `events` (ids from 1) as that version stored
     them, with none of their calls built yet."""
@@ -41,7 +59,10 @@ def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
             key = stored.dedup_key()
             if version < 6:  # a key was the hash alone, without EventTime in front
                 key = key[8:]
-            old.execute(insert_events(1), event_row(stored, event_id, key))
+            if version < 12:
+                insert_as_before_packing(old, stored, event_id, key)
+            else:
+                old.execute(insert_events(1), event_row(stored, event_id, key))
         if 2 <= version < 7:
             old.execute(
                 "INSERT INTO calls_dirty SELECT DISTINCT call_id FROM events "

@@ -23,7 +23,7 @@ from receiver.store.schema import CALL_EVENTS_SQL, EVENT_COLUMNS, event_from_row
 EVENTS_AT_ONCE = 500  # events parsed again per turn at the write lock (~15 ms)
 # What a re-parse never changes: how the delivery came, and how often.
 KEPT = ("id", "received_at_us", "source", "raw_method", "raw_query", "raw_body",
-        "raw_content_type", "duplicates")  # fmt: skip
+        "raw_content_type", "raw_packing", "duplicates")  # fmt: skip
 PARSED = tuple(name for name in STORED_FIELDS if name not in KEPT)
 PARSED_AT = tuple(STORED_FIELDS.index(name) for name in PARSED)
 UPDATE_PARSED = (

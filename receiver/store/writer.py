@@ -36,7 +36,7 @@ from receiver.store.reparse import Reparse
 from receiver.store.schema import (
     CALL_COLUMNS,
     CALL_EVENTS_SQL,
-    EVENT_COLUMNS,
+    EVENT_COLUMNS_BUT_RAW,
     INSERT_CALL,
     INSERT_LEG,
     LEG_COLUMNS,
@@ -242,7 +242,7 @@ class Writer:
         db = self.db
         marks = ", ".join("?" * len(ids))
         by_call: dict[str, list[Event]] = {}
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {CALL_EVENTS_SQL} AND call_id IN "
+        sql = f"SELECT {EVENT_COLUMNS_BUT_RAW} FROM events WHERE {CALL_EVENTS_SQL} AND call_id IN "
         for row in db.execute(f"{sql}({marks})", ids):
             event = event_from_row(row)
             by_call.setdefault(event.call_id or "", []).append(event)
