@@ -280,7 +280,7 @@ class Store:
         while True:
             read: int
             batch_changed: int
-            read, batch_changed = await self._writer.call("build_some_calls", CALLS_AT_ONCE)
+            read, batch_changed = await self._writer.call("build_some_calls", CALLS_AT_ONCE, True)
             changed += batch_changed
             if progress is not None:
                 state = await self.calls_state()

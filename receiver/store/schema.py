@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import operator
 import sqlite3
 import time
 import typing
@@ -520,8 +521,12 @@ def same(value: Any) -> Any:
     return value
 
 
+# json.dumps() with an argument makes a new encoder at every call; this one writes the same text.
+LIST_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def json_list(values: tuple[str, ...]) -> str:
-    return json.dumps(list(values), ensure_ascii=False)
+    return LIST_ENCODER.encode(list(values))
 
 
 def flag_or_none(value: Any) -> bool | None:
@@ -561,6 +566,25 @@ LEG_SEARCHED: dict[str, Callable[[CallLeg], Any]] = {
     "routing": lambda leg: leg.routing,
     "ring_us": lambda leg: leg.ring_us,
 }
+
+
+def values_as_stored(columns: tuple[Column, ...]) -> Callable[[Any], list[Any]]:
+    """A function from a record to its columns' values as SQLite keeps them: the values read
+    at once, then only those of a type SQLite has not converted (call building makes many)."""
+    values = operator.attrgetter(*(c.name for c in columns))
+    converted = [(at, c.to_sql) for at, c in enumerate(columns) if c.to_sql is not same]
+
+    def as_stored(record: Any) -> list[Any]:
+        row = list(values(record))
+        for at, to_sql in converted:
+            row[at] = to_sql(row[at])
+        return row
+
+    return as_stored
+
+
+CALL_VALUES = values_as_stored(CALL_FIELDS)
+LEG_VALUES = values_as_stored(LEG_FIELDS)
 CALL_COLUMNS = ", ".join([*(c.name for c in CALL_FIELDS), *CALL_SEARCHED])
 LEG_COLUMNS = ", ".join(["call_id", *(c.name for c in LEG_FIELDS), *LEG_SEARCHED])
 INSERT_CALL = (
@@ -582,20 +606,13 @@ def call_fields_sql(status: str) -> str:
 
 def call_row(call: Call) -> tuple[Any, ...]:
     """The calls-table row of a Call, in CALL_COLUMNS order."""
-    return (
-        *(c.to_sql(getattr(call, c.name)) for c in CALL_FIELDS),
-        *(searched(call) for searched in CALL_SEARCHED.values()),
-    )
+    return (*CALL_VALUES(call), *(searched(call) for searched in CALL_SEARCHED.values()))
 
 
 def leg_rows(call: Call) -> list[tuple[Any, ...]]:
     """The legs-table rows of a Call's legs, in LEG_COLUMNS order."""
     return [
-        (
-            call.call_id,
-            *(c.to_sql(getattr(leg, c.name)) for c in LEG_FIELDS),
-            *(searched(leg) for searched in LEG_SEARCHED.values()),
-        )
+        (call.call_id, *LEG_VALUES(leg), *(searched(leg) for searched in LEG_SEARCHED.values()))
         for leg in call.legs
     ]
 
