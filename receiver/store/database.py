@@ -41,6 +41,7 @@ from receiver.store.schema import (
     CALL_EVENTS_SQL,
     CALL_FIELDS,
     CALLS_AT_ONCE,
+    CALLS_AT_ONCE_COMMAND,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
     GROUPS_IN_FLIGHT,
@@ -254,7 +255,8 @@ class Store:
         """Build the calls of the events stored since the last build (all of them, after a
         change of CALLS_VERSION); returns how many call events that read.
 
-        Live writes go between the batches. background: nothing while a group of deliveries is
+        Live writes go between the batches: of CALLS_AT_ONCE_COMMAND call events for a
+        command (replay), of CALLS_AT_ONCE in the background. background: nothing while a group of deliveries is
         being stored, and while events are arriving one batch of CALLS_WHILE_BUSY events (about
         a commit's time), so that the background refresher, calling this five times a second,
         keeps the calls close behind steady traffic without holding deliveries up. Reads never
@@ -265,7 +267,9 @@ class Store:
             if background and self._groups_storing:
                 return total  # none while a group of deliveries is being stored
             busy = background and self.busy()
-            size = CALLS_WHILE_BUSY if busy else CALLS_AT_ONCE
+            size = (
+                CALLS_WHILE_BUSY if busy else CALLS_AT_ONCE if background else CALLS_AT_ONCE_COMMAND
+            )
             read: int = (await self._writer.call("build_some_calls", size))[0]
             total += read
             if not read or busy:
@@ -280,7 +284,9 @@ class Store:
         while True:
             read: int
             batch_changed: int
-            read, batch_changed = await self._writer.call("build_some_calls", CALLS_AT_ONCE, True)
+            read, batch_changed = await self._writer.call(
+                "build_some_calls", CALLS_AT_ONCE_COMMAND, True
+            )
             changed += batch_changed
             if progress is not None:
                 state = await self.calls_state()
