@@ -256,11 +256,11 @@ class Store:
         change of CALLS_VERSION); returns how many call events that read.
 
         Live writes go between the batches: of CALLS_AT_ONCE_COMMAND call events for a
-        command (replay), of CALLS_AT_ONCE in the background. background: nothing while a group of deliveries is
-        being stored, and while events are arriving one batch of CALLS_WHILE_BUSY events (about
-        a commit's time), so that the background refresher, calling this five times a second,
-        keeps the calls close behind steady traffic without holding deliveries up. Reads never
-        call it: they read the calls as built.
+        command (replay), of CALLS_AT_ONCE in the background. background: nothing while a group
+        of deliveries is being stored, and while events are arriving one batch of
+        CALLS_WHILE_BUSY events (about a commit's time), so that the background refresher,
+        calling this five times a second, keeps the calls close behind steady traffic without
+        holding deliveries up. Reads never call it: they read the calls as built.
         """
         total = 0
         while True:
