@@ -26,9 +26,12 @@ def delivery(worker: int, n: int) -> str:
     return HANGUP.replace("b5187f38a9cc43f2ba068bce983a513e", call_id)
 
 
-def load(url: str, workers: int, stop: threading.Event) -> set[str]:
-    """Send unique deliveries (GET and POST) from threads until `stop`; return the answered."""
-    answered: set[str] = set()
+def load(
+    url: str, workers: int, stop: threading.Event, answered: set[str] | None = None
+) -> set[str]:
+    """Send unique deliveries (GET and POST) from threads until `stop`; return the answered
+    (gathered in `answered` as they come, when given)."""
+    answered = set() if answered is None else answered
     lock = threading.Lock()
 
     def work(worker: int) -> None:
@@ -72,12 +75,17 @@ def stored_call_ids(url: str) -> list[str]:
                 return ids
 
 
-def run_load_then(server_url: str, action, seconds: float = 1.0) -> set[str]:  # type: ignore[no-untyped-def]
+def run_load_then(server_url: str, action, at_least: int = 200) -> set[str]:  # type: ignore[no-untyped-def]
+    """Load the server until it has answered `at_least` deliveries (however busy the machine
+    is: up to a minute), then do `action` under the load that goes on."""
     stop = threading.Event()
+    answered: set[str] = set()
     result: list[set[str]] = []
-    runner = threading.Thread(target=lambda: result.append(load(server_url, 8, stop)))
+    runner = threading.Thread(target=lambda: result.append(load(server_url, 8, stop, answered)))
     runner.start()
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60
+    while len(answered) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
     action()
     stop.set()
     runner.join()
