@@ -60,8 +60,22 @@ def pbx() -> None:
     type=click.IntRange(0),
     help="Subscriptions per client; one more is answered 403.",
 )
+@click.option(
+    "--history-delay",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 60),
+    help="Seconds a call-history request takes; another one meanwhile is answered 429.",
+)
+@click.option(
+    "--record-url-ttl",
+    default=600,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Seconds a recording's storage URL stays valid.",
+)
 def pbx_serve(**options: Any) -> None:
-    """Run the emulated PBX API (OAuth2, subscriptions, callback).
+    """Run the emulated PBX API (OAuth2, subscriptions, callback, call history, recordings).
 
     \b
     Examples:
@@ -128,6 +142,14 @@ def pbx_serve(**options: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write each call's expected outcome here, one JSON line per call.",
 )
+@click.option(
+    "--drop",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of the calls whose deliveries are all lost, as if the receiver was down "
+    "all through them.",
+)
 def simulate(
     pbx_url: str,
     count: int,
@@ -136,17 +158,21 @@ def simulate(
     mix: str | None,
     seed: int,
     truth: Path | None,
+    drop: float,
 ) -> None:
     """Place calls and deliver their events to every subscription, as the PBX does.
+
+    Every call also goes into the emulator's call history once it has ended, delivered or not.
 
     \b
     Examples:
       receiver-pbx simulate --calls 200 --rate 2 --speed 60 --seed 7 --truth truth.jsonl
       receiver-pbx simulate --calls 50 --speed 0 --mix inbound=1,queue=1
+      receiver-pbx simulate --calls 300 --speed 0 --drop 0.1 --truth truth.jsonl
     """
     import httpx2 as httpx
 
-    from pbx_emulator.emulator import run_simulation
+    from pbx_emulator.deliver import run_simulation
     from pbx_emulator.simulate import parse_mix
 
     try:
@@ -156,7 +182,14 @@ def simulate(
     out = truth.open("w") if truth else None
     try:
         report = run_simulation(
-            pbx_url, calls=count, rate=rate, speed=speed, seed=seed, mix=weights, truth=out
+            pbx_url,
+            calls=count,
+            rate=rate,
+            speed=speed,
+            seed=seed,
+            mix=weights,
+            truth=out,
+            drop=drop,
         )
     except httpx.TransportError as error:
         raise click.ClickException(f"cannot reach the emulator at {pbx_url}: {error}") from None
@@ -165,7 +198,9 @@ def simulate(
             out.close()
     click.echo(
         f"{report.calls} calls, {report.events} events, {report.deliveries} deliveries: "
-        f"{report.delivered} answered 2xx, {len(report.failed)} failed"
+        f"{report.delivered} answered 2xx, {report.dropped} lost with {report.dropped_calls} "
+        "calls (--drop), "
+        f"{len(report.failed)} failed"
     )
     for failure in report.failed[:10]:
         click.echo(f"failed: {failure}", err=True)

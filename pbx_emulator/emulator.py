@@ -1,29 +1,37 @@
 """A stand-in for the PBX's REST API (pbx-events §5), for tests and demos.
 
 It speaks OAuth2 client credentials, the event-subscription resource and the callback request,
-with the same status codes and `{"message": ...}` errors. Its extensions come from
-pbx_emulator/simulate.py (offices with phones, an IVR and a queue). Two routes of its own, under
-/emulator/, let `receiver-pbx simulate` read the subscriptions and tests inject failures.
+the call history and the recordings (pbx-events §6), with the same status codes and
+`{"message": ...}` errors. Its extensions come from pbx_emulator/simulate.py (offices with
+phones, an IVR and a queue). Routes of its own, under /emulator/, let `receiver-pbx simulate`
+read the subscriptions and put its calls into the history, and tests inject failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import itertools
-import json
+import hmac
 import secrets
 import time
-from typing import IO, Any
+from typing import Any
 
-import httpx2 as httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pbx_emulator.simulate import calls as simulated_calls
-from pbx_emulator.simulate import make_offices, query_string
-from receiver.event import EventType, now_us
+from pbx_emulator.history import (
+    BUSY_MESSAGE,
+    CLIENT_NUMBER,
+    BadQuery,
+    history_filter,
+    history_page,
+    recording_bytes,
+    signature,
+)
+from pbx_emulator.simulate import make_offices
+from receiver.event import EventType
 
 EVENT_TYPES = [t.value for t in EventType]
 
@@ -36,6 +44,8 @@ class PbxConfig:
     seed: int = 1
     token_ttl: int = 3600  # seconds an access token lives
     subscription_limit: int = 200  # per client, as the provider limits them
+    history_delay: float = 0.05  # seconds a call-history request takes (a second one gets 429)
+    record_url_ttl: int = 600  # seconds a recording's storage URL stays valid
 
 
 @dataclasses.dataclass
@@ -67,6 +77,10 @@ class Pbx:
         self.tokens: dict[str, float] = {}  # token -> expiry (monotonic)
         self.faults: list[int] = []  # statuses to answer next, for tests of retries
         self.callbacks: list[dict[str, Any]] = []
+        self.history: dict[str, dict[str, Any]] = {}  # call_uuid -> the history's record
+        self.recordings: dict[str, str] = {}  # record_uuid -> call_uuid
+        self.history_busy = False  # a call-history request is running
+        self.history_requests = 0
 
 
 def message(status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -130,6 +144,13 @@ async def read_subscription(request: Request) -> dict[str, Any] | Response:
     if event_type not in EVENT_TYPES:
         return message(400, f"event_type: must be one of {', '.join(EVENT_TYPES)}")
     return {"url": url, "method": method, "event_type": event_type}
+
+
+def authorised(request: Request) -> Pbx | Response:
+    """The PBX, or the answer (fault, 401) to give instead."""
+    if (refused := check(request)) is not None:
+        return refused
+    return pbx_of(request)
 
 
 def extension_id(request: Request) -> int | None:
@@ -228,6 +249,8 @@ async def state(request: Request) -> Response:
                 {**s.json(), "extension_id": s.extension_id} for s in pbx.subscriptions.values()
             ],
             "callbacks": pbx.callbacks,
+            "history_calls": len(pbx.history),
+            "history_requests": pbx.history_requests,
         }
     )
 
@@ -236,6 +259,90 @@ async def faults(request: Request) -> Response:
     """POST /emulator/faults {"status": 503, "count": 2}: the next API answers fail so."""
     body = await request.json()
     pbx_of(request).faults += [int(body["status"])] * int(body.get("count", 1))
+    return Response(status_code=204)
+
+
+async def call_history(request: Request) -> Response:
+    """GET /client/{client_id}/call_history/: a page of records; one request at a time."""
+    pbx = authorised(request)
+    if isinstance(pbx, Response):
+        return pbx
+    if request.path_params["client_id"] not in ("@me", CLIENT_NUMBER):
+        return message(404, "Client not found")
+    try:
+        wanted = history_filter(request.query_params)
+    except BadQuery as problem:
+        return message(400, str(problem))
+    if pbx.history_busy:
+        return message(429, BUSY_MESSAGE)
+    pbx.history_busy = True
+    pbx.history_requests += 1
+    try:
+        await asyncio.sleep(pbx.config.history_delay)  # the PBX's query takes a while
+        return JSONResponse(history_page(pbx.history.values(), wanted))
+    finally:
+        pbx.history_busy = False
+
+
+def recording_of(request: Request) -> tuple[Pbx, str] | Response:
+    """The PBX and the record_uuid of the path; or the answer (fault, 401, 404) instead."""
+    pbx = authorised(request)
+    if isinstance(pbx, Response):
+        return pbx
+    record_uuid = request.path_params["record_uuid"]
+    if request.path_params["client_id"] not in ("@me", CLIENT_NUMBER):
+        return message(404, "Client not found")
+    if record_uuid not in pbx.recordings:
+        return message(404, "Record not found")
+    return pbx, record_uuid
+
+
+async def record(request: Request) -> Response:
+    """GET /client/{client_id}/record/{record_uuid}: the mp3."""
+    found = recording_of(request)
+    if isinstance(found, Response):
+        return found
+    return Response(recording_bytes(found[1]), media_type="audio/mpeg")
+
+
+async def storage_url(request: Request) -> Response:
+    """GET /client/{client_id}/record/{record_uuid}/storage_url/: a signed URL, valid a while."""
+    found = recording_of(request)
+    if isinstance(found, Response):
+        return found
+    pbx, record_uuid = found
+    expires = int(time.time()) + pbx.config.record_url_ttl
+    mark = signature(pbx.config.client_secret, record_uuid, expires)
+    base = str(request.base_url).rstrip("/")
+    url = f"{base}/storage/records/{record_uuid}.mp3?expires={expires}&signature={mark}"
+    return JSONResponse({"record_url": url})
+
+
+async def stored_record(request: Request) -> Response:
+    """GET /storage/records/{record_uuid}.mp3?expires=&signature=: no token, a live signature."""
+    pbx = pbx_of(request)
+    record_uuid = request.path_params["record_uuid"]
+    expires = request.query_params.get("expires", "")
+    given = request.query_params.get("signature", "")
+    if not expires.isdigit() or not hmac.compare_digest(
+        given, signature(pbx.config.client_secret, record_uuid, int(expires))
+    ):
+        return message(403, "Bad signature")
+    if int(expires) < time.time():
+        return message(403, "Link expired")
+    if record_uuid not in pbx.recordings:
+        return message(404, "Record not found")
+    return Response(recording_bytes(record_uuid), media_type="audio/mpeg")
+
+
+async def add_history(request: Request) -> Response:
+    """POST /emulator/history [records]: calls the simulation has ended, into the history."""
+    pbx = pbx_of(request)
+    for entry in await request.json():
+        pbx.history[entry["call_uuid"]] = entry
+        for leg in entry["cdr"]:
+            if leg.get("record_uuid"):
+                pbx.recordings[leg["record_uuid"]] = entry["call_uuid"]
     return Response(status_code=204)
 
 
@@ -255,94 +362,14 @@ def create_pbx_app(config: PbxConfig) -> Starlette:
                 methods=["GET", "PUT", "DELETE"],
             ),
             Route("/extension/{extension_id:int}/callback/", callback, methods=["POST"]),
+            Route("/client/{client_id}/call_history/", call_history),
+            Route("/client/{client_id}/record/{record_uuid}", record),
+            Route("/client/{client_id}/record/{record_uuid}/storage_url/", storage_url),
+            Route("/storage/records/{record_uuid}.mp3", stored_record),
             Route("/emulator/state", state),
             Route("/emulator/faults", faults, methods=["POST"]),
+            Route("/emulator/history", add_history, methods=["POST"]),
         ]
     )
     app.state.pbx = Pbx(config)
     return app
-
-
-@dataclasses.dataclass
-class SimulationReport:
-    """What `receiver-pbx simulate` did."""
-
-    calls: int = 0
-    events: int = 0
-    deliveries: int = 0  # events times the subscriptions that wanted them
-    delivered: int = 0  # answered 2xx
-    failed: list[str] = dataclasses.field(default_factory=list)
-
-
-def run_simulation(
-    pbx_url: str,
-    *,
-    calls: int,
-    rate: float,
-    speed: float,
-    seed: int,
-    mix: dict[str, int] | None = None,
-    truth: IO[str] | None = None,
-) -> SimulationReport:
-    """Place `calls` calls on the emulated PBX and deliver their events as the PBX would.
-
-    Every event goes to each subscription of its extension for its event type, with the
-    subscription's method, once (the PBX does not retry). `speed` 1 plays in real time, 60 a
-    minute a second, 0 as fast as it can. One line of ground truth per call goes to `truth`.
-    """
-    with httpx.Client(timeout=30) as http:
-        setup = http.get(f"{pbx_url.rstrip('/')}/emulator/state").json()
-        offices = make_offices(setup["offices"], setup["seed"])
-        wanted: dict[tuple[int, str], list[tuple[str, str]]] = {}
-        for sub in setup["subscriptions"]:
-            wanted.setdefault((sub["extension_id"], sub["event_type"]), []).append(
-                (sub["url"], sub["method"])
-            )
-        start_us = now_us()
-        gap = 1_000_000 / rate
-        made = itertools.islice(
-            simulated_calls(
-                offices,
-                seed=seed,
-                start_us=start_us,
-                mix=mix,
-                every_us=(int(gap * 0.5), int(gap * 1.5)),
-            ),
-            calls,
-        )
-        report = SimulationReport()
-        schedule = []
-        for sim_call in made:
-            report.calls += 1
-            if truth is not None:
-                truth.write(json.dumps(sim_call.truth, ensure_ascii=False) + "\n")
-            schedule += [(int(f["EventTime"]), owner, f) for owner, f in sim_call.events]
-        schedule.sort(key=lambda item: item[0])
-        started = time.monotonic()
-        for at_us, owner, fields in schedule:
-            report.events += 1
-            if speed:
-                time.sleep(max(0.0, started + (at_us - start_us) / 1e6 / speed - time.monotonic()))
-            for url, method in wanted.get((owner, fields["EventType"]), []):
-                report.deliveries += 1
-                deliver(http, url, method, query_string(fields), report)
-    return report
-
-
-def deliver(
-    http: httpx.Client, url: str, method: str, payload: str, report: SimulationReport
-) -> None:
-    """One delivery, as the PBX makes it: the fields in the query (GET) or a form body (POST)."""
-    try:
-        if method == "GET":
-            response = http.get(f"{url}{'&' if '?' in url else '?'}{payload}")
-        else:
-            form = {"content-type": "application/x-www-form-urlencoded"}
-            response = http.post(url, content=payload, headers=form)
-    except httpx.TransportError as error:
-        report.failed.append(f"{method} {url}: {error}")
-        return
-    if response.is_success:
-        report.delivered += 1
-    else:
-        report.failed.append(f"{method} {url}: HTTP {response.status_code} {response.text[:200]}")

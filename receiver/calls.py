@@ -32,6 +32,13 @@ class CallStatus(enum.StrEnum):
     UNKNOWN_END = "unknown_end"  # no hangup came, and it is too long ago to still be going on
 
 
+class CallSource(enum.StrEnum):
+    """What a call was built from."""
+
+    EVENTS = "events"  # the events we received
+    CALL_HISTORY = "call_history"  # the PBX's call history, for a call none of whose events came
+
+
 # The PBX's final CallStatus of a leg -> the call status when no one answered (pbx-events §3).
 ENDINGS = {
     "BUSY": CallStatus.BUSY,
@@ -130,6 +137,7 @@ class Call:
     recordings: tuple[str, ...]
     legs: tuple[CallLeg, ...]
     events: tuple[Event, ...]
+    source: CallSource = CallSource.EVENTS
 
 
 def leg_extension(event: Event) -> tuple[str | None, int | None]:
@@ -292,6 +300,7 @@ def call_json(call: Call, *, with_details: bool = True) -> dict[str, Any]:
         "transferred": call.transferred,
         "callback_id": call.callback_id,
         "recordings": list(call.recordings),
+        "source": call.source.value,
     }
     if with_details:
         out["legs"] = [leg_json(leg) for leg in call.legs]

@@ -1,7 +1,7 @@
 """Trying an HTTP request again: which answers may pass on another try, and the pauses between.
 
 Used by everything here that sends to another server: `receiver replay --to` and the PBX
-client (`receiver subscribe`).
+client (`receiver subscribe`, `receiver reconcile`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, upgrade, subscribe), with options.py and server.py shared."""
+(serve, replay, query, rebuild, upgrade, subscribe, reconcile), with options.py and server.py
+shared."""
 
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ def register() -> None:
     """The commands, each in its own module."""
     from receiver.cli.query import calls, events, report
     from receiver.cli.rebuild import rebuild
+    from receiver.cli.reconcile import reconcile
     from receiver.cli.replay import replay
     from receiver.cli.serve import serve
     from receiver.cli.subscribe import subscribe
     from receiver.cli.upgrade import upgrade
 
-    for command in (serve, replay, events, calls, report, rebuild, upgrade, subscribe):
+    for command in (serve, replay, events, calls, report, rebuild, upgrade, subscribe, reconcile):
         main.add_command(command)
 
 

@@ -33,6 +33,7 @@ TABLES: dict[str, Sequence[str]] = {
         "talk_seconds",
         "extensions",
         "call_id",
+        "source",
     ),
     "missed": (
         "number",

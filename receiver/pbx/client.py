@@ -1,4 +1,5 @@
-"""A client of the PBX's REST API (pbx-events §5): tokens, subscriptions, callbacks.
+"""A client of the PBX's REST API (pbx-events §5-6): tokens, subscriptions, callbacks, the call
+history and the recordings.
 
 Also the pure planning of `receiver subscribe add/sync`: which subscriptions to create and which
 to delete, never touching subscriptions for other URLs.
@@ -8,30 +9,38 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx2 as httpx
 
+from receiver.history import format_history_time
 from receiver.retry import pauses, transient
 
 DEFAULT_API_URL = "https://apiproxy.telphin.ru/api/ver1.0"
 CALL_EVENTS = ("dial-in", "dial-out", "answer", "hangup")
+OWN_CLIENT = "@me"  # the API application's own client, in the PBX's paths
+HISTORY_PAGE = 100  # records asked for a page
+# A history request is refused (429) while another one runs, ours or another program's: it
+# waits its turn this many times, the pauses doubling up to HISTORY_PAUSE_MOST seconds.
+HISTORY_RETRIES = 10
+HISTORY_PAUSE_MOST = 30.0
 
 
 class PbxError(Exception):
     """A request the PBX refused or that could not be made; the message says what to do."""
 
 
-def explain(status: int, detail: str, what: str) -> str:
-    """A precise message for an answer of the PBX."""
+def explain(status: int, detail: str, what: str, check: str = "the extension id") -> str:
+    """A precise message for an answer of the PBX; `check` is what a 404 should make one check."""
     reasons = {
         400: f"the PBX refused {what}: {detail}",
         401: "the PBX did not accept the credentials: check --client-id and --client-secret "
         f"({detail})",
         403: f"the PBX forbids {what}: {detail} (the application may lack the right, or the "
         "client's subscription limit is reached)",
-        404: f"the PBX does not know {what}: {detail} (check the extension id)",
+        404: f"the PBX does not know {what}: {detail} (check {check})",
         409: f"the PBX reports a conflict for {what}: {detail}",
         429: f"the PBX is rate-limiting {what}: {detail}; try again later",
     }
@@ -73,12 +82,22 @@ class PbxClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request, tried again after network errors, 429 and 5xx (pausing longer each time)."""
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        retries: int | None = None,
+        most: float = 10,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request, tried again after network errors, 429 and 5xx (pausing longer each time,
+        up to `most` seconds; `retries` times, else the client's number)."""
         url = f"{self.api_url}{path}"
-        for attempt, pause in enumerate(pauses(self.retries, self.pause, 10)):
+        retries = self.retries if retries is None else retries
+        for attempt, pause in enumerate(pauses(retries, self.pause, most)):
             time.sleep(pause)
-            last = attempt == self.retries
+            last = attempt == retries
             try:
                 response = self.http.request(method, url, **kwargs)
             except httpx.TransportError as error:
@@ -110,18 +129,91 @@ class PbxClient:
             self.tokens_fetched += 1
         return self._token
 
-    def call(self, method: str, path: str, what: str, body: Any = None) -> Any:
-        """An authorised API call; a 401 fetches a new token and tries once more."""
+    def authorised(
+        self, method: str, path: str, what: str, check: str = "the extension id", **kwargs: Any
+    ) -> httpx.Response:
+        """An authorised request, answered 2xx; a 401 fetches a new token and tries once more.
+        Raises PbxError saying what the PBX answered otherwise."""
         for renewed in (False, True):
             headers = {"Authorization": f"Bearer {self.token()}"}
-            response = self.send(method, path, json=body, headers=headers)
+            response = self.send(method, path, headers=headers, **kwargs)
             if response.status_code == 401 and not renewed:
                 self._token = None  # expired or revoked early
                 continue
             if response.status_code >= 400:
-                raise PbxError(explain(response.status_code, detail(response), what))
-            return response.json() if response.content else None
+                raise PbxError(explain(response.status_code, detail(response), what, check))
+            return response
         raise AssertionError("unreachable")
+
+    def call(self, method: str, path: str, what: str, body: Any = None) -> Any:
+        """An authorised API call with a JSON body and answer."""
+        response = self.authorised(method, path, what, json=body)
+        return response.json() if response.content else None
+
+    def call_history(
+        self,
+        since_us: int,
+        until_us: int,
+        *,
+        per_page: int = HISTORY_PAGE,
+        client: str = OWN_CLIENT,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The call history of calls started from `since_us` up to `until_us` (to the second),
+        oldest first, a page at a time. Waits its turn when another history request runs (429).
+        """
+        page = 1
+        while True:
+            params = {
+                "start_datetime": format_history_time(since_us),
+                "end_datetime": format_history_time(until_us),
+                "page": page,
+                "per_page": per_page,
+                "order": "asc",
+            }
+            response = self.authorised(
+                "GET",
+                f"/client/{quote(client, safe='@')}/call_history/",
+                f"the call history (page {page})",
+                "the client id",
+                params=params,
+                retries=HISTORY_RETRIES,
+                most=HISTORY_PAUSE_MOST,
+            )
+            try:
+                records = response.json()["call_history"]
+            except (ValueError, KeyError, TypeError):
+                raise PbxError(
+                    f"the PBX's call history (page {page}) is not a history page: "
+                    f"{response.text[:200]!r}"
+                ) from None
+            if not isinstance(records, list):
+                raise PbxError(f"the PBX's call history (page {page}): call_history is no list")
+            yield records
+            if len(records) < per_page:
+                return
+            page += 1
+
+    def recording_url(self, record_uuid: str, client: str = OWN_CLIENT) -> str:
+        """Where a recording's mp3 can be fetched (without a token) for a while."""
+        body = self.call(
+            "GET",
+            f"/client/{quote(client, safe='@')}/record/{quote(record_uuid, safe='')}/storage_url/",
+            f"recording {record_uuid}",
+        )
+        url = body.get("record_url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise PbxError(f"the PBX gave no storage URL for recording {record_uuid}: {body!r}")
+        return url
+
+    def recording(self, record_uuid: str, client: str = OWN_CLIENT) -> bytes:
+        """A recording's mp3."""
+        response = self.authorised(
+            "GET",
+            f"/client/{quote(client, safe='@')}/record/{quote(record_uuid, safe='')}",
+            f"recording {record_uuid}",
+            "the recording's id",
+        )
+        return response.content
 
     def subscriptions(self, extension: int) -> list[dict[str, Any]]:
         return list(

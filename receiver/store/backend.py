@@ -69,6 +69,19 @@ class Storage(Protocol):
 
     async def check(self) -> int: ...
 
+    # The PBX's call history: the source of the calls none of whose events came.
+
+    async def add_history_calls(self, records: list[tuple[str, str]]) -> list[str]:
+        """Keep the records (call id in lower case, the record's JSON) of calls without events
+        and build their calls; per record `matched` (its events are here), `filled` or `known`."""
+        ...
+
+    async def claim_reconcile(self, holder: str, seconds: float) -> str | None:
+        """The one reconciler's lease: None when `holder` has it now, else who does."""
+        ...
+
+    async def release_reconcile(self, holder: str) -> None: ...
+
     # Reading: never writes.
 
     async def get_event(self, event_id: int) -> Event | None: ...

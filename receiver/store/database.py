@@ -310,6 +310,27 @@ class Store:
                 progress(total.last_id, up_to)
         return total
 
+    async def add_history_calls(self, records: list[tuple[str, str]]) -> list[str]:
+        """Keep the PBX's history records (call id, record JSON) of calls none of whose events
+        we have, and build their calls (source call_history); per record `matched`, `filled`
+        or `known` (writer.py)."""
+        outcomes: list[str] = await self._writer.call(
+            "add_history_calls", records, int(time.time() * 1_000_000)
+        )
+        return outcomes
+
+    async def claim_reconcile(self, holder: str, seconds: float) -> str | None:
+        """Hold the one reconciler's lease for `seconds` from now (again, to keep it): None
+        when it is `holder`'s, else who holds it."""
+        now = int(time.time() * 1_000_000)
+        held: str | None = await self._writer.call(
+            "claim_reconcile", holder, now, now + int(seconds * 1_000_000)
+        )
+        return held
+
+    async def release_reconcile(self, holder: str) -> None:
+        await self._writer.call("release_reconcile", holder)
+
     def busy(self) -> bool:
         """Whether events are waiting, or were committed in the last IDLE_AFTER seconds."""
         return not self._queue.empty() or time.monotonic() - self._last_commit < IDLE_AFTER

@@ -131,10 +131,13 @@ class CallQuery:
             if self.until_us is not None:  # a call's events all come within a day of its start
                 window += " AND order_us < ?"
                 bounds.append(self.until_us + LONGEST_CALL_US)
+            # A call filled from the history has no events: its myids are its extensions'.
             where.append(
-                f"{table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
+                f"({table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
+                f" OR ({table}.source = 'call_history' AND EXISTS (SELECT 1 FROM "
+                f"json_each({table}.myids) WHERE value IN ({marks}))))"
             )
-            params += [*self.myids, *bounds]
+            params += [*self.myids, *bounds, *self.myids]
         if self.since_us is not None:
             where.append(f"{table}.started_us >= ?")
             params.append(self.since_us)

@@ -233,6 +233,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE events ADD COLUMN raw_packing INTEGER NOT NULL DEFAULT 0;
     """,
+    # 13: calls filled from the PBX's call history. history_calls keeps each record as the PBX
+    # gave it, under its call_uuid in lower case: the source of a call none of whose events came,
+    # as the events are of the others (its calls row is built from it, and again by every
+    # rebuild, until an event of the call arrives). calls.source says which a call came from.
+    # reconcile_lease: the one reconciler at a time, whichever process runs it.
+    """
+    CREATE TABLE history_calls (
+        call_id TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        fetched_at_us INTEGER NOT NULL
+    );
+    ALTER TABLE calls ADD COLUMN source TEXT NOT NULL DEFAULT 'events';
+    CREATE TABLE reconcile_lease (holder TEXT NOT NULL, until_us INTEGER NOT NULL);
+    INSERT INTO reconcile_lease VALUES ('', 0);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys

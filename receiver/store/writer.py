@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from receiver.calls import CALLS_VERSION, build_call
-from receiver.event import Event, Reject
+from receiver.event import Event, Reject, iso_time
+from receiver.history import call_from_history
 from receiver.store.queries import Reparsed, Stored
 from receiver.store.reparse import Reparse
 from receiver.store.schema import (
@@ -88,6 +90,11 @@ def unsynced(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("PRAGMA synchronous=FULL")
 
 
+# Whether the call events of a call are stored, its CallID (?1) in lower case or upper case.
+HAS_EVENTS = f"SELECT 1 FROM events WHERE call_id IN (?1, upper(?1)) AND {CALL_EVENTS_SQL} LIMIT 1"
+HAS_EVENTS_OF_H = (
+    f"SELECT 1 FROM events WHERE call_id IN (h.call_id, upper(h.call_id)) AND {CALL_EVENTS_SQL}"
+)
 # The id of the next event: after the highest stored, and after any retired (retired_ids).
 NEXT_ID = "SELECT max(coalesce((SELECT max(id) FROM events), 0), (SELECT top FROM retired_ids)) + 1"
 
@@ -227,6 +234,8 @@ class Writer:
             top = db.execute(newest).fetchone()[0] if len(read) < limit else read[-1][0]
             if top != done_to:
                 db.execute("UPDATE calls_built SET events_to = ?", (top,))
+            if done_to == 0:  # a build of every call: those filled from the history too
+                self._build_history_calls(None)
             ids = sorted({call_id for _, call_id in read})
             # Only a rebuild of every call counts those that changed: new events change theirs.
             compare = count_changed and done_to < rebuild_to
@@ -277,7 +286,85 @@ class Writer:
         db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", ids)
         db.executemany(INSERT_CALL, [row for row, _ in rows])
         db.executemany(INSERT_LEG, [leg for _, legs in rows for leg in legs])
+        # A call filled from the history is kept under its CallID in lower case: should its
+        # events carry it otherwise, they win all the same.
+        other_case = [c.call_id.lower() for c in calls if c.call_id != c.call_id.lower()]
+        if other_case:
+            marks = ", ".join("?" * len(other_case))
+            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", other_case)
+            db.execute(
+                f"DELETE FROM calls WHERE source = 'call_history' AND call_id IN ({marks})",
+                other_case,
+            )
         return changed
+
+    def add_history_calls(self, records: list[tuple[str, str]], fetched_at_us: int) -> list[str]:
+        """Keep the history's records (call id in lower case, the record's JSON) of the calls
+        none of whose events we have, and build their calls; one outcome per record:
+        `matched` (we have its events: nothing kept), `filled`, or `known` (kept before; the
+        record is replaced by this one). Under the write lock, so that an event stored meanwhile
+        is seen."""
+        outcomes = []
+        with write_transaction(self.db):
+            for call_id, record in records:
+                if self.db.execute(HAS_EVENTS, (call_id,)).fetchone():
+                    outcomes.append("matched")
+                    continue
+                known = self.db.execute(
+                    "SELECT 1 FROM history_calls WHERE call_id = ?", (call_id,)
+                ).fetchone()
+                self.db.execute(
+                    "INSERT OR REPLACE INTO history_calls (call_id, record, fetched_at_us) "
+                    "VALUES (?, ?, ?)",
+                    (call_id, record, fetched_at_us),
+                )
+                outcomes.append("known" if known else "filled")
+            kept = zip(records, outcomes, strict=True)
+            self._build_history_calls([call_id for (call_id, _), o in kept if o != "matched"])
+        return outcomes
+
+    def _build_history_calls(self, ids: list[str] | None) -> None:
+        """Build the calls of these history records (None: all), but of those whose events
+        we have: the events win."""
+        db = self.db
+        sql = f"SELECT call_id, record FROM history_calls AS h WHERE NOT EXISTS ({HAS_EVENTS_OF_H})"
+        params: list[str] = []
+        if ids is not None:
+            if not ids:
+                return
+            sql += f" AND call_id IN ({', '.join('?' * len(ids))})"
+            params = ids
+        calls = []
+        for call_id, record in db.execute(sql, params).fetchall():
+            try:
+                calls.append(call_from_history(json.loads(record)))
+            except (ValueError, TypeError, AttributeError) as problem:
+                log.error("the history record of call %s cannot be read: %s", call_id, problem)
+        for start in range(0, len(calls), 500):
+            some = calls[start : start + 500]
+            marks = ", ".join("?" * len(some))
+            db.execute(f"DELETE FROM legs WHERE call_id IN ({marks})", [c.call_id for c in some])
+            db.executemany(INSERT_CALL, [call_row(call) for call in some])
+            db.executemany(INSERT_LEG, [leg for call in some for leg in leg_rows(call)])
+
+    def claim_reconcile(self, holder: str, now_us: int, until_us: int) -> str | None:
+        """Take (or keep) the reconciler's lease until `until_us`: None when it is ours now,
+        else who holds it and until when."""
+        with write_transaction(self.db):
+            held, until = self.db.execute("SELECT holder, until_us FROM reconcile_lease").fetchone()
+            if held not in ("", holder) and until > now_us:
+                return f"{held} (until {iso_time(until)})"
+            self.db.execute(
+                "UPDATE reconcile_lease SET holder = ?, until_us = ?", (holder, until_us)
+            )
+        return None
+
+    def release_reconcile(self, holder: str) -> None:
+        """Give the lease back, if it is still ours."""
+        with write_transaction(self.db):
+            self.db.execute(
+                "UPDATE reconcile_lease SET holder = '', until_us = 0 WHERE holder = ?", (holder,)
+            )
 
 
 class ThreadHost:

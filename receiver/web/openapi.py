@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from receiver import __version__
-from receiver.calls import CallStatus, Direction
+from receiver.calls import CallSource, CallStatus, Direction
 from receiver.event import EPOCH_SECONDS_PATTERN, REJECT_BODY_KEPT
 from receiver.parse import FIELDS, MYID_PATTERN
 from receiver.settings import Settings
@@ -77,6 +77,10 @@ CALL_FIELDS = {
     "status": {"enum": [s.value for s in CallStatus]}, "external_number": nullable("string"),
     "did": nullable("string"), "answered_by": nullable("string"), "extensions": STRINGS,
     "transferred": {"type": "boolean"}, "callback_id": nullable("string"), "recordings": STRINGS,
+    "source": {"enum": [s.value for s in CallSource],
+               "description": "What the call was built from: `events`, those we received, or "
+               "`call_history`, the PBX's call history, for a call none of whose events came "
+               "(`receiver reconcile`; its legs are the history's, its events none)."},
 }  # fmt: skip
 LEG = obj({
     "sub_call_id": TEXT, "extension": nullable("string"), "extension_id": nullable("integer"),
