@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 # below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
 MOST = 2**31 - 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PBX_API_URL = "https://apiproxy.telphin.ru/api/ver1.0"
+EVERY = re.compile(r"(\d{1,9})([smh]?)")
+UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+RECONCILE_RANGE = (60, 86400)  # seconds between two reconciliations, at least and at most
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None) -> Any:
@@ -73,6 +78,17 @@ class Settings:
         low=1,
         high=MOST,
     )
+    pbx_api_url: str = setting(
+        PBX_API_URL, "The PBX's REST API, for --reconcile-every and the calls' recordings."
+    )
+    pbx_client_id: str | None = setting(None, "The PBX API application's id (Application_ID).")
+    pbx_client_secret: str | None = setting(
+        None, "The PBX API application's secret (Application_Secret)."
+    )
+    reconcile_every: str | None = setting(
+        None,
+        "Reconcile the calls with the PBX's call history this often (90s, 15m, 1h; 1m to 24h).",
+    )
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = setting(False, "Log every request (tokens are masked).")
 
@@ -86,6 +102,14 @@ class Settings:
                 f"--log-level {self.log_level!r} is not a level: use {', '.join(LOG_LEVELS)}"
             )
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
+        if self.reconcile_every is not None:
+            self.reconcile_seconds  # noqa: B018 -- the same
+            if not (self.pbx_client_id and self.pbx_client_secret):
+                raise ValueError(
+                    "--reconcile-every reads the PBX's call history: it needs --pbx-client-id "
+                    "and --pbx-client-secret (or RECEIVER_PBX_CLIENT_ID and "
+                    "RECEIVER_PBX_CLIENT_SECRET)"
+                )
         if self.default_myid and not is_valid_myid(self.default_myid):
             raise ValueError(
                 f"--default-myid {shown(self.default_myid)} is not a valid myid: use {MYID_SHAPE}"
@@ -103,6 +127,21 @@ class Settings:
                 raise ValueError(f"--tokens entry {item!r} is not 'myid=secret'")
             table[myid.strip()] = secret
         return table
+
+    @functools.cached_property
+    def reconcile_seconds(self) -> int | None:
+        """--reconcile-every in seconds (None: never). Raises ValueError when malformed."""
+        if self.reconcile_every is None:
+            return None
+        found = EVERY.fullmatch(self.reconcile_every.strip().lower())
+        seconds = int(found[1]) * UNITS[found[2]] if found else None
+        low, high = RECONCILE_RANGE
+        if seconds is None or not low <= seconds <= high:
+            raise ValueError(
+                f"--reconcile-every {self.reconcile_every!r} is not a period from 1m to 24h: "
+                "give seconds, minutes or hours, as 900, 90s, 15m or 1h"
+            )
+        return seconds
 
     def token_accepts(self, myid: str, token: str | None) -> bool:
         """Whether a delivery for `myid` carrying `token` may be stored."""

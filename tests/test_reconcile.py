@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,73 @@ def test_reconcile_fills_every_lost_call_and_changes_no_received_one(  # type: i
         rebuilt = receiver_command("rebuild", "--db", str(db_path), env=env)
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert {c["call_id"]: c for c in all_calls()} == by_id
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"reconcile_every": "15m"}, "needs --pbx-client-id and --pbx-client-secret"),
+        ({"reconcile_every": "30s", "pbx_client_id": "a", "pbx_client_secret": "b"}, "1m to 24h"),
+        ({"reconcile_every": "every hour", "pbx_client_id": "a", "pbx_client_secret": "b"},
+         "not a period"),
+    ],
+)  # fmt: skip
+def test_reconcile_every_is_checked_at_start(options: dict[str, str], words: str) -> None:
+    from receiver.settings import Settings
+
+    with pytest.raises(ValueError, match=words):
+        Settings(**options)  # type: ignore[arg-type]
+    assert (
+        Settings(reconcile_every="2h", pbx_client_id="a", pbx_client_secret="b").reconcile_seconds
+        == 7200
+    )
+
+
+@pytest.mark.slow
+def test_the_server_reconciles_by_itself_and_redirects_to_recordings(  # type: ignore[no-untyped-def]
+    emulator, server, db_path: Path, tmp_path: Path
+) -> None:
+    pbx = emulator("--offices", "1", "--seed", "4")
+    # Nothing subscribed: the receiver hears of the calls from the history alone.
+    simulate = [sys.executable, "-m", "pbx_emulator", "simulate", "--pbx", pbx.url, "--calls",
+                "40", "--rate", "1000", "--speed", "0", "--seed", "4"]  # fmt: skip
+    done = subprocess.run(simulate, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    credentials = ["--pbx-api-url", pbx.url, "--pbx-client-id", "demo",
+                   "--pbx-client-secret", "demo-secret"]  # fmt: skip
+    receiver_process = server(*credentials, "--reconcile-every", "1h")
+    with httpx.Client(base_url=receiver_process.url, timeout=30) as http:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = http.get("/api/calls", params={"format": "ndjson"}).text.splitlines()
+            if len(found) == 40:
+                break
+            time.sleep(0.2)
+        filled = [json.loads(line) for line in found]
+        assert len(filled) == 40 and {c["source"] for c in filled} == {"call_history"}
+        recorded = [c["call_id"] for c in filled if c["recordings"]]
+        silent = next(c["call_id"] for c in filled if not c["recordings"])
+        first = http.get(f"/api/calls/{recorded[0]}/recording", follow_redirects=False)
+        assert first.status_code == 307, first.text
+        mp3 = httpx.get(first.headers["location"])
+        assert mp3.status_code == 200 and mp3.content.startswith(b"ID3")
+        time.sleep(1.1)  # a URL asked for again would expire a second later
+        again = http.get(f"/api/calls/{recorded[0]}/recording", follow_redirects=False)
+        assert again.headers["location"] == first.headers["location"]  # kept until it expires
+        none = http.get(f"/api/calls/{silent}/recording")
+        assert none.status_code == 404 and "has no recording" in none.json()["error"]
+        assert http.get("/api/calls/nope/recording").status_code == 404
+        env = {**os.environ, "RECEIVER_PBX_API_URL": pbx.url, "RECEIVER_PBX_CLIENT_ID": "demo",
+               "RECEIVER_PBX_CLIENT_SECRET": "demo-secret"}  # fmt: skip
+        archive = tmp_path / "archive"
+        args = ["recordings", "download", "--db", str(db_path), str(archive)]
+        saved = receiver_command(*args, env=env)
+        assert saved.returncode == 0, saved.stderr
+        count = sum(len(c["recordings"]) for c in filled)
+        assert saved.stdout.startswith(f"{count} recordings: {count} saved, 0 already there")
+        assert len(list(archive.glob("*.mp3"))) == count
+        rerun = receiver_command(*args, env=env)
+        assert rerun.stdout.startswith(f"{count} recordings: 0 saved, {count} already there")
+        pbx.stop(9)  # the PBX gone: a recording not asked for yet cannot be had
+        gone = http.get(f"/api/calls/{recorded[1]}/recording")
+        assert gone.status_code == 502 and "cannot reach the PBX" in gone.json()["error"]

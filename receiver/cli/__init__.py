@@ -1,6 +1,6 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, upgrade, subscribe, reconcile), with options.py and server.py
-shared."""
+(serve, replay, query, rebuild, upgrade, subscribe, reconcile, recordings), with options.py
+and server.py shared."""
 
 from __future__ import annotations
 
@@ -39,12 +39,14 @@ def register() -> None:
     from receiver.cli.query import calls, events, report
     from receiver.cli.rebuild import rebuild
     from receiver.cli.reconcile import reconcile
+    from receiver.cli.recordings import recordings
     from receiver.cli.replay import replay
     from receiver.cli.serve import serve
     from receiver.cli.subscribe import subscribe
     from receiver.cli.upgrade import upgrade
 
-    for command in (serve, replay, events, calls, report, rebuild, upgrade, subscribe, reconcile):
+    commands = (serve, replay, events, calls, report, rebuild, upgrade, subscribe, reconcile)
+    for command in (*commands, recordings):
         main.add_command(command)
 
 

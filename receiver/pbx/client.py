@@ -17,8 +17,9 @@ import httpx2 as httpx
 
 from receiver.history import format_history_time
 from receiver.retry import pauses, transient
+from receiver.settings import PBX_API_URL
 
-DEFAULT_API_URL = "https://apiproxy.telphin.ru/api/ver1.0"
+DEFAULT_API_URL = PBX_API_URL
 CALL_EVENTS = ("dial-in", "dial-out", "answer", "hangup")
 OWN_CLIENT = "@me"  # the API application's own client, in the PBX's paths
 HISTORY_PAGE = 100  # records asked for a page
@@ -29,7 +30,13 @@ HISTORY_PAUSE_MOST = 30.0
 
 
 class PbxError(Exception):
-    """A request the PBX refused or that could not be made; the message says what to do."""
+    """A request the PBX refused or that could not be made; the message says what to do.
+
+    `status` is the PBX's HTTP status, None when it did not answer."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def explain(status: int, detail: str, what: str, check: str = "the extension id") -> str:
@@ -121,7 +128,10 @@ class PbxClient:
                 },
             )
             if response.status_code != 200:
-                raise PbxError(explain(response.status_code, detail(response), "the token request"))
+                raise PbxError(
+                    explain(response.status_code, detail(response), "the token request"),
+                    response.status_code,
+                )
             body = response.json()
             lifetime = float(body.get("expires_in", 3600))
             self._token = str(body["access_token"])
@@ -141,7 +151,10 @@ class PbxClient:
                 self._token = None  # expired or revoked early
                 continue
             if response.status_code >= 400:
-                raise PbxError(explain(response.status_code, detail(response), what, check))
+                raise PbxError(
+                    explain(response.status_code, detail(response), what, check),
+                    response.status_code,
+                )
             return response
         raise AssertionError("unreachable")
 

@@ -17,12 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from receiver.event import now_us
 from receiver.logs import Repeated
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
 from receiver.web.errors import error
 from receiver.web.openapi import spec
+from receiver.web.recordings import RecordingLinks, call_recording
 from receiver.web.webhook import Webhook
 
 log = logging.getLogger("receiver")
@@ -96,6 +98,39 @@ async def refresh_calls(store: Storage, repeated: Repeated) -> None:
         await asyncio.sleep(BACKGROUND_SECONDS)
 
 
+async def reconcile_periodically(store: Storage, settings: Settings, repeated: Repeated) -> None:
+    """Every --reconcile-every, from start: the calls of the last period and of the longest a
+    call may last before it (--unknown-end-after) against the PBX's call history."""
+    from receiver.pbx.client import PbxClient, PbxError
+    from receiver.pbx.reconcile import ReconcileBusy, reconcile
+
+    every = settings.reconcile_seconds
+    assert every is not None and settings.pbx_client_id and settings.pbx_client_secret
+    while True:
+        until = now_us()
+        since = until - (every + settings.unknown_end_after) * 1_000_000
+        try:
+            with PbxClient(
+                settings.pbx_api_url, settings.pbx_client_id, settings.pbx_client_secret
+            ) as pbx:
+                found = await reconcile(store, pbx, since, until)
+            log.info(
+                "reconciled %d history records: %d matched, %d filled from the history, "
+                "%d filled before, %d differ",
+                found.records, found.matched, found.filled, found.known, len(found.differing),
+            )  # fmt: skip
+        except ReconcileBusy as busy:
+            log.info("reconciliation skipped: %s", busy)
+        except PbxError as problem:
+            log.warning("reconciliation failed: %s", problem)
+        except Exception as failure:
+            repeated.log(
+                logging.ERROR, "reconcile", "reconciliation failed; trying again later",
+                exc_info=failure,
+            )  # fmt: skip
+        await asyncio.sleep(every)
+
+
 def create_app(settings: Settings) -> Webhook:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
     repeated = Repeated(log)
@@ -110,13 +145,22 @@ def create_app(settings: Settings) -> Webhook:
             own_process=True,
         ) as store:
             app.state.store = store
-            refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")
+            app.state.recording_links = RecordingLinks(settings)
+            tasks = [asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")]
+            if settings.reconcile_seconds is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        reconcile_periodically(store, settings, repeated), name="receiver-reconcile"
+                    )
+                )
             try:
                 yield
             finally:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                app.state.recording_links.close()
                 repeated.flush_all()
 
     api = Mount(
@@ -126,6 +170,7 @@ def create_app(settings: Settings) -> Webhook:
             Route("/events/{id:int}", api_routes.get_event),
             Route("/calls", api_routes.list_calls),
             Route("/calls/{call_id}", api_routes.get_call),
+            Route("/calls/{call_id}/recording", call_recording),
             Route("/reports/missed", api_routes.missed_report),
             Route("/reports/extensions", api_routes.extensions_report),
             Route("/rejects", api_routes.list_rejects),

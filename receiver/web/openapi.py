@@ -213,6 +213,12 @@ QUERY_PARAMETERS = {
     "/api/events/{id}": [],
     "/api/calls": CALL_PARAMETERS,
     "/api/calls/{call_id}": [],
+    "/api/calls/{call_id}/recording": [
+        param(
+            "rec_id",
+            "Which of the call's recordings (one of its `recordings`; default: the first).",
+        )
+    ],
     "/api/reports/missed": REPORT_PARAMETERS,
     "/api/reports/extensions": [*REPORT_PARAMETERS, BY],
     "/api/rejects": REJECT_PARAMETERS,
@@ -297,6 +303,19 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
         "/api/calls/{call_id}": (
             "One call, with legs and event timeline",
             {"200": answer("CallDetail"), "400": ERROR, "404": ERROR},
+        ),
+        "/api/calls/{call_id}/recording": (
+            "A redirect to the call's recording, where the PBX stores it",
+            {
+                "307": {
+                    "description": "to the recording's storage URL (an mp3, no token needed)",
+                    "headers": {"Location": {"schema": TEXT}},
+                },
+                "400": ERROR,
+                "404": ERROR,
+                "502": ERROR,
+                "503": ERROR,
+            },
         ),
         "/api/reports/missed": (
             "Missed inbound calls per number, handled or not",
