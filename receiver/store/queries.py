@@ -131,11 +131,12 @@ class CallQuery:
             if self.until_us is not None:  # a call's events all come within a day of its start
                 window += " AND order_us < ?"
                 bounds.append(self.until_us + LONGEST_CALL_US)
-            # A call filled from the history has no events: its myids are its extensions'.
+            # A call filled from the history has no events: its myids are its extensions' (few
+            # calls, found by the calls_filled index).
             where.append(
-                f"({table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window})"
-                f" OR ({table}.source = 'call_history' AND EXISTS (SELECT 1 FROM "
-                f"json_each({table}.myids) WHERE value IN ({marks}))))"
+                f"{table}.call_id IN (SELECT call_id FROM events WHERE myid IN ({marks}){window} "
+                "UNION ALL SELECT filled.call_id FROM calls AS filled, json_each(filled.myids) "
+                f"AS mine WHERE filled.source = 'call_history' AND mine.value IN ({marks}))"
             )
             params += [*self.myids, *bounds, *self.myids]
         if self.since_us is not None:

@@ -237,7 +237,8 @@ MIGRATIONS: tuple[str, ...] = (
     # gave it, under its call_uuid in lower case: the source of a call none of whose events came,
     # as the events are of the others (its calls row is built from it, and again by every
     # rebuild, until an event of the call arrives). calls.source says which a call came from.
-    # reconcile_lease: the one reconciler at a time, whichever process runs it.
+    # calls_filled finds those for a myid. reconcile_lease: the one reconciler at a time,
+    # whichever process runs it.
     """
     CREATE TABLE history_calls (
         call_id TEXT PRIMARY KEY,
@@ -245,6 +246,7 @@ MIGRATIONS: tuple[str, ...] = (
         fetched_at_us INTEGER NOT NULL
     );
     ALTER TABLE calls ADD COLUMN source TEXT NOT NULL DEFAULT 'events';
+    CREATE INDEX calls_filled ON calls (call_id) WHERE source = 'call_history';
     CREATE TABLE reconcile_lease (holder TEXT NOT NULL, until_us INTEGER NOT NULL);
     INSERT INTO reconcile_lease VALUES ('', 0);
     """,
