@@ -228,6 +228,11 @@ def test_the_server_reconciles_by_itself_and_redirects_to_recordings(  # type: i
                 break
             time.sleep(0.2)
         filled = [json.loads(line) for line in found]
+        while (rounds := http.get("/healthz").json()["reconcile"])["last"] is None:
+            assert time.monotonic() < deadline + 10, rounds
+            time.sleep(0.1)
+        assert rounds["every_seconds"] == 3600 and rounds["last_error"] is None
+        assert rounds["last"]["filled"] + rounds["last"]["known"] == 40
         assert len(filled) == 40 and {c["source"] for c in filled} == {"call_history"}
         recorded = [c["call_id"] for c in filled if c["recordings"]]
         silent = next(c["call_id"] for c in filled if not c["recordings"])

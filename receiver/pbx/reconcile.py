@@ -46,6 +46,26 @@ class Reconciled:
     def json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def counts(self) -> dict[str, int]:
+        return {"records": self.records, "matched": self.matched, "filled": self.filled,
+                "known": self.known, "differing": len(self.differing),
+                "unreadable": len(self.unreadable)}  # fmt: skip
+
+
+@dataclasses.dataclass
+class Rounds:
+    """What the server's reconciliation (--reconcile-every) is doing and last did: /healthz."""
+
+    every_seconds: int
+    running: bool = False
+    last_started: str | None = None
+    last_finished: str | None = None
+    last: dict[str, int] | None = None  # the last finished round's counts
+    last_error: str | None = None  # why the last round did not finish, if it did not
+
+    def json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 def holder_name() -> str:
     """Who holds the lease: this machine and process, and a mark of this run."""

@@ -17,8 +17,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.event import now_us
+from receiver.event import iso_time, now_us
 from receiver.logs import Repeated
+from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
@@ -40,8 +41,15 @@ async def healthz(request: Request) -> Response:
         calls = await store.calls_state()
     except Exception as failure:
         return error(503, f"the database does not answer: {failure}")
+    rounds = request.app.state.reconcile_rounds
     return JSONResponse(
-        {"ok": True, "schema_version": version, "expected": SCHEMA_VERSION, "calls": calls.json()}
+        {
+            "ok": True,
+            "schema_version": version,
+            "expected": SCHEMA_VERSION,
+            "calls": calls.json(),
+            "reconcile": rounds.json() if rounds is not None else None,
+        }
     )
 
 
@@ -98,7 +106,9 @@ async def refresh_calls(store: Storage, repeated: Repeated) -> None:
         await asyncio.sleep(BACKGROUND_SECONDS)
 
 
-async def reconcile_periodically(store: Storage, settings: Settings, repeated: Repeated) -> None:
+async def reconcile_periodically(
+    store: Storage, settings: Settings, rounds: Rounds, repeated: Repeated
+) -> None:
     """Every --reconcile-every, from start: the calls of the last period and of the longest a
     call may last before it (--unknown-end-after) against the PBX's call history."""
     from receiver.pbx.client import PbxClient, PbxError
@@ -109,25 +119,31 @@ async def reconcile_periodically(store: Storage, settings: Settings, repeated: R
     while True:
         until = now_us()
         since = until - (every + settings.unknown_end_after) * 1_000_000
+        rounds.running, rounds.last_started, rounds.last_error = True, iso_time(until), None
         try:
             with PbxClient(
                 settings.pbx_api_url, settings.pbx_client_id, settings.pbx_client_secret
             ) as pbx:
                 found = await reconcile(store, pbx, since, until)
+            rounds.last, rounds.last_finished = found.counts(), iso_time(now_us())
             log.info(
                 "reconciled %d history records: %d matched, %d filled from the history, "
                 "%d filled before, %d differ",
                 found.records, found.matched, found.filled, found.known, len(found.differing),
             )  # fmt: skip
         except ReconcileBusy as busy:
+            rounds.last_error = f"skipped: {busy}"
             log.info("reconciliation skipped: %s", busy)
         except PbxError as problem:
+            rounds.last_error = str(problem)
             log.warning("reconciliation failed: %s", problem)
         except Exception as failure:
+            rounds.last_error = f"{type(failure).__name__}: {failure}"
             repeated.log(
                 logging.ERROR, "reconcile", "reconciliation failed; trying again later",
                 exc_info=failure,
             )  # fmt: skip
+        rounds.running = False
         await asyncio.sleep(every)
 
 
@@ -146,11 +162,14 @@ def create_app(settings: Settings) -> Webhook:
         ) as store:
             app.state.store = store
             app.state.recording_links = RecordingLinks(settings)
+            app.state.reconcile_rounds = None
             tasks = [asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")]
             if settings.reconcile_seconds is not None:
+                rounds = app.state.reconcile_rounds = Rounds(settings.reconcile_seconds)
                 tasks.append(
                     asyncio.create_task(
-                        reconcile_periodically(store, settings, repeated), name="receiver-reconcile"
+                        reconcile_periodically(store, settings, rounds, repeated),
+                        name="receiver-reconcile",
                     )
                 )
             try:

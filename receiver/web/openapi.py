@@ -114,11 +114,24 @@ CALLS_BUILT = obj({
     "rebuilding": {"type": "boolean", "description": "Every call is being built again (another "
                    "version built them, or `receiver rebuild` asked)."},
 })  # fmt: skip
+RECONCILE_COUNTS = obj(
+    {name: INTEGER for name in ("records", "matched", "filled", "known", "differing", "unreadable")}
+)
+RECONCILE_ROUNDS = {"anyOf": [{"type": "null"}, obj({
+    "every_seconds": {**INTEGER, "description": "--reconcile-every, in seconds."},
+    "running": {"type": "boolean", "description": "A reconciliation is running now."},
+    "last_started": TIME, "last_finished": TIME,
+    "last": {"anyOf": [{"type": "null"}, RECONCILE_COUNTS],
+             "description": "What the last finished one found: history records read, calls "
+             "matched, filled from the history, filled before, differing, unreadable records."},
+    "last_error": {**nullable("string"), "description": "Why the last one did not finish."},
+})], "description": "The server's reconciliation with the PBX's call history (null without "
+    "--reconcile-every)."}  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"ok": {"const": False}, "error": TEXT, "status": INTEGER}),
     "Stored": obj({"ok": {"const": True}, "id": INTEGER, "duplicate": {"type": "boolean"}}),
     "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER,
-                   "calls": CALLS_BUILT}),
+                   "calls": CALLS_BUILT, "reconcile": RECONCILE_ROUNDS}),
     "Event": obj(EVENT_FIELDS),
     "EventWithRaw": obj({**EVENT_FIELDS, "raw": RAW}),
     "EventPage": obj({"events": {"type": "array", "items": ref("Event")},
