@@ -1,5 +1,6 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, upgrade, subscribe), with options.py and server.py shared."""
+(serve, replay, query, rebuild, upgrade, backup, prune, subscribe), with options.py and
+server.py shared."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def main() -> None:
 
 def register() -> None:
     """The commands, each in its own module."""
+    from receiver.cli.backup import backup
+    from receiver.cli.prune import prune
     from receiver.cli.query import calls, events, report
     from receiver.cli.rebuild import rebuild
     from receiver.cli.replay import replay
@@ -42,7 +45,8 @@ def register() -> None:
     from receiver.cli.subscribe import subscribe
     from receiver.cli.upgrade import upgrade
 
-    for command in (serve, replay, events, calls, report, rebuild, upgrade, subscribe):
+    commands = (serve, replay, events, calls, report, rebuild, upgrade, backup, prune, subscribe)
+    for command in commands:
         main.add_command(command)
 
 

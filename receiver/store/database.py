@@ -60,6 +60,7 @@ from receiver.store.upkeep import (
     NEWEST_BY_MYID,
     PRUNE_AT_ONCE,
     SIZES,
+    VACUUM_EVENTS_A_STEP,
     Pruned,
     Sizes,
     WriterState,
@@ -346,11 +347,17 @@ class Store:
             if not keep_calls:
                 total.calls = await self._writer.call("count_prunable_calls", before_us)
             return total
-        size = self.path.stat().st_size
-        while (left := await self._writer.call("vacuum_some")) is not None and left > 0:
+        # As many pages as the prune freed, at most: the live writes free and take pages too.
+        for _ in range(total.events // VACUUM_EVENTS_A_STEP + 1):
+            step = await self._writer.call("vacuum_some")
+            if step is None:
+                total.vacuumed = False
+                break
+            freed, left = step
+            total.freed_bytes += freed
+            if not left:
+                break
             await asyncio.sleep(0.01)
-        total.vacuumed = left is not None
-        total.freed_bytes = max(size - self.path.stat().st_size, 0)
         return total
 
     async def backup(

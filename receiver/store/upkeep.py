@@ -11,6 +11,7 @@ from typing import Any
 
 PRUNE_AT_ONCE = 500  # events looked at per prune batch: a few ms under the write lock
 VACUUM_PAGES_AT_ONCE = 1024  # free pages given back to the file system per step (4 MB)
+VACUUM_EVENTS_A_STEP = 2000  # events (1.3 KB and their index entries) that free about as much
 MYIDS_SHOWN = 1000  # the most myids whose newest event is reported (a label each in /metrics)
 
 
@@ -139,15 +140,23 @@ def calls_ended_before(db: sqlite3.Connection, before_us: int) -> int:
     return count
 
 
-def vacuum_step(db: sqlite3.Connection) -> int | None:
-    """Give up to VACUUM_PAGES_AT_ONCE free pages back to the file system; how many free pages
-    are left (None: the file was made without incremental auto-vacuum, and keeps them for new
-    rows instead)."""
+def vacuum_step(db: sqlite3.Connection) -> tuple[int, int] | None:
+    """Give up to VACUUM_PAGES_AT_ONCE free pages back to the file system (in a write
+    transaction of the caller's); how many bytes went back and how many free pages are left
+    (None: the file was made without incremental auto-vacuum, and keeps them for new rows).
+
+    In WAL mode the file itself shrinks at the next checkpoint (SQLite's own, or the server's).
+    """
     if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
         return None
-    db.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES_AT_ONCE})").fetchall()
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    before: int = db.execute("PRAGMA freelist_count").fetchone()[0]
+    # One page a statement: sqlite3's execute() steps a statement once, and each step of this
+    # pragma frees one page, so incremental_vacuum(N) would free just one.
+    for _ in range(min(before, VACUUM_PAGES_AT_ONCE)):
+        db.execute("PRAGMA incremental_vacuum(1)")
     left: int = db.execute("PRAGMA freelist_count").fetchone()[0]
-    return left
+    return (before - left) * page_size, left
 
 
 # The newest event of each myid, one index seek each (events_myid_order): the distinct myids

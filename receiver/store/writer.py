@@ -254,9 +254,12 @@ class Writer:
     def count_prunable_calls(self, before_us: int) -> int:
         return calls_ended_before(self.db, before_us)
 
-    def vacuum_some(self) -> int | None:
-        """Give some free pages back to the file system (upkeep.vacuum_step)."""
-        return vacuum_step(self.db)
+    def vacuum_some(self) -> tuple[int, int] | None:
+        """Give some free pages back to the file system (upkeep.vacuum_step), under the write
+        lock taken first (a read turned into a write mid-way fails beside another process's
+        commits)."""
+        with write_transaction(self.db):
+            return vacuum_step(self.db)
 
     def _rebuild_calls(self, ids: list[str], *, compare: bool) -> int:
         """Build these calls from their events; returns how many came out other than stored
