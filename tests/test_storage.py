@@ -154,8 +154,12 @@ async def test_prune_takes_whole_calls_and_never_gives_an_id_again(storage: Open
         both = await store.get_call("both", now_us=NOW_US)
         assert both is not None and len(both.events) == 2  # the old half of a new call stays
         newest = max(e.id for e in left.items)
+        late = event("myid=1&EventType=hangup&EventTime=5&CallID=late", NOW_US)  # clock wrong
+        await store.add_event(late)
+        assert (await store.prune(NOW_US - DAY_US)).events == 0  # received lately: it stays
         await store.prune(NOW_US + DAY_US)  # everything, the newest id included
         assert (await store.sizes()).events == 0
+        newest += 1  # the late one
         again = await store.add_event(timed(9000, NOW_US))
         assert again.id > newest  # an id answered once is never given to another event
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import shutil
 import sqlite3
@@ -79,12 +80,22 @@ def call_ids(db: Path) -> list[str]:
 
 
 def fill(db: Path, count: int, at_us: int, first: int = 0) -> None:
-    """`count` events at `at_us` stored by `receiver replay` (query lines), calls built."""
-    lines = db.with_suffix(".lines")
-    lines.write_text("".join(f"{live(first + n, at_us=at_us)}\n" for n in range(count)))
-    done = receiver("replay", "--db", str(db), "--myid", "7", "--quiet", str(lines))
+    """`count` events at `at_us`, received then, stored by `receiver replay` from an access
+    log of that day; their calls built."""
+    day = datetime.datetime.fromtimestamp(at_us / 1e6, datetime.UTC).strftime(
+        "%d/%b/%Y:%H:%M:%S +0000"
+    )
+    log = db.with_suffix(".log")
+    log.write_text(
+        "".join(
+            f'10.0.0.1 - - [{day}] "GET /webhook?myid=7&{live(first + n, at_us=at_us)} '
+            f'HTTP/1.1" 200 40 "-" "PBX"\n'
+            for n in range(count)
+        )
+    )
+    done = receiver("replay", "--db", str(db), "--quiet", str(log))
     assert done.returncode == 0, done.stderr
-    lines.unlink()
+    log.unlink()
 
 
 @pytest.mark.slow

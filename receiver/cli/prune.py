@@ -31,7 +31,7 @@ def older_than(context: click.Context, parameter: click.Parameter, value: str) -
     "age",
     required=True,
     callback=older_than,
-    help="Delete the events older than this (EventTime, or receipt): 400d, 12w, 36h.",
+    help="Delete the events older than this, by EventTime and by receipt: 400d, 12w, 36h.",
 )
 @click.option(
     "--keep-calls",

@@ -75,8 +75,9 @@ def prune_step(
     keep_calls: bool,
     delete: bool,
 ) -> PruneStep:
-    """The next `limit` events whose time (EventTime, or receipt) is before `before_us`, from
-    `after` (order_us, id) on, removed (or, without `delete`, counted).
+    """The next `limit` events whose time (EventTime, or receipt) and receipt are both before
+    `before_us`, from `after` (order_us, id) on, removed (or, without `delete`, counted). An
+    event received lately stays whatever its EventTime says (a PBX's clock may be wrong).
 
     An event of a call that also has events from `before_us` on stays, so that no call is ever
     left with some of its events: a call goes whole, with its last event. The call's row and its
@@ -85,8 +86,8 @@ def prune_step(
     that event for ever).
     """
     rows = db.execute(
-        "SELECT order_us, id, call_id FROM events WHERE order_us < ? AND (order_us, id) > (?, ?) "
-        "ORDER BY order_us, id LIMIT ?",
+        "SELECT order_us, id, call_id FROM events WHERE order_us < ?1 AND received_at_us < ?1 "
+        "AND (order_us, id) > (?2, ?3) ORDER BY order_us, id LIMIT ?4",
         (before_us, *after, limit),
     ).fetchall()
     if not rows:
@@ -99,8 +100,9 @@ def prune_step(
         newer.update(
             call_id
             for (call_id,) in db.execute(
-                f"SELECT DISTINCT call_id FROM events WHERE call_id IN ({marks}) AND order_us >= ?",
-                [*chunk, before_us],
+                f"SELECT DISTINCT call_id FROM events WHERE call_id IN ({marks}) "
+                "AND (order_us >= ? OR received_at_us >= ?)",
+                [*chunk, before_us, before_us],
             )
         )
     gone = [event_id for _, event_id, call_id in rows if call_id not in newer]
