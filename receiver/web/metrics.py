@@ -78,23 +78,25 @@ class Metrics:
             buckets=GROUP_BUCKETS,
             registry=self.registry,
         )
-        for outcome in OUTCOMES:  # present from the start, at 0, so that rates can be taken
-            self.deliveries.labels(outcome)
-        for reason in dict.fromkeys(REFUSALS.values()):
-            self.refusals.labels(reason)
+        # Each label's child made once (labels() costs more than the count): all present from
+        # the start, at 0, so that rates can be taken.
+        self.by_outcome = {outcome: self.deliveries.labels(outcome) for outcome in OUTCOMES}
+        self.by_reason = {reason: self.refusals.labels(reason) for reason in REFUSALS.values()}
         self.now = Snapshot()
         self.registry.register(self.now)
         ProcessCollector(registry=self.registry)
 
     def answered(self, outcome: str, began: float) -> None:
-        """One delivery answered with `outcome`; `began`: its time.perf_counter() at arrival."""
-        self.deliveries.labels(outcome).inc()
-        if outcome in ("stored", "duplicate"):
+        """One delivery answered: stored, duplicate or not_stored; `began`: its
+        time.perf_counter() at arrival."""
+        self.by_outcome[outcome].inc()
+        if outcome != "not_stored":
             self.ingest.observe(time.perf_counter() - began)
 
     def refused(self, status: int) -> None:
-        self.deliveries.labels("refused").inc()
-        self.refusals.labels(REFUSALS.get(status, str(status))).inc()
+        self.by_outcome["refused"].inc()
+        reason = REFUSALS.get(status, str(status))
+        (self.by_reason.get(reason) or self.refusals.labels(reason)).inc()
 
     def committed(self, size: int) -> None:
         self.groups.observe(size)
