@@ -24,7 +24,8 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed  ## the three benchmarks (about half an hour; ingest needs wrk)
+bench: $(BIN)/.installed  ## the four benchmarks (ingest and operations need wrk)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/operations.py

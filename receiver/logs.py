@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import json
 import logging
 import re
 import time
@@ -50,10 +52,38 @@ class MaskTokens(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
-    """Log lines to stderr, with time, level and logger."""
+class JsonLines(logging.Formatter):
+    """One JSON object a line, for log collectors: time (UTC), level, logger, message, and the
+    traceback when there is one; uvicorn's access lines also give their request's parts."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            line.update(zip(ACCESS_PARTS, args, strict=True))
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+# The arguments of an access line of uvicorn, in its order (uvicorn/protocols/http/*_impl.py).
+ACCESS_PARTS = ("client", "method", "path", "http_version", "status")
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log lines to stderr: text with time, level and logger, or JSON objects (JsonLines)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(MaskTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -19,9 +19,11 @@ from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 MOST = 2**31 - 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PBX_API_URL = "https://apiproxy.telphin.ru/api/ver1.0"
-EVERY = re.compile(r"(\d{1,9})([smh]?)")
-UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 RECONCILE_RANGE = (60, 86400)  # seconds between two reconciliations, at least and at most
+LOG_FORMATS = ("text", "json")
+# A duration's units: `30m`, `12h`, `400d`; a number alone is seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None) -> Any:
@@ -91,6 +93,22 @@ class Settings:
     )
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = setting(False, "Log every request (tokens are masked).")
+    log_format: str = setting("text", "Log lines as text, or as JSON objects: text, json.")
+    metrics_public: bool = setting(
+        False, "Serve /metrics without the --api-token (for a scraper inside a trusted network)."
+    )
+    min_free_disk: int = setting(
+        100 << 20,
+        "Bytes free on the database's disk below which /readyz answers 503.",
+        low=0,
+        high=2**50,
+    )
+    silence_after: str | None = setting(
+        None, "Report a myid that sent events before and then none for this long (30m, 2h)."
+    )
+    retention: str | None = setting(
+        None, "Delete events older than this once a day, as receiver prune does (400d)."
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -101,6 +119,14 @@ class Settings:
             raise ValueError(
                 f"--log-level {self.log_level!r} is not a level: use {', '.join(LOG_LEVELS)}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"--log-format {self.log_format!r} is not a format: use {', '.join(LOG_FORMATS)}"
+            )
+        for name in ("silence_after", "retention"):
+            text = getattr(self, name)
+            if text is not None:
+                duration_seconds(text, flag_name(name))
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same
@@ -133,8 +159,8 @@ class Settings:
         """--reconcile-every in seconds (None: never). Raises ValueError when malformed."""
         if self.reconcile_every is None:
             return None
-        found = EVERY.fullmatch(self.reconcile_every.strip().lower())
-        seconds = int(found[1]) * UNITS[found[2]] if found else None
+        found = DURATION.fullmatch(self.reconcile_every.lower())
+        seconds = int(float(found[1]) * DURATION_UNITS[found[2] or "s"]) if found else None
         low, high = RECONCILE_RANGE
         if seconds is None or not low <= seconds <= high:
             raise ValueError(
@@ -143,6 +169,16 @@ class Settings:
             )
         return seconds
 
+    @property
+    def silence_seconds(self) -> float | None:
+        """--silence-after in seconds (None: no silence alerts)."""
+        return None if self.silence_after is None else duration_seconds(self.silence_after)
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """--retention in seconds (None: events are kept for ever)."""
+        return None if self.retention is None else duration_seconds(self.retention)
+
     def token_accepts(self, myid: str, token: str | None) -> bool:
         """Whether a delivery for `myid` carrying `token` may be stored."""
         table = self.token_table
@@ -150,6 +186,18 @@ class Settings:
         if expected is None:
             return not table  # per-myid tokens configured: a myid without one is refused
         return token is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def duration_seconds(text: str, flag: str = "duration") -> float:
+    """`30m`, `12h`, `400d`, `2w` or a number of seconds, in seconds. Raises ValueError."""
+    found = DURATION.fullmatch(text)
+    seconds = float(found[1]) * DURATION_UNITS[found[2] or "s"] if found else 0
+    if not found or not 1 <= seconds <= MOST:
+        raise ValueError(
+            f"{flag} {text!r} is not a duration: give a number and a unit, s, m, h, d or w "
+            f"(30m, 12h, 400d), from 1 s to {MOST} s"
+        )
+    return seconds
 
 
 def describe() -> list[tuple[str, Any, str]]:

@@ -49,6 +49,7 @@ def test_real_responses_match(loaded) -> None:  # type: ignore[no-untyped-def]
     check(loaded.post("/webhook?myid=1", content=b"{}", headers={"content-type": "text/json"}),
           "Error")  # fmt: skip
     check(loaded.get("/healthz"), "Health")
+    check(loaded.get("/readyz"), "Ready")
     check(loaded.get("/api/events?limit=5"), "EventPage")
     check(loaded.get("/api/events/1"), "EventWithRaw")
     calls = loaded.get("/api/calls")

@@ -120,3 +120,69 @@ async def test_calls_are_built_then_read(storage: OpenStorage) -> None:
         page = await store.list_calls(CallQuery(now_us=2**62), limit=10)
     assert before.built_to_event == 0 and after.built_to_event == 3 and after.current
     assert [call["status"] for call in page.items] == ["answered"]
+
+
+def timed(n: int, at_us: int, call: str | None = None, kind: str = "hangup") -> Event:
+    """An event of call `call` (default c<n>) at `at_us` (its EventTime)."""
+    call_id = call or f"c{n}"
+    return event(f"myid={n % 3}&EventType={kind}&EventTime={at_us}&CallID={call_id}&SubCallID=s{n}")
+
+
+DAY_US = 86_400_000_000
+NOW_US = 1_800_000_000_000_000
+
+
+async def test_prune_takes_whole_calls_and_never_gives_an_id_again(storage: OpenStorage) -> None:
+    old = [timed(n, NOW_US - 500 * DAY_US + n) for n in range(1200)]  # more than one batch
+    spanning = [timed(5000, NOW_US - 500 * DAY_US, "both"), timed(5001, NOW_US, "both")]
+    recent = [timed(n, NOW_US - DAY_US + n) for n in range(2000, 2010)]
+    async with storage() as store:
+        await asyncio.gather(*(store.add_event(e) for e in [*old, *spanning, *recent]))
+        await store.refresh_calls()
+        assert await store.count_calls() == 1200 + 1 + 10
+        before_us = NOW_US - 400 * DAY_US
+        dry = await store.prune(before_us, dry_run=True)
+        assert (dry.events, dry.calls, dry.kept_events) == (1200, 1200, 1)
+        assert (await store.sizes()).events == 1212  # a dry run deletes nothing
+        steps: list[int] = []
+        done = await store.prune(before_us, progress=lambda so_far: steps.append(so_far.events))
+        assert (done.events, done.calls, done.kept_events) == (1200, 1200, 1)
+        assert len(steps) >= 3 and steps[-1] == 1200  # in batches
+        left = await store.list_events(limit=100)
+        assert {e.call_id for e in left.items} == {"both", *(f"c{n}" for n in range(2000, 2010))}
+        assert await store.count_calls() == 11
+        both = await store.get_call("both", now_us=NOW_US)
+        assert both is not None and len(both.events) == 2  # the old half of a new call stays
+        newest = max(e.id for e in left.items)
+        late = event("myid=1&EventType=hangup&EventTime=5&CallID=late", NOW_US)  # clock wrong
+        await store.add_event(late)
+        assert (await store.prune(NOW_US - DAY_US)).events == 0  # received lately: it stays
+        await store.prune(NOW_US + DAY_US)  # everything, the newest id included
+        assert (await store.sizes()).events == 0
+        newest += 1  # the late one
+        again = await store.add_event(timed(9000, NOW_US))
+        assert again.id > newest  # an id answered once is never given to another event
+
+
+async def test_prune_keeping_the_calls(storage: OpenStorage) -> None:
+    async with storage() as store:
+        await asyncio.gather(*(store.add_event(timed(n, NOW_US - 500 * DAY_US)) for n in range(20)))
+        await store.refresh_calls()
+        dry = await store.prune(NOW_US, keep_calls=True, dry_run=True)
+        assert (dry.events, dry.calls) == (20, 0)
+        done = await store.prune(NOW_US, keep_calls=True)
+        assert (done.events, done.calls) == (20, 0)
+        assert (await store.sizes()).events == 0
+        assert await store.count_calls() == 20
+
+
+async def test_newest_event_of_each_myid_and_sizes(storage: OpenStorage) -> None:
+    async with storage() as store:
+        assert await store.newest_events() == {}
+        for n, at in enumerate([NOW_US - 5, NOW_US - 9, NOW_US - 1, NOW_US - 7]):
+            await store.add_event(timed(n, at))  # myids 0, 1, 2, 0
+        assert await store.newest_events() == {"0": NOW_US - 5, "1": NOW_US - 9, "2": NOW_US - 1}
+        sizes = await store.sizes()
+        assert sizes.events == 4 and sizes.database_bytes > 0
+        assert store.writer_state().alive and store.writer_state().queued == 0
+        await store.check_writable()

@@ -1,6 +1,6 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, upgrade, subscribe, reconcile, recordings), with options.py
-and server.py shared."""
+(serve, replay, query, rebuild, upgrade, backup, prune, subscribe, reconcile, recordings),
+with options.py and server.py shared."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def main() -> None:
 
 def register() -> None:
     """The commands, each in its own module."""
+    from receiver.cli.backup import backup
+    from receiver.cli.prune import prune
     from receiver.cli.query import calls, events, report
     from receiver.cli.rebuild import rebuild
     from receiver.cli.reconcile import reconcile
@@ -45,8 +47,9 @@ def register() -> None:
     from receiver.cli.subscribe import subscribe
     from receiver.cli.upgrade import upgrade
 
-    commands = (serve, replay, events, calls, report, rebuild, upgrade, subscribe, reconcile)
-    for command in (*commands, recordings):
+    commands: list[click.Command] = [serve, replay, events, calls, report, rebuild, upgrade]
+    commands += [backup, prune, subscribe, reconcile, recordings]
+    for command in commands:
         main.add_command(command)
 
 

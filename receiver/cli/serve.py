@@ -47,7 +47,7 @@ def serve(**options: Any) -> None:
         host_hint="--host or RECEIVER_HOST",
         port_hint="--port or RECEIVER_PORT",
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if not is_loopback(settings.host):
         if not (settings.token or settings.tokens):
             log.warning(

@@ -4,7 +4,8 @@ backend.py has the interface every backend gives (Storage) and open_storage(), w
 from --db. The SQLite backend is the rest: schema.py has the tables and their migrations,
 upgrade.py an upgrade of a whole file with its progress, queries.py what listings ask for,
 database.py the Store (one group-committing writer and a reader), writer.py the writes, made on
-a thread or in a process of their own, and export.py the server's export workers.
+a thread or in a process of their own, export.py the server's export workers, upkeep.py sizes
+and prunes, and backup.py online copies.
 """
 
 from receiver.store.backend import Storage, open_storage

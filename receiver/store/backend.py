@@ -17,7 +17,9 @@ from typing import Any, Protocol
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
 from receiver.event import Event, Reject
+from receiver.store.backup import BackedUp
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
+from receiver.store.upkeep import Pruned, Sizes, WriterState
 
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
 # the text: as a Path, the URL's `//` has become one `/`.)
@@ -82,6 +84,39 @@ class Storage(Protocol):
 
     async def release_reconcile(self, holder: str) -> None: ...
 
+    # Operations: health, sizes, retention, backups.
+
+    async def check_writable(self) -> None:
+        """Raise unless a write could be made now (the writer runs, the lock can be taken)."""
+        ...
+
+    def writer_state(self) -> WriterState: ...
+
+    async def sizes(self) -> Sizes: ...
+
+    async def newest_events(self) -> dict[str, int]:
+        """Each myid's newest event time (µs since the epoch: EventTime, or receipt)."""
+        ...
+
+    async def prune(
+        self,
+        before_us: int,
+        *,
+        keep_calls: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[Pruned], None] | None = None,
+    ) -> Pruned:
+        """Remove the events from before `before_us` and the calls made only of them, in small
+        batches beside the live writes, and give the space back."""
+        ...
+
+    async def backup(
+        self, dest: Path, progress: Callable[[int, int], None] | None = None
+    ) -> BackedUp:
+        """A consistent, checked copy of the whole database as the new file `dest` (SQLite;
+        a server database is backed up with its own tools, see docs/deploy.md)."""
+        ...
+
     # Reading: never writes.
 
     async def get_event(self, event_id: int) -> Event | None: ...
@@ -137,6 +172,7 @@ def open_storage(
     rejects_max: int = 10_000,
     rejects_max_bytes: int = 64 << 20,
     own_process: bool = False,
+    on_commit: Callable[[int], None] | None = None,
 ) -> Storage:
     """The storage `db` names (not opened yet: `async with` it). Raises ValueError for a
     backend this receiver does not have."""
@@ -150,4 +186,5 @@ def open_storage(
         rejects_max,
         rejects_max_bytes=rejects_max_bytes,
         own_process=own_process,
+        on_commit=on_commit,
     )

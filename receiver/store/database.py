@@ -22,6 +22,7 @@ import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
+from receiver.store.backup import BackedUp, backup_file
 from receiver.store.export import Exporter
 from receiver.store.queries import (
     EXPORT_PAGE,
@@ -56,6 +57,16 @@ from receiver.store.schema import (
     reject_from_row,
 )
 from receiver.store.upgrade import upgrade_at_start
+from receiver.store.upkeep import (
+    NEWEST_BY_MYID,
+    PRUNE_AT_ONCE,
+    SIZES,
+    VACUUM_EVENTS_A_STEP,
+    Pruned,
+    Sizes,
+    WriterState,
+    sizes,
+)
 from receiver.store.writer import ProcessHost, ThreadHost
 
 log = logging.getLogger("receiver.store")
@@ -117,8 +128,10 @@ class Store:
         *,
         rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.path = path
+        self.on_commit = on_commit  # called with each group commit's size
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
         self._writer: ThreadHost | ProcessHost = ProcessHost() if own_process else ThreadHost()
@@ -246,6 +259,8 @@ class Store:
                 future.set_exception(error)
             return
         self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit(len(group))
         self._last_commit = time.monotonic()
         for (_, future), result in zip(group, results, strict=True):
             if not future.done():  # the client may have gone; the event is stored anyway
@@ -330,6 +345,70 @@ class Store:
 
     async def release_reconcile(self, holder: str) -> None:
         await self._writer.call("release_reconcile", holder)
+
+    async def prune(
+        self,
+        before_us: int,
+        *,
+        keep_calls: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[Pruned], None] | None = None,
+    ) -> Pruned:
+        """Remove the events from before `before_us`, the calls made only of them (unless
+        `keep_calls`), then give the space back (upkeep.prune_step), a small batch at a time
+        between the live writes; with `dry_run`, only count what would go."""
+        total = Pruned()
+        while True:
+            began = time.monotonic()
+            step = await self._writer.call(
+                "prune_some_events", before_us, total.last, PRUNE_AT_ONCE, keep_calls, not dry_run
+            )
+            total.add(step)
+            if progress is not None:
+                progress(total)
+            if step.done:
+                break
+            # The lock is left free as long as it was held: deliveries take their turns.
+            await asyncio.sleep(time.monotonic() - began)
+        if dry_run:
+            if not keep_calls:
+                total.calls = await self._writer.call("count_prunable_calls", before_us)
+            return total
+        # As many pages as the prune freed, at most: the live writes free and take pages too.
+        for _ in range(total.events // VACUUM_EVENTS_A_STEP + 1):
+            step = await self._writer.call("vacuum_some")
+            if step is None:
+                total.vacuumed = False
+                break
+            freed, left = step
+            total.freed_bytes += freed
+            if not left:
+                break
+            await asyncio.sleep(0.01)
+        return total
+
+    async def backup(
+        self, dest: Path, progress: Callable[[int, int], None] | None = None
+    ) -> BackedUp:
+        """A consistent copy of the database as a new file, checked (backup.backup_file)."""
+        return await asyncio.to_thread(backup_file, self.path, dest, progress)
+
+    async def check_writable(self) -> None:
+        """Raise unless the writer answers and can take the write lock."""
+        await self._writer.call("probe")
+
+    def writer_state(self) -> WriterState:
+        return WriterState(self._writer.alive(), self._queue.qsize(), self._groups_storing)
+
+    async def sizes(self) -> Sizes:
+        """How many events, how many bytes, and the free space in the file and on its disk."""
+        [row] = await self._rows(SIZES, [])
+        return await asyncio.to_thread(sizes, tuple(row), self.path)
+
+    async def newest_events(self) -> dict[str, int]:
+        """The time (order_us) of each myid's newest event, for up to upkeep.MYIDS_SHOWN
+        myids."""
+        return {myid: order_us for myid, order_us in await self._rows(NEWEST_BY_MYID, [])}
 
     def busy(self) -> bool:
         """Whether events are waiting, or were committed in the last IDLE_AFTER seconds."""

@@ -314,6 +314,10 @@ def use_wal(connection: sqlite3.Connection) -> None:
     again, as long as a busy timeout.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT
+    # A new file is made able to give the pages a prune frees back to the file system (SQLite
+    # takes this only before the first table, and before the switch to WAL); on any other file
+    # it changes nothing.
+    connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
     while True:
         try:
             connection.execute("PRAGMA journal_mode=WAL").fetchone()

@@ -55,6 +55,7 @@ from receiver.store.schema import (
     reject_row,
     use_wal,
 )
+from receiver.store.upkeep import PruneStep, calls_ended_before, prune_step, vacuum_step
 
 log = logging.getLogger("receiver.store")
 
@@ -261,6 +262,30 @@ class Writer:
         with write_transaction(self.db):
             return Reparse(self.db).batch(after, up_to, limit)
 
+    def probe(self) -> None:
+        """Raise unless this connection can take the write lock (the file is writable)."""
+        with write_transaction(self.db):
+            pass
+
+    def prune_some_events(
+        self, before_us: int, after: tuple[int, int], limit: int, keep_calls: bool, delete: bool
+    ) -> PruneStep:
+        """One batch of a prune (upkeep.prune_step), under the write lock when it deletes."""
+        if not delete:
+            return prune_step(self.db, before_us, after, limit, keep_calls=keep_calls, delete=False)
+        with write_transaction(self.db):
+            return prune_step(self.db, before_us, after, limit, keep_calls=keep_calls, delete=True)
+
+    def count_prunable_calls(self, before_us: int) -> int:
+        return calls_ended_before(self.db, before_us)
+
+    def vacuum_some(self) -> tuple[int, int] | None:
+        """Give some free pages back to the file system (upkeep.vacuum_step), under the write
+        lock taken first (a read turned into a write mid-way fails beside another process's
+        commits)."""
+        with write_transaction(self.db):
+            return vacuum_step(self.db)
+
     def _rebuild_calls(self, ids: list[str], *, compare: bool) -> int:
         """Build these calls from their events; returns how many came out other than stored
         (with `compare`; else 0)."""
@@ -377,6 +402,9 @@ class ThreadHost:
     async def start(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
         self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes)
 
+    def alive(self) -> bool:
+        return self._writer is not None
+
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), on the writer thread."""
         return await self._run(getattr(self._writer, method), *args)
@@ -424,6 +452,10 @@ class ProcessHost:
         )
         self._reader = asyncio.create_task(self._read_results(), name="receiver-writer-results")
         await self.call("ready")  # raises what opening the database raised
+
+    def alive(self) -> bool:
+        """Whether the writer process runs (a dead one is started again by the next call)."""
+        return self._process is not None and self._gone is None
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), in the writer process."""

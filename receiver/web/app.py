@@ -23,25 +23,32 @@ from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
+from receiver.web.background import Background
 from receiver.web.errors import error
+from receiver.web.metrics import Metrics
+from receiver.web.metrics import metrics as metrics_text
 from receiver.web.openapi import spec
 from receiver.web.recordings import RecordingLinks, call_recording
 from receiver.web.webhook import Webhook
 
 log = logging.getLogger("receiver")
 
-BACKGROUND_SECONDS = 0.2
+READY_TIMEOUT = 2.0  # seconds /readyz waits for the write lock
 
 
 async def healthz(request: Request) -> Response:
-    """GET /healthz: 200 when the database answers."""
-    store: Storage = request.app.state.store
+    """GET /healthz (liveness): 200 when the process and its database answer, with how far the
+    calls are built, the silent myids and the last prune."""
+    state = request.app.state
+    store: Storage = state.store
+    background: Background = state.background
     try:
         version = await store.check()
         calls = await store.calls_state()
     except Exception as failure:
         return error(503, f"the database does not answer: {failure}")
     rounds = request.app.state.reconcile_rounds
+    retention = background.retention
     return JSONResponse(
         {
             "ok": True,
@@ -49,8 +56,42 @@ async def healthz(request: Request) -> Response:
             "expected": SCHEMA_VERSION,
             "calls": calls.json(),
             "reconcile": rounds.json() if rounds is not None else None,
+            "silent": background.silent_json(),
+            "retention": retention.json() if retention is not None else None,
         }
     )
+
+
+async def readyz(request: Request) -> Response:
+    """GET /readyz (readiness): 200 when deliveries can be stored: the writer runs, takes the
+    write lock, and the disk has --min-free-disk bytes free; 503 saying what is wrong."""
+    state = request.app.state
+    store: Storage = state.store
+    settings: Settings = state.settings
+    problems = []
+    writer = store.writer_state()
+    if not writer.alive:
+        problems.append("the writer process is not running")
+    else:
+        try:
+            await asyncio.wait_for(store.check_writable(), READY_TIMEOUT)
+        except TimeoutError:
+            problems.append(f"the database took no write lock within {READY_TIMEOUT:g} s")
+        except Exception as failure:
+            problems.append(f"the database cannot be written: {failure}")
+    try:
+        sizes = await store.sizes()
+    except Exception as failure:
+        return error(503, f"not ready: the database does not answer: {failure}")
+    free = sizes.disk_free_bytes
+    if free is not None and free < settings.min_free_disk:
+        problems.append(
+            f"{free} bytes free on the database's disk, under --min-free-disk "
+            f"{settings.min_free_disk}: free some space"
+        )
+    if problems:
+        return error(503, "not ready: " + "; ".join(problems))
+    return JSONResponse({"ok": True, "disk_free_bytes": free, "queued": writer.queued})
 
 
 async def openapi_json(request: Request) -> Response:
@@ -88,22 +129,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(500, f"internal error: {type(exc).__name__}")
-
-
-async def refresh_calls(store: Storage, repeated: Repeated) -> None:
-    """Five times a second: build the calls of new events (and all of them again after a change
-    of CALLS_VERSION; reads never build them)."""
-    while True:
-        try:
-            await store.refresh_calls(background=True)
-        except Exception as failure:  # a full disk fails it five times a second
-            repeated.log(
-                logging.ERROR,
-                "background",
-                "background work on the database failed; trying again",
-                exc_info=failure,
-            )
-        await asyncio.sleep(BACKGROUND_SECONDS)
 
 
 async def reconcile_periodically(
@@ -150,6 +175,7 @@ async def reconcile_periodically(
 def create_app(settings: Settings) -> Webhook:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
     repeated = Repeated(log)
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -159,11 +185,15 @@ def create_app(settings: Settings) -> Webhook:
             rejects_max=settings.rejects_max,
             rejects_max_bytes=settings.rejects_max_bytes,
             own_process=True,
+            on_commit=metrics.committed,
         ) as store:
             app.state.store = store
+            app.state.metrics = metrics
             app.state.recording_links = RecordingLinks(settings)
             app.state.reconcile_rounds = None
-            tasks = [asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")]
+            background = app.state.background = Background(store, settings, repeated)
+            app.state.watch = background.watch
+            tasks = [asyncio.create_task(background.run(), name="receiver-background")]
             if settings.reconcile_seconds is not None:
                 rounds = app.state.reconcile_rounds = Rounds(settings.reconcile_seconds)
                 tasks.append(
@@ -203,10 +233,20 @@ def create_app(settings: Settings) -> Webhook:
     rest = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route(
+                "/metrics",
+                metrics_text,
+                middleware=[
+                    Middleware(
+                        BearerAuth, token=None if settings.metrics_public else settings.api_token
+                    )
+                ],
+            ),
             Route("/openapi.json", openapi_json),
             api,
         ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
-    return Webhook(rest, settings, repeated)
+    return Webhook(rest, settings, repeated, metrics)

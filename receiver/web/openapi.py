@@ -127,11 +127,26 @@ RECONCILE_ROUNDS = {"anyOf": [{"type": "null"}, obj({
     "last_error": {**nullable("string"), "description": "Why the last one did not finish."},
 })], "description": "The server's reconciliation with the PBX's call history (null without "
     "--reconcile-every)."}  # fmt: skip
+SILENT = obj({
+    "myid": TEXT, "last_event_at": TIME,
+    "silent_seconds": {"type": "number", "description": "Since its newest event."},
+})  # fmt: skip
+RETENTION = obj({
+    "older_than_seconds": {"type": "number", "description": "--retention: events older go."},
+    "running": {"type": "boolean", "description": "A prune is running now."},
+    "last_finished_at": TIME, "last_removed_events": INTEGER,
+})  # fmt: skip
 SCHEMAS: dict[str, Any] = {
     "Error": obj({"ok": {"const": False}, "error": TEXT, "status": INTEGER}),
     "Stored": obj({"ok": {"const": True}, "id": INTEGER, "duplicate": {"type": "boolean"}}),
     "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER,
-                   "calls": CALLS_BUILT, "reconcile": RECONCILE_ROUNDS}),
+                   "calls": CALLS_BUILT, "reconcile": RECONCILE_ROUNDS,
+                   "silent": {"type": "array", "items": SILENT},
+                   "retention": {"oneOf": [RETENTION, {"type": "null"}]}}),
+    "Ready": obj({"ok": {"const": True},
+                  "disk_free_bytes": nullable("integer", description="Free on the database's "
+                                              "disk (null: not known to this receiver)."),
+                  "queued": {**INTEGER, "description": "Deliveries waiting for their commit."}}),
     "Event": obj(EVENT_FIELDS),
     "EventWithRaw": obj({**EVENT_FIELDS, "raw": RAW}),
     "EventPage": obj({"events": {"type": "array", "items": ref("Event")},
@@ -289,6 +304,14 @@ def api_get(path: str, summary: str, answers: dict[str, Any]) -> dict[str, Any]:
             "responses": answers}  # fmt: skip
 
 
+def metrics_operation(settings: Settings) -> dict[str, Any]:
+    """GET /metrics: Prometheus' text format; behind the API token unless --metrics-public."""
+    operation = {"summary": "Figures for Prometheus, in its text format",
+                 "responses": {"200": {"description": "OK", "content": {
+                     "text/plain": {"schema": TEXT}}}}}  # fmt: skip
+    return operation if settings.metrics_public else secured(operation, settings)
+
+
 def spec(settings: Settings | None = None) -> dict[str, Any]:
     """The whole description, for a server running with `settings` (their defaults if None)."""
     settings = settings or Settings()
@@ -359,8 +382,11 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
                              "multipart/form-data": {"schema": post["body"]}}},
                          "responses": webhook_answers},
             },
-            "/healthz": {"get": {"summary": "The database answers",
+            "/healthz": {"get": {"summary": "Liveness: the process and its database answer",
                                  "responses": {"200": answer("Health"), "503": ERROR}}},
+            "/readyz": {"get": {"summary": "Readiness: deliveries can be stored now",
+                                "responses": {"200": answer("Ready"), "503": ERROR}}},
+            "/metrics": {"get": metrics_operation(settings)},
             "/openapi.json": {"get": {"summary": "This description",
                                       "responses": {"200": {"description": "OK", "content": {
                                           "application/json": {"schema": {"type": "object"}}}}}}},

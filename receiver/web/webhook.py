@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -15,6 +16,7 @@ from receiver.parse import Rejected, parse_request, query_myid, strip_body_token
 from receiver.settings import Settings
 from receiver.store import Storage, Stored
 from receiver.web.errors import error
+from receiver.web.metrics import Metrics
 
 log = logging.getLogger("receiver")
 
@@ -97,10 +99,13 @@ class Webhook:
 
     path = "/webhook"
 
-    def __init__(self, app: Starlette, settings: Settings, repeated: Repeated) -> None:
+    def __init__(
+        self, app: Starlette, settings: Settings, repeated: Repeated, metrics: Metrics
+    ) -> None:
         self.app = app
         self.settings = settings
         self.repeated = repeated  # each failure of a kind is logged once in a while, counted
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -117,6 +122,7 @@ class Webhook:
         """Receive one PBX event: 200 only once it is committed to the database."""
         settings = self.settings
         store: Storage = self.app.state.store
+        began = time.perf_counter()
         received = now_us()
         method = scope["method"]
         body, size, cut = await read_body(scope, receive, settings.max_body, settings.body_timeout)
@@ -155,13 +161,16 @@ class Webhook:
                 failure,
                 event.raw,
             )
+            self.metrics.answered("not_stored", began)
             return error(503, f"the event could not be stored: {failure}")
+        self.metrics.answered("duplicate" if stored.duplicate else "stored", began)
         return stored_response(stored)
 
     async def refuse(
         self, scope: Scope, received: int, raw: RawRequest, size: int, why: Rejected
     ) -> Response:
         """Answer a refused delivery with an error, after keeping it in the rejects store."""
+        self.metrics.refused(why.status)
         store: Storage = self.app.state.store
         query = strip_token(raw.query)
         body = strip_body_token(raw.body, raw.content_type)  # the token is read from the URL only

@@ -1,0 +1,164 @@
+"""What operations cost ingest: the metrics, and a backup taken while deliveries arrive.
+
+    python bench/operations.py [--seconds 10] [--rounds 3] [--connections 32] [--events 1000000]
+
+Needs wrk (Debian: apt-get install wrk); the deliveries are bench/ingest.py's.
+
+1. Metrics: the receiver as it is, scraped once a second (Prometheus scrapes every 15 s by
+   default), against the same receiver with the counting of each delivery and each commit made
+   a no-op and never scraped; the two take turns, --rounds times, and the medians' ratio is
+   printed (target: at least 0.95).
+2. Backup: a database of --events events (made by bench/query.py's fill, the calls built),
+   served by the receiver; wrk runs alone, then again while `receiver backup` copies the
+   database over and over (each copy removed once done), taking turns --rounds times. Prints
+   the ratio of the medians (target: at least 0.8) and how long one copy took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from common import free_port, python, start
+from ingest import wrk
+from query import fill
+
+# The receiver with the per-delivery and per-commit counting made no-ops.
+UNCOUNTED = (
+    "import sys; import receiver.web.metrics as m; "
+    "m.Metrics.answered = m.Metrics.refused = m.Metrics.committed = lambda *a: None; "
+    "from receiver.cli import main; main(sys.argv[1:])"
+)
+
+
+def serve(db: Path, port: int, *, counted: bool = True) -> subprocess.Popen[bytes]:
+    launcher = ["-m", "receiver"] if counted else ["-c", UNCOUNTED]
+    command = [python(), *launcher, "serve", "--port", str(port), "--db", str(db),
+               "--log-level", "warning"]  # fmt: skip
+    return start(command, f"http://127.0.0.1:{port}/healthz")
+
+
+class Repeating:
+    """Run `work` over and over on a thread until stopped; the seconds each run took."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.work = work
+        self.stop = threading.Event()
+        self.took: list[float] = []
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            began = time.monotonic()
+            self.work()
+            self.took.append(time.monotonic() - began)
+
+    def __enter__(self) -> Repeating:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def metrics_cost(args: argparse.Namespace, work: Path) -> None:
+    runs: dict[str, list[float]] = {"uncounted": [], "metrics": []}
+    for round_ in range(args.rounds):
+        for kind in runs:
+            db = work / f"{kind}-{round_}.db"
+            port = free_port()
+            process = serve(db, port, counted=kind == "metrics")
+            try:
+                wrk(port, "GET", 1, args.connections)  # warm up
+                if kind == "metrics":
+
+                    def scrape(port: int = port) -> None:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as page:
+                            page.read()
+                        time.sleep(1)
+
+                    with Repeating(scrape):
+                        stats = wrk(port, "GET", args.seconds, args.connections)
+                else:
+                    stats = wrk(port, "GET", args.seconds, args.connections)
+            finally:
+                process.terminate()
+                process.wait()
+            runs[kind].append(stats["rps"])
+            print(f"metrics: {kind:9} {stats['rps']:8.0f} req/s  p99 {stats['p99_ms']:6.2f} ms",
+                  flush=True)  # fmt: skip
+    with_, without = statistics.median(runs["metrics"]), statistics.median(runs["uncounted"])
+    print(f"metrics: median {with_:.0f} req/s with, {without:.0f} without: "
+          f"{with_ / without:.3f}x (target >= 0.95)", flush=True)  # fmt: skip
+
+
+def backup_cost(args: argparse.Namespace, work: Path) -> None:
+    db = work / "big.db"
+    print(f"backup: filling {args.events:,} events", flush=True)
+    asyncio.run(fill(db, args.events))
+    size = db.stat().st_size
+    port = free_port()
+    process = serve(db, port)
+    copies = iter(range(10**6))
+
+    def backup() -> None:
+        copy = work / f"copy-{next(copies)}.db"
+        subprocess.run([python(), "-m", "receiver", "backup", "--quiet", "--db", str(db),
+                        str(copy)], check=True, capture_output=True)  # fmt: skip
+        copy.unlink()
+
+    runs: dict[str, list[float]] = {"alone": [], "backup": []}
+    took: list[float] = []
+    try:
+        wrk(port, "GET", 1, args.connections)
+        for _ in range(args.rounds):
+            for kind in runs:
+                if kind == "backup":
+                    with Repeating(backup) as copying:
+                        stats = wrk(port, "GET", args.seconds, args.connections)
+                    took += copying.took
+                else:
+                    stats = wrk(port, "GET", args.seconds, args.connections)
+                runs[kind].append(stats["rps"])
+                print(f"backup: {kind:6} {stats['rps']:8.0f} req/s  p99 {stats['p99_ms']:6.2f} "
+                      f"ms", flush=True)  # fmt: skip
+    finally:
+        process.terminate()
+        process.wait()
+    alone, beside = statistics.median(runs["alone"]), statistics.median(runs["backup"])
+    one = f"{statistics.median(took):.1f} s" if took else "longer than a run"
+    print(f"backup: a {size / 1e6:,.0f} MB database copied in {one} (median); ingest "
+          f"{beside:.0f} req/s beside it, {alone:.0f} alone: {beside / alone:.2f}x "
+          "(target >= 0.8)", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="length of each timed run")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each kind of run")
+    parser.add_argument("--events", type=int, default=1_000_000,
+                        help="events in the backed-up database (0: no backup part)")  # fmt: skip
+    parser.add_argument("--skip-metrics", action="store_true", help="only the backup part")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_metrics:
+            metrics_cost(args, Path(tmp))
+        if args.events:
+            backup_cost(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
