@@ -569,6 +569,26 @@ class Store:
             for extension, bucket_start, calls, answered, missed, ring, talk, avg_talk in rows
         ]
 
+    # The live feed (web/stream.py): what is new since an event id.
+
+    async def events_after(self, event_id: int, *, limit: int) -> list[dict[str, Any]]:
+        """The JSON records of the events stored after `event_id`, by id, at most `limit`."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"
+        return [event_record(row) for row in await self._rows(sql, [event_id, limit])]
+
+    async def calls_of_events(
+        self, after_event: int, through_event: int, *, now_us: int, unknown_after_us: int
+    ) -> list[dict[str, Any]]:
+        """The JSON records (no legs) of the calls that have an event with an id after
+        `after_event`, up to `through_event`, by start time."""
+        query = CallQuery(now_us=now_us, unknown_after_us=unknown_after_us)
+        sql = (
+            f"SELECT {call_fields_sql(query.status_sql())} FROM calls WHERE call_id IN "
+            "(SELECT call_id FROM events WHERE id > ? AND id <= ?) ORDER BY started_us, call_id"
+        )
+        rows = await self._rows(sql, [query.unknown_before_us(), after_event, through_event])
+        return [call_json(call_from_row(row), with_details=False) for row in rows]
+
     async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page:
         """Rejects, newest first; `next` is the id to pass as `before` for older ones."""
         assert self._reader is not None

@@ -27,10 +27,10 @@ def bad(name: str, must: str) -> HTTPException:
     return HTTPException(400, f"parameter {name} {must}")
 
 
-def known_params(request: Request, path: str) -> None:
+def known_params(request: Request, path: str, also: tuple[str, ...] = ()) -> None:
     """HTTP 400 naming a query parameter that `path` does not take (a typo would otherwise
     return everything, unfiltered)."""
-    allowed = query_names(path)
+    allowed = query_names(path) | set(also)
     for name in request.query_params:
         if name not in allowed:
             takes = ", ".join(sorted(allowed)) or "none"

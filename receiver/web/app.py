@@ -8,6 +8,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,6 +24,7 @@ from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
 from receiver.web.errors import error
 from receiver.web.openapi import spec
+from receiver.web.stream import Feed, stream_events
 from receiver.web.webhook import Webhook
 
 log = logging.getLogger("receiver")
@@ -51,15 +53,26 @@ async def openapi_json(request: Request) -> Response:
 class BearerAuth:
     """ASGI middleware: requests need `Authorization: Bearer <token>` (401 otherwise)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, in_query: bool = False) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.in_query = in_query  # ?token= too, for EventSource, which cannot send headers
+
+    def given(self, scope: Scope) -> bytes | None:
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            return given.strip()
+        if self.in_query:
+            for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
+                if name == "token":
+                    return str(value).encode()
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.token is not None and scope["type"] == "http":
-            headers = dict(scope["headers"])
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+            given = self.given(scope)
+            if given is None or not hmac.compare_digest(given, self.token):
                 response = error(
                     401,
                     "this API needs the header 'Authorization: Bearer <api token>'",
@@ -80,12 +93,13 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error: {type(exc).__name__}")
 
 
-async def refresh_calls(store: Storage, repeated: Repeated) -> None:
+async def refresh_calls(store: Storage, repeated: Repeated, feed: Feed) -> None:
     """Five times a second: build the calls of new events (and all of them again after a change
     of CALLS_VERSION; reads never build them)."""
     while True:
         try:
-            await store.refresh_calls(background=True)
+            if await store.refresh_calls(background=True):
+                feed.touch()
         except Exception as failure:  # a full disk fails it five times a second
             repeated.log(
                 logging.ERROR,
@@ -99,6 +113,7 @@ async def refresh_calls(store: Storage, repeated: Repeated) -> None:
 def create_app(settings: Settings) -> Webhook:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
     repeated = Repeated(log)
+    feed = Feed(settings.unknown_end_after * 1_000_000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,13 +125,19 @@ def create_app(settings: Settings) -> Webhook:
             own_process=True,
         ) as store:
             app.state.store = store
-            refresher = asyncio.create_task(refresh_calls(store, repeated), name="receiver-calls")
+            app.state.feed = feed
+            tasks = [
+                asyncio.create_task(refresh_calls(store, repeated, feed), name="receiver-calls"),
+                asyncio.create_task(feed.run(store, repeated), name="receiver-feed"),
+            ]
             try:
                 yield
             finally:
-                refresher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await refresher
+                feed.close()
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 repeated.flush_all()
 
     api = Mount(
@@ -140,9 +161,14 @@ def create_app(settings: Settings) -> Webhook:
         routes=[
             Route("/healthz", healthz),
             Route("/openapi.json", openapi_json),
+            Route(
+                "/api/stream",
+                stream_events,
+                middleware=[Middleware(BearerAuth, token=settings.api_token, in_query=True)],
+            ),
             api,
         ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
-    return Webhook(rest, settings, repeated)
+    return Webhook(rest, settings, repeated, feed)

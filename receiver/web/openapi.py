@@ -145,6 +145,8 @@ SCHEMAS: dict[str, Any] = {
 FORM_TEXT = {"anyOf": [{"type": "string", "minLength": 1}, {"type": ["number", "boolean"]}]}
 PAGE_MAX = 1000  # the most records in one JSON page (a larger `limit` gets this many)
 EXPORT_MAX = 2**62  # the most records an NDJSON or CSV export may be asked for
+# A live stream's message id, `<event>:<calls>`, sent back as Last-Event-ID (web/stream.py).
+LAST_EVENT_ID_PATTERN = r"\d{1,18}(:\d{1,18})?"
 TIME_PARAMETER = {"anyOf": [
     {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
     {"type": "string", "pattern": f"^{EPOCH_SECONDS_PATTERN}$"}]}  # fmt: skip
@@ -212,7 +214,21 @@ QUERY_PARAMETERS = {
     "/api/reports/missed": REPORT_PARAMETERS,
     "/api/reports/extensions": [*REPORT_PARAMETERS, BY],
     "/api/rejects": REJECT_PARAMETERS,
-}
+    "/api/stream": [{**MYID, "description": "Only the events and calls of these myids "
+                     "(repeatable)."}],
+}  # fmt: skip
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID", "in": "header",
+    "description": "The id of the last message received: the stream starts with what came "
+                   "after it (EventSource sends it when it reconnects).",
+    "schema": {"type": "string", "pattern": f"^{LAST_EVENT_ID_PATTERN}$"},
+}  # fmt: skip
+STREAM_ANSWER = {
+    "description": "An endless text/event-stream: messages `event` (an event's record) and "
+                   "`call` (a call's record, as built again), each with an id to resume from, "
+                   "`reset` when a returning client missed too much, and keep-alive comments.",
+    "content": {"text/event-stream": {"schema": TEXT}},
+}  # fmt: skip
 
 
 def query_names(path: str) -> frozenset[str]:
@@ -247,11 +263,15 @@ def webhook_fields(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, 
     return [*own, *event_query], {"own": own, "body": body}
 
 
-def secured(operation: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """An /api/ operation, needing the bearer token when the server has one (401 otherwise)."""
+def secured(operation: dict[str, Any], settings: Settings, path: str) -> dict[str, Any]:
+    """An /api/ operation, needing the bearer token when the server has one (401 otherwise);
+    the stream takes it as ?token= too."""
     if not settings.api_token:
         return operation
-    return {**operation, "security": [{"api_token": []}],
+    security: list[dict[str, list[str]]] = [{"api_token": []}]
+    if path == "/api/stream":
+        security.append({"token_in_query": []})
+    return {**operation, "security": security,
             "responses": {**operation["responses"], "401": ERROR}}  # fmt: skip
 
 
@@ -262,7 +282,9 @@ def api_get(path: str, summary: str, answers: dict[str, Any]) -> dict[str, Any]:
                              ("call_id", TEXT))
         if "{" + name + "}" in path
     ]  # fmt: skip
-    return {"summary": summary, "parameters": [*path_parameters, *QUERY_PARAMETERS[path]],
+    headers = [LAST_EVENT_ID] if path == "/api/stream" else []
+    return {"summary": summary,
+            "parameters": [*path_parameters, *QUERY_PARAMETERS[path], *headers],
             "responses": answers}  # fmt: skip
 
 
@@ -276,7 +298,10 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
     }
     components: dict[str, Any] = {"schemas": SCHEMAS}
     if settings.api_token:
-        components["securitySchemes"] = {"api_token": {"type": "http", "scheme": "bearer"}}
+        components["securitySchemes"] = {
+            "api_token": {"type": "http", "scheme": "bearer"},
+            "token_in_query": {"type": "apiKey", "in": "query", "name": "token"},
+        }
     operations = {
         "/api/events": (
             "Events, filtered, in time order",
@@ -306,6 +331,10 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
             "Refused deliveries, newest first",
             {"200": answer("RejectPage"), "400": ERROR},
         ),
+        "/api/stream": (
+            "New events and changed calls, live (Server-Sent Events)",
+            {"200": STREAM_ANSWER, "400": ERROR},
+        ),
     }
     return {
         "openapi": "3.1.0",
@@ -328,7 +357,7 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This description",
                                       "responses": {"200": {"description": "OK", "content": {
                                           "application/json": {"schema": {"type": "object"}}}}}}},
-            **{path: {"get": secured(api_get(path, summary, answers), settings)}
+            **{path: {"get": secured(api_get(path, summary, answers), settings, path)}
                for path, (summary, answers) in operations.items()},
         },
     }  # fmt: skip

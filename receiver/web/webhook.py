@@ -15,6 +15,7 @@ from receiver.parse import Rejected, parse_request, query_myid, strip_body_token
 from receiver.settings import Settings
 from receiver.store import Storage, Stored
 from receiver.web.errors import error
+from receiver.web.stream import Feed
 
 log = logging.getLogger("receiver")
 
@@ -97,8 +98,9 @@ class Webhook:
 
     path = "/webhook"
 
-    def __init__(self, app: Starlette, settings: Settings, repeated: Repeated) -> None:
+    def __init__(self, app: Starlette, settings: Settings, repeated: Repeated, feed: Feed) -> None:
         self.app = app
+        self.feed = feed  # told of each new event, for the live stream
         self.settings = settings
         self.repeated = repeated  # each failure of a kind is logged once in a while, counted
 
@@ -156,6 +158,8 @@ class Webhook:
                 event.raw,
             )
             return error(503, f"the event could not be stored: {failure}")
+        if not stored.duplicate:
+            self.feed.touch()
         return stored_response(stored)
 
     async def refuse(
