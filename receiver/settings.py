@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
+from receiver.zones import zone
 
 # The most a count, a size or a number of seconds may be: far above any real use, and far
 # below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
@@ -75,6 +76,10 @@ class Settings:
     )
     log_level: str = setting("info", "Log level: debug, info, warning, error.")
     access_log: bool = setting(False, "Log every request (tokens are masked).")
+    timezone: str = setting(
+        "UTC",
+        "IANA time zone (Europe/Moscow) of the pages' times and of the reports' days and hours.",
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -85,6 +90,10 @@ class Settings:
             raise ValueError(
                 f"--log-level {self.log_level!r} is not a level: use {', '.join(LOG_LEVELS)}"
             )
+        try:
+            zone(self.timezone)
+        except ValueError as problem:
+            raise ValueError(f"--timezone {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.default_myid and not is_valid_myid(self.default_myid):
             raise ValueError(

@@ -8,6 +8,7 @@ Schemathesis).
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
 from receiver import __version__
 from receiver.calls import CallStatus, Direction
@@ -198,8 +199,12 @@ CALL_PARAMETERS = [
     {**NUMBER, "description": "The external number, compared as digits."},
     {**EXTENSION, "description": "An extension the call involved (prefix*ext)."},
 ]  # fmt: skip
-REPORT_PARAMETERS = [MYID, *TIMES, FORMAT, NUMBER, EXTENSION]
-BY = param("by", "One row per period too (UTC).", enum=["day", "hour"])
+TZ = param("tz", "An IANA time zone: the report's times are given with its offset (UTC "
+           "otherwise), its days and hours are its own, and since/until without an offset are "
+           "read in it.", enum=sorted(available_timezones()))  # fmt: skip
+REPORT_PARAMETERS = [MYID, *TIMES, FORMAT, NUMBER, EXTENSION, TZ]
+BY = param("by", "One row per period too: the days or hours of tz=, else of the server's "
+           "--timezone (UTC by default).", enum=["day", "hour"])  # fmt: skip
 REJECT_PARAMETERS = [
     param("limit", f"Page size, 1-{PAGE_MAX} (default 100).", "integer", minimum=1,
           maximum=PAGE_MAX),
