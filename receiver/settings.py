@@ -81,6 +81,10 @@ class Settings:
         "IANA time zone (Europe/Moscow) of the pages' times and of the reports' days and hours.",
     )
 
+    mask_numbers: bool = setting(
+        False, "Show phone numbers on the pages with their middle digits hidden (wall displays)."
+    )
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             problem = range_problem(field.name, getattr(self, field.name))

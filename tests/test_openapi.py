@@ -16,6 +16,8 @@ SPEC = spec()
 def routes(app) -> set[str]:  # type: ignore[no-untyped-def]
     found = set()
     for route in app.routes:
+        if isinstance(route, Mount) and route.path == "":
+            continue  # the web pages: HTML for people, not the API
         if isinstance(route, Mount):
             found |= {route.path + sub.path for sub in route.routes}
         else:

@@ -24,6 +24,8 @@ from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
 from receiver.web.errors import error
 from receiver.web.openapi import spec
+from receiver.web.pages import environment, page_routes
+from receiver.web.session import has_session
 from receiver.web.stream import Feed, stream_events
 from receiver.web.webhook import Webhook
 
@@ -59,10 +61,13 @@ class BearerAuth:
         self.in_query = in_query  # ?token= too, for EventSource, which cannot send headers
 
     def given(self, scope: Scope) -> bytes | None:
+        """The token the request carries; the pages' session cookie counts as carrying it."""
         headers: dict[bytes, bytes] = dict(scope["headers"])
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         if scheme.lower() == b"bearer":
             return given.strip()
+        if self.token is not None and has_session(scope["headers"], self.token.decode()):
+            return self.token
         if self.in_query:
             for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
                 if name == "token":
@@ -126,6 +131,7 @@ def create_app(settings: Settings) -> Webhook:
         ) as store:
             app.state.store = store
             app.state.feed = feed
+            app.state.templates = environment(settings)
             tasks = [
                 asyncio.create_task(refresh_calls(store, repeated, feed), name="receiver-calls"),
                 asyncio.create_task(feed.run(store, repeated), name="receiver-feed"),
@@ -167,6 +173,7 @@ def create_app(settings: Settings) -> Webhook:
                 middleware=[Middleware(BearerAuth, token=settings.api_token, in_query=True)],
             ),
             api,
+            *page_routes(settings),
         ],
         exception_handlers=handlers,
         lifespan=lifespan,
