@@ -16,6 +16,7 @@ from receiver.event import EPOCH_SECONDS_PATTERN, REJECT_BODY_KEPT
 from receiver.parse import FIELDS, MYID_PATTERN
 from receiver.settings import Settings
 from receiver.store import CALL_CURSOR_PATTERN, EVENT_CURSOR_PATTERN
+from receiver.web.session import COOKIE
 
 
 def nullable(kind: str, **more: Any) -> dict[str, Any]:
@@ -222,6 +223,10 @@ QUERY_PARAMETERS = {
     "/api/stream": [{**MYID, "description": "Only the events and calls of these myids "
                      "(repeatable)."}],
 }  # fmt: skip
+PAGE_SESSION = {
+    "type": "apiKey", "in": "cookie", "name": COOKIE,
+    "description": "The session cookie that the web pages' /login sets, given the API token.",
+}  # fmt: skip
 LAST_EVENT_ID = {
     "name": "Last-Event-ID", "in": "header",
     "description": "The id of the last message received: the stream starts with what came "
@@ -269,11 +274,11 @@ def webhook_fields(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, 
 
 
 def secured(operation: dict[str, Any], settings: Settings, path: str) -> dict[str, Any]:
-    """An /api/ operation, needing the bearer token when the server has one (401 otherwise);
-    the stream takes it as ?token= too."""
+    """An /api/ operation, needing the bearer token when the server has one (401 otherwise),
+    or the web pages' session cookie; the stream takes the token as ?token= too."""
     if not settings.api_token:
         return operation
-    security: list[dict[str, list[str]]] = [{"api_token": []}]
+    security: list[dict[str, list[str]]] = [{"api_token": []}, {"page_session": []}]
     if path == "/api/stream":
         security.append({"token_in_query": []})
     return {**operation, "security": security,
@@ -306,6 +311,7 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
         components["securitySchemes"] = {
             "api_token": {"type": "http", "scheme": "bearer"},
             "token_in_query": {"type": "apiKey", "in": "query", "name": "token"},
+            "page_session": PAGE_SESSION,
         }
     operations = {
         "/api/events": (

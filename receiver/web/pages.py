@@ -369,17 +369,25 @@ async def logout(request: Request) -> Response:
 
 
 def page_routes(settings: Settings) -> list[BaseRoute]:
-    """The pages and their assets, behind the sign-in when the server has an API token."""
-    routes = [
-        Route("/", dashboard),
-        Route("/calls", calls_page),
-        Route("/calls/{call_id}", call_page),
-        Route("/missed", missed_page),
-        Route("/extensions", extensions_page),
-        Route("/events", events_page),
-        Route("/rejects", rejects_page),
-        Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Mount("/static", StaticFiles(packages=[("receiver.web", "static")]), name="static"),
+    """The pages, behind the sign-in when the server has an API token, and their assets.
+
+    Routes of their own, not a catch-all mount: a method a path does not take stays a 405.
+    """
+    session = [Middleware(PageSession, settings.api_token)]
+    pages = [
+        ("/", dashboard, ["GET"]),
+        ("/calls", calls_page, ["GET"]),
+        ("/calls/{call_id}", call_page, ["GET"]),
+        ("/missed", missed_page, ["GET"]),
+        ("/extensions", extensions_page, ["GET"]),
+        ("/events", events_page, ["GET"]),
+        ("/rejects", rejects_page, ["GET"]),
+        ("/login", login, ["GET", "POST"]),
+        ("/logout", logout, ["POST"]),
     ]
-    return [Mount("", routes=routes, middleware=[Middleware(PageSession, settings.api_token)])]
+    routes: list[BaseRoute] = [
+        Route(path, endpoint, methods=methods, middleware=session)
+        for path, endpoint, methods in pages
+    ]
+    routes.append(Mount("/static", StaticFiles(packages=[("receiver.web", "static")])))
+    return routes

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "receiver_session"
 SESSION_SECONDS = 30 * 86400
-OPEN_PATHS = ("/login", "/static/")  # what a browser needs before it has signed in
+OPEN_PATHS = ("/login",)  # what a browser needs before it has signed in (assets are open)
 
 
 def session_value(api_token: str) -> str:
