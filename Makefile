@@ -24,7 +24,9 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed  ## the three benchmarks (about half an hour; ingest needs wrk)
+bench: $(BIN)/.installed  ## the benchmarks (about 40 minutes; ingest needs wrk)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/live.py
+	$(BIN)/python bench/pages.py

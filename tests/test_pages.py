@@ -239,6 +239,19 @@ def test_every_page_answers_html(client) -> None:  # type: ignore[no-untyped-def
     assert client.get("/calls?after=nonsense").status_code == 200  # a stale page link
 
 
+def test_the_dashboard_of_another_day(client) -> None:  # type: ignore[no-untyped-def]
+    for line in scenario("inbound-cancelled", at_us=parse_time("2025-12-01T09:15:00Z")):
+        client.get(f"/webhook?myid=85218&{line}")
+    wait_for_calls(client.get)
+    page = client.get("/?day=2025-12-01").text
+    assert "Monday 01 December 2025" in page
+    assert '<span class="n">1</span><span class="l">missed</span>' in page
+    assert "+74957654321" in page  # still waiting for a call back
+    today = client.get("/").text
+    assert '<span class="n">0</span><span class="l">missed</span>' in today
+    assert "is not a date" in client.get("/?day=someday").text
+
+
 def test_the_session_cookie_opens_the_api_too(make_client) -> None:  # type: ignore[no-untyped-def]
     client = make_client(api_token="reader")
     assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=%2F"

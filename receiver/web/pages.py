@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
-from datetime import tzinfo
+from datetime import date, tzinfo
 from typing import Any
 
 import jinja2
@@ -149,10 +149,19 @@ def bar_counts(statuses: dict[str, int]) -> dict[str, int]:
 
 
 async def dashboard(request: Request) -> Response:
-    """/: today's calls, by hour, the missed numbers to ring back and the calls in progress."""
+    """/: today's calls (or another day's: ?day=2025-12-01), by hour, the missed numbers to
+    ring back and the calls in progress."""
     view = View(request)
     today = day_start(view.place, view.now)
-    query = CallQuery(since_us=today, now_us=view.now, unknown_after_us=view.unknown_after_us)
+    asked = view.text("day")
+    if asked is not None:
+        try:
+            today = parse_time(date.fromisoformat(asked).isoformat(), view.place)
+        except ValueError:
+            view.errors.append(f"day: {asked!r} is not a date (2025-12-01)")
+    tomorrow = day_start(view.place, today + DAY_US + 2 * HOUR_US)  # 23 to 25 hours on
+    query = CallQuery(since_us=today, until_us=tomorrow, now_us=view.now,
+                      unknown_after_us=view.unknown_after_us)  # fmt: skip
     periods = await view.store.calls_by_period(query, by="hour", place=view.place)
     totals: Counter[str] = Counter()
     by_hour: dict[int, Counter[str]] = {}
@@ -161,9 +170,9 @@ async def dashboard(request: Request) -> Response:
         by_hour.setdefault(row["period_us"], Counter())[row["status"]] += row["calls"]
     hours: list[tuple[str, dict[str, int]]] = []
     start = today
-    while start < today + DAY_US + HOUR_US and len(hours) < 25:  # 23 to 25 on a DST day
+    while start < tomorrow:
         label = present.moment(start, view.place)
-        if label is None or (hours and label.hour == 0):
+        if label is None:
             break
         hours.append((label.strftime("%H"), bar_counts(dict(by_hour.get(start, {})))))
         start += HOUR_US
@@ -191,6 +200,11 @@ async def dashboard(request: Request) -> Response:
             "other": sum(n for s, n in totals.items() if s in OTHER),
         },
         chart=charts.bar_chart(hours, label_every=3),
+        day=present.moment(today, view.place),
+        is_today=today == day_start(view.place, view.now),
+        day_range=query_string(
+            {"since": view.local_input(today), "until": view.local_input(tomorrow)}
+        ),
         missed=missed,
         live=live.items,
     )

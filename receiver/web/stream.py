@@ -237,7 +237,16 @@ async def stream_events(request: Request) -> Response:
                     continue
                 if item is None:
                     return
-                yield item
+                chunk, ended = [item], False
+                while not listener.queue.empty():  # what else waits goes in the same write
+                    more = listener.queue.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    chunk.append(more)
+                yield b"".join(chunk)
+                if ended:
+                    return
         finally:
             feed.forget(listener)
 
