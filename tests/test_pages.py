@@ -267,3 +267,5 @@ def test_the_session_cookie_opens_the_api_too(make_client) -> None:  # type: ign
     assert client.get("/").status_code == 200
     client.post("/logout")
     assert client.get("/api/calls").status_code == 401
+    huge = client.post("/login", data={"token": "x" * 10_000}, follow_redirects=False)
+    assert huge.status_code == 413

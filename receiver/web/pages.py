@@ -30,6 +30,7 @@ from receiver.web.session import PageSession, safe_next, signed_in, signed_out
 from receiver.zones import DAY_US, HOUR_US, day_start, zone
 
 PAGE = 50  # rows of a table page
+LOGIN_BODY_MAX = 8192  # the sign-in form's body: a token and a path
 WEEK_US = 7 * DAY_US
 OTHER = {"busy", "no_answer", "cancelled", "failed", "unknown_end"}  # the bars' "other"
 
@@ -368,6 +369,10 @@ async def login(request: Request) -> Response:
     if settings.api_token is None:
         return RedirectResponse(target, status_code=303)  # the pages are open
     if request.method == "POST":
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > LOGIN_BODY_MAX:
+            view.errors.append("Send the sign-in form as it is (a short form body).")
+            return view.render("login.html", "login", status=413, target=target)
         form = await request.form()
         given = str(form.get("token", ""))
         target = safe_next(str(form.get("next", "/")))
