@@ -225,7 +225,7 @@ def test_every_page_answers_html(client) -> None:  # type: ignore[no-untyped-def
         client.get(f"/webhook?myid=85218&{line}")
     wait_for_calls(client.get)
     for path in ["/", "/calls", f"/calls/{call_id(deliver_lines)}", "/missed", "/extensions",
-                 "/events", "/rejects", "/static/style.css", "/static/live.js"]:  # fmt: skip
+                 "/events", "/rejects", "/docs", "/static/style.css", "/static/live.js"]:  # fmt: skip
         answer = client.get(path)
         assert answer.status_code == 200, (path, answer.text[:500])
     assert client.get("/").headers["content-type"].startswith("text/html")

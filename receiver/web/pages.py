@@ -25,6 +25,7 @@ from receiver.parse import is_valid_myid
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
 from receiver.web import charts, present
+from receiver.web.openapi import spec
 from receiver.web.present import NONE, query_string
 from receiver.web.session import PageSession, safe_next, signed_in, signed_out
 from receiver.zones import DAY_US, HOUR_US, day_start, zone
@@ -383,6 +384,12 @@ async def login(request: Request) -> Response:
     return view.render("login.html", "login", target=target)
 
 
+async def api_docs(request: Request) -> Response:
+    """/docs: /openapi.json as a page to read."""
+    view = View(request)
+    return view.render("docs.html", "docs", spec=spec(view.settings))
+
+
 async def logout(request: Request) -> Response:
     return signed_out()
 
@@ -401,6 +408,7 @@ def page_routes(settings: Settings) -> list[BaseRoute]:
         ("/extensions", extensions_page, ["GET"]),
         ("/events", events_page, ["GET"]),
         ("/rejects", rejects_page, ["GET"]),
+        ("/docs", api_docs, ["GET"]),
         ("/login", login, ["GET", "POST"]),
         ("/logout", logout, ["POST"]),
     ]

@@ -58,7 +58,10 @@
 
   tick();
   setInterval(tick, 1000);
-  if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  if (!document.querySelector("[data-live]") || !window.EventSource) {
+    if (state) state.hidden = true; // nothing on this page changes by itself
+    return;
+  }
   var source = new EventSource("/api/stream");
   ["event", "call", "reset"].forEach(function (kind) { source.addEventListener(kind, schedule); });
   source.onopen = function () { if (state) { state.textContent = "live"; state.className = "live-state on"; } };
