@@ -224,8 +224,9 @@ def test_every_page_answers_html(client) -> None:  # type: ignore[no-untyped-def
     for line in deliver_lines:
         client.get(f"/webhook?myid=85218&{line}")
     wait_for_calls(client.get)
-    for path in ["/", "/calls", f"/calls/{call_id(deliver_lines)}", "/missed", "/extensions",
-                 "/events", "/rejects", "/docs", "/static/style.css", "/static/live.js"]:  # fmt: skip
+    pages = ["/", "/calls", f"/calls/{call_id(deliver_lines)}", "/missed", "/extensions", "/events",
+             "/rejects", "/docs", "/static/style.css", "/static/live.js"]  # fmt: skip
+    for path in pages:
         answer = client.get(path)
         assert answer.status_code == 200, (path, answer.text[:500])
     assert client.get("/").headers["content-type"].startswith("text/html")

@@ -31,6 +31,7 @@ from receiver.web.session import PageSession, safe_next, signed_in, signed_out
 from receiver.zones import DAY_US, HOUR_US, day_start, zone
 
 PAGE = 50  # rows of a table page
+WAITING_SHOWN = 15  # missed numbers on the dashboard
 LOGIN_BODY_MAX = 8192  # the sign-in form's body: a token and a path
 WEEK_US = 7 * DAY_US
 OTHER = {"busy", "no_answer", "cancelled", "failed", "unknown_end"}  # the bars' "other"
@@ -178,7 +179,8 @@ async def dashboard(request: Request) -> Response:
             break
         hours.append((label.strftime("%H"), bar_counts(dict(by_hour.get(start, {})))))
         start += HOUR_US
-    missed = [row for row in await view.store.missed_report(query) if not row["handled"]]
+    waiting = [row for row in await view.store.missed_report(query) if not row["handled"]]
+    missed = waiting[:WAITING_SHOWN]  # the most recent; /missed has them all
     for row in missed:
         row["waiting"] = (view.now - parse_time(row["last_missed_at"])) / 1e6
     live = await view.store.list_calls(
@@ -208,6 +210,7 @@ async def dashboard(request: Request) -> Response:
             {"since": view.local_input(today), "until": view.local_input(tomorrow)}
         ),
         missed=missed,
+        more_waiting=len(waiting) - len(missed),
         live=live.items,
     )
 
