@@ -24,8 +24,10 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed  ## the four benchmarks (ingest and operations need wrk)
+bench: $(BIN)/.installed  ## the benchmarks (about an hour; ingest and operations need wrk)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/replay.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/live.py
+	$(BIN)/python bench/pages.py
 	$(BIN)/python bench/operations.py

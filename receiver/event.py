@@ -12,7 +12,7 @@ import operator
 import re
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import orjson
@@ -215,8 +215,9 @@ EPOCH_SECONDS = re.compile(EPOCH_SECONDS_PATTERN)
 LEAP_SECOND = re.compile(r"(?<=[T ]\d\d:\d\d:)60")
 
 
-def parse_time(text: str) -> int:
-    """ISO 8601 (UTC unless it says otherwise) or seconds since the epoch -> µs.
+def parse_time(text: str, zone: tzinfo = UTC) -> int:
+    """ISO 8601 (in `zone`, UTC by default, unless it says otherwise) or seconds since the
+    epoch -> µs.
 
     RFC 3339's lower-case `t` and `z` are taken, and a leap second (`23:59:60`) is its
     minute's last second, as the µs since the epoch (which have no leap seconds) can say.
@@ -234,7 +235,7 @@ def parse_time(text: str) -> int:
             "or seconds since the epoch (at most 12 digits)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=zone)
     us = (moment - EPOCH) // timedelta(microseconds=1)
     return us + (1_000_000 - 1 - moment.microsecond if leap else 0)
 

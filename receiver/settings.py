@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
+from receiver.zones import zone
 
 # The most a count, a size or a number of seconds may be: far above any real use, and far
 # below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
@@ -109,6 +110,13 @@ class Settings:
     retention: str | None = setting(
         None, "Delete events older than this once a day, as receiver prune does (400d)."
     )
+    timezone: str = setting(
+        "UTC",
+        "IANA time zone (Europe/Moscow) of the pages' times and of the reports' days and hours.",
+    )
+    mask_numbers: bool = setting(
+        False, "Show phone numbers on the pages with their middle digits hidden (wall displays)."
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -127,6 +135,10 @@ class Settings:
             text = getattr(self, name)
             if text is not None:
                 duration_seconds(text, flag_name(name))
+        try:
+            zone(self.timezone)
+        except ValueError as problem:
+            raise ValueError(f"--timezone {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -231,3 +233,24 @@ def emulator(tmp_path: Path) -> Iterator[object]:
 def server(db_path: Path) -> Iterator[object]:
     """Start `receiver serve` processes on the test's database."""
     yield from process_starter(lambda *args: ServerProcess(db_path, *args).start())
+
+
+def scenario(name: str, *, at_us: int | None = None) -> list[str]:
+    """A sample_payloads scenario's deliveries as a new call: a CallID of its own, and its
+    EventTimes moved to start at `at_us` (now, if None), their spacing kept."""
+    text = (ROOT / "sample_payloads" / f"{name}.txt").read_text()
+    found = [x for x in text.splitlines() if x and not x.startswith("#")]
+    new_ids = {
+        old: uuid.uuid4().hex
+        for old in re.findall(r"(?:^|&)CallID=([0-9a-f]+)", "\n".join(found), re.M)
+    }
+    times = [int(t) for line in found for t in re.findall(r"EventTime=(\d+)", line)]
+    start = at_us if at_us is not None else time.time_ns() // 1000
+    shift = start - min(times) if times else 0
+    result = []
+    for line in found:
+        for old, new in new_ids.items():
+            line = line.replace(old, new)
+        line = re.sub(r"EventTime=(\d+)", lambda m: f"EventTime={int(m[1]) + shift}", line)
+        result.append(line)
+    return result

@@ -50,7 +50,9 @@ def test_schemathesis_finds_nothing(
         assert load_samples(server, "hook" if options else None) > 40
         command = [str(SCHEMATHESIS), "run", f"{server.url}/openapi.json", "--checks", "all",
                    "--seed", seed, "--max-examples", EXAMPLES, "--generation-database", "none",
-                   "--no-color", *(f"--header={header}" for header in headers)]  # fmt: skip
+                   "--no-color", *(f"--header={header}" for header in headers),
+                   # an endless stream has no end to check: tests/test_stream.py holds it
+                   "--exclude-path", "/api/stream"]  # fmt: skip
         run = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=tmp_path)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         generated = re.search(r"(\d+) generated", run.stdout)

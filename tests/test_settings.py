@@ -104,3 +104,9 @@ def test_a_timeout_out_of_range_is_refused(name: str, value: str) -> None:
     result = CliRunner().invoke(main, ["serve", flag_name(name), value])
     assert result.exit_code == 2, result.output
     assert "is out of range: use 0.1 to 86400" in result.output
+
+
+def test_a_timezone_that_is_no_zone_is_refused_at_start() -> None:
+    result = CliRunner().invoke(main, ["serve", "--timezone", "Mars/Olympus"])
+    assert result.exit_code == 2
+    assert "--timezone 'Mars/Olympus' is not a time zone" in result.output

@@ -71,9 +71,11 @@ def serve(**options: Any) -> None:
         base,
         token,
     )
+    app = create_app(settings)
     run_server(
-        create_app(settings),
+        app,
         sock,
+        on_shutdown=app.feed.close,
         http=deadline_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,

@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -49,11 +50,27 @@ def listen_socket(host: str, port: int, *, host_hint: str, port_hint: str) -> so
     return sock
 
 
-def run_server(app: Any, sock: socket.socket, **config: Any) -> None:
-    """uvicorn on a socket of ours; exits 3, as uvicorn.run does, when the app fails to start."""
+def run_server(
+    app: Any,
+    sock: socket.socket,
+    *,
+    on_shutdown: Callable[[], None] | None = None,
+    **config: Any,
+) -> None:
+    """uvicorn on a socket of ours; exits 3, as uvicorn.run does, when the app fails to start.
+
+    `on_shutdown` is called as the server begins to stop: uvicorn waits for the requests in
+    flight, and an endless one (a live stream) must be told to end.
+    """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, **config))
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if on_shutdown is not None:
+                on_shutdown()
+            await super().shutdown(sockets)
+
+    server = Server(uvicorn.Config(app, log_config=None, **config))
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn has stopped already: no traceback
         server.run(sockets=[sock])
     if not server.started:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,7 +161,17 @@ class Storage(Protocol):
     async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]: ...
 
     async def extensions_report(
-        self, query: CallQuery, *, by: str | None = None
+        self, query: CallQuery, *, by: str | None = None, place: tzinfo = UTC
+    ) -> list[dict[str, Any]]: ...
+
+    async def calls_by_period(
+        self, query: CallQuery, *, by: str, place: tzinfo = UTC
+    ) -> list[dict[str, Any]]: ...
+
+    async def events_after(self, event_id: int, *, limit: int) -> list[dict[str, Any]]: ...
+
+    async def calls_of_events(
+        self, after_event: int, through_event: int, *, now_us: int, unknown_after_us: int
     ) -> list[dict[str, Any]]: ...
 
     async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page: ...

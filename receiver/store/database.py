@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
-from receiver.event import Event, Reject, event_lines, event_record, iso_time, seconds
+from receiver.event import Event, Reject, event_lines, event_record, iso_time, now_us, seconds
 from receiver.store.backup import BackedUp, backup_file
 from receiver.store.export import Exporter
 from receiver.store.queries import (
@@ -35,6 +36,7 @@ from receiver.store.queries import (
     call_cursor,
     event_cursor,
     event_page_sql,
+    local_time_sql,
     parse_call_cursor,
 )
 from receiver.store.reparse import EVENTS_AT_ONCE as REPARSE_AT_ONCE
@@ -68,6 +70,7 @@ from receiver.store.upkeep import (
     sizes,
 )
 from receiver.store.writer import ProcessHost, ThreadHost
+from receiver.zones import DAY_US, HOUR_US, local_start, offsets
 
 log = logging.getLogger("receiver.store")
 # Where a call's start time is in a row of its fields (for the next page's cursor).
@@ -638,13 +641,25 @@ class Store:
                 )
         return report
 
+    def _bucket_sql(
+        self, query: CallQuery, by: str | None, place: tzinfo, column: str
+    ) -> tuple[str, list[int], int]:
+        """The SQL of a call's local day or hour (as µs on the zone's clock), its parameters,
+        and the bucket's length (0: no buckets)."""
+        bucket_us = {"day": DAY_US, "hour": HOUR_US}.get(by or "", 0)
+        if not bucket_us:
+            return "NULL", [], 0
+        span = offsets(place, query.since_us or 0, query.until_us or now_us() + DAY_US)
+        local, params = local_time_sql(column, span)
+        return f"({local} / {bucket_us}) * {bucket_us}", params, bucket_us
+
     async def extensions_report(
-        self, query: CallQuery, *, by: str | None = None
+        self, query: CallQuery, *, by: str | None = None, place: tzinfo = UTC
     ) -> list[dict[str, Any]]:
-        """Per extension (and per day or hour): calls, answered, missed, ring and talk times."""
+        """Per extension (and per day or hour of `place`): calls, answered, missed, ring and
+        talk times. A period is the instant its local day or hour starts, in UTC."""
         where, params = query.where(table="c")
-        bucket_us = {"day": 86_400_000_000, "hour": 3_600_000_000}.get(by or "")
-        bucket = f"(c.started_us / {bucket_us}) * {bucket_us}" if bucket_us else "NULL"
+        bucket, bucket_params, bucket_us = self._bucket_sql(query, by, place, "c.started_us")
         # Talk is summed as REAL: an INTEGER sum() fails the whole report when it passes 2**63,
         # and enough legs reach that; a REAL sum is exact up to 2**53 µs (285 years).
         sql = f"""
@@ -660,11 +675,11 @@ class Store:
             GROUP BY l.extension, bucket
             ORDER BY l.extension, bucket
         """
-        rows = await self._rows(sql, params)
+        rows = await self._rows(sql, [*bucket_params, *params])
         return [
             {
                 "extension": extension,
-                **({"period": iso_time(bucket_start)} if bucket_us else {}),
+                **({"period": iso_time(local_start(place, bucket_start))} if bucket_us else {}),
                 "calls": calls,
                 "answered": answered,
                 "missed": missed,
@@ -674,6 +689,44 @@ class Store:
             }
             for extension, bucket_start, calls, answered, missed, ring, talk, avg_talk in rows
         ]
+
+    async def calls_by_period(
+        self, query: CallQuery, *, by: str, place: tzinfo = UTC
+    ) -> list[dict[str, Any]]:
+        """How many calls of each status started in each day or hour of `place`: rows of the
+        period's start (µs, UTC), the status and the count, by period."""
+        where, params = query.where()
+        bucket, bucket_params, _ = self._bucket_sql(query, by, place, "calls.started_us")
+        sql = (
+            f"SELECT {bucket} AS bucket, {query.status_sql()} AS now_status, count(*) "
+            f"FROM calls WHERE {' AND '.join(where) or '1'} "
+            "GROUP BY bucket, now_status ORDER BY bucket"
+        )
+        rows = await self._rows(sql, [*bucket_params, query.unknown_before_us(), *params])
+        return [
+            {"period_us": local_start(place, bucket_start), "status": status, "calls": count}
+            for bucket_start, status, count in rows
+        ]
+
+    # The live feed (web/stream.py): what is new since an event id.
+
+    async def events_after(self, event_id: int, *, limit: int) -> list[dict[str, Any]]:
+        """The JSON records of the events stored after `event_id`, by id, at most `limit`."""
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?"
+        return [event_record(row) for row in await self._rows(sql, [event_id, limit])]
+
+    async def calls_of_events(
+        self, after_event: int, through_event: int, *, now_us: int, unknown_after_us: int
+    ) -> list[dict[str, Any]]:
+        """The JSON records (no legs) of the calls that have an event with an id after
+        `after_event`, up to `through_event`, by start time."""
+        query = CallQuery(now_us=now_us, unknown_after_us=unknown_after_us)
+        sql = (
+            f"SELECT {call_fields_sql(query.status_sql())} FROM calls WHERE call_id IN "
+            "(SELECT call_id FROM events WHERE id > ? AND id <= ?) ORDER BY started_us, call_id"
+        )
+        rows = await self._rows(sql, [query.unknown_before_us(), after_event, through_event])
+        return [call_json(call_from_row(row), with_details=False) for row in rows]
 
     async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page:
         """Rejects, newest first; `next` is the id to pass as `before` for older ones."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -163,6 +164,18 @@ class CallQuery:
             quoted = json.dumps(self.extension, ensure_ascii=False)
             params.append("%" + re.sub(r"([!%_])", r"!\1", quoted) + "%")
         return where, params
+
+
+def local_time_sql(column: str, offsets: tuple[tuple[int, int], ...]) -> tuple[str, list[int]]:
+    """`column` (µs since the epoch) on a zone's wall clock, from the zone's offsets over the
+    time asked about (zones.offsets): one CASE branch a change of offset."""
+    if len(offsets) == 1:
+        return f"({column} + ?)", [offsets[0][1]]
+    branches, params = [], []
+    for (_, offset), (change, _) in itertools.pairwise(offsets):
+        branches.append(f"WHEN {column} < ? THEN ?")
+        params += [change, offset]
+    return f"({column} + CASE {' '.join(branches)} ELSE ? END)", [*params, offsets[-1][1]]
 
 
 # The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, tzinfo
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -17,6 +18,7 @@ from receiver.record_lines import RecordLines
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
 from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
+from receiver.zones import in_zone, zone
 
 CHUNK_LINES = 500
 FORMATS = ("json", "ndjson", "csv")
@@ -27,10 +29,10 @@ def bad(name: str, must: str) -> HTTPException:
     return HTTPException(400, f"parameter {name} {must}")
 
 
-def known_params(request: Request, path: str) -> None:
+def known_params(request: Request, path: str, also: tuple[str, ...] = ()) -> None:
     """HTTP 400 naming a query parameter that `path` does not take (a typo would otherwise
     return everything, unfiltered)."""
-    allowed = query_names(path)
+    allowed = query_names(path) | set(also)
     for name in request.query_params:
         if name not in allowed:
             takes = ", ".join(sorted(allowed)) or "none"
@@ -47,13 +49,14 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     return int(value)
 
 
-def time_param(request: Request, name: str) -> int | None:
-    """since/until: ISO 8601 or seconds since the epoch -> µs."""
+def time_param(request: Request, name: str, place: tzinfo = UTC) -> int | None:
+    """since/until: ISO 8601 (in `place` when it gives no offset) or seconds since the epoch
+    -> µs."""
     value = request.query_params.get(name)
     if value is None:
         return None
     try:
-        return parse_time(value)
+        return parse_time(value, place)
     except ValueError:
         raise bad(
             name,
@@ -115,14 +118,25 @@ def event_query(request: Request) -> EventQuery:
     )
 
 
-def call_query(request: Request, path: str) -> CallQuery:
+def zone_param(request: Request) -> tzinfo | None:
+    """tz=: the zone a report's times are given in (and its days and hours), or None."""
+    name = request.query_params.get("tz")
+    if name is None:
+        return None
+    try:
+        return zone(name)
+    except ValueError:
+        raise bad("tz", "must be an IANA time zone name, such as Europe/Moscow or UTC") from None
+
+
+def call_query(request: Request, path: str, place: tzinfo = UTC) -> CallQuery:
     known_params(request, path)
     q = request.query_params
     settings: Settings = request.app.state.settings
     return CallQuery(
         myids=myids_param(request),
-        since_us=time_param(request, "since"),
-        until_us=time_param(request, "until"),
+        since_us=time_param(request, "since", place),
+        until_us=time_param(request, "until", place),
         direction=choice_param(request, "direction", tuple(Direction)),
         status=choice_param(request, "status", tuple(CallStatus)),
         number=q.get("number"),
@@ -231,7 +245,18 @@ async def get_call(request: Request) -> Response:
     return JSONResponse(call_json(call))
 
 
-async def report(request: Request, rows: list[dict[str, Any]], key: str) -> Response:
+REPORT_TIMES = ("period", "first_missed_at", "last_missed_at", "handled_at")
+
+
+async def report(
+    request: Request, rows: list[dict[str, Any]], key: str, place: tzinfo | None
+) -> Response:
+    """A report's rows as asked: JSON or streamed; its times in the zone of tz=, if given."""
+    if place is not None:
+        for row in rows:
+            for name in REPORT_TIMES:
+                if name in row:
+                    row[name] = in_zone(row[name], place)
     fmt = output_format(request)
     if fmt == "json":
         return JSONResponse({key: rows})
@@ -246,18 +271,21 @@ async def report(request: Request, rows: list[dict[str, Any]], key: str) -> Resp
 async def missed_report(request: Request) -> Response:
     """GET /api/reports/missed: missed inbound calls per number, handled or not."""
     store: Storage = request.app.state.store
-    return await report(
-        request, await store.missed_report(call_query(request, "/api/reports/missed")), "numbers"
-    )
+    place = zone_param(request)
+    query = call_query(request, "/api/reports/missed", place or UTC)
+    return await report(request, await store.missed_report(query), "numbers", place)
 
 
 async def extensions_report(request: Request) -> Response:
-    """GET /api/reports/extensions: per extension (and day or hour) call figures."""
+    """GET /api/reports/extensions: per extension (and day or hour) call figures; the days and
+    hours of tz=, else of --timezone."""
     store: Storage = request.app.state.store
-    query = call_query(request, "/api/reports/extensions")
+    settings: Settings = request.app.state.settings
+    place = zone_param(request)
+    query = call_query(request, "/api/reports/extensions", place or UTC)
     by = choice_param(request, "by", ("day", "hour"))
-    rows = await store.extensions_report(query, by=by)
-    return await report(request, rows, "extensions")
+    rows = await store.extensions_report(query, by=by, place=place or zone(settings.timezone))
+    return await report(request, rows, "extensions", place)
 
 
 async def list_rejects(request: Request) -> Response:

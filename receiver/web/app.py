@@ -8,6 +8,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -28,7 +29,10 @@ from receiver.web.errors import error
 from receiver.web.metrics import Metrics
 from receiver.web.metrics import metrics as metrics_text
 from receiver.web.openapi import spec
+from receiver.web.pages import environment, page_routes
 from receiver.web.recordings import RecordingLinks, call_recording
+from receiver.web.session import has_session
+from receiver.web.stream import Feed, stream_events
 from receiver.web.webhook import Webhook
 
 log = logging.getLogger("receiver")
@@ -102,15 +106,29 @@ async def openapi_json(request: Request) -> Response:
 class BearerAuth:
     """ASGI middleware: requests need `Authorization: Bearer <token>` (401 otherwise)."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, in_query: bool = False) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.in_query = in_query  # ?token= too, for EventSource, which cannot send headers
+
+    def given(self, scope: Scope) -> bytes | None:
+        """The token the request carries; the pages' session cookie counts as carrying it."""
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer":
+            return given.strip()
+        if self.token is not None and has_session(scope["headers"], self.token.decode()):
+            return self.token
+        if self.in_query:
+            for name, value in parse_qsl(scope["query_string"].decode("latin-1")):
+                if name == "token":
+                    return str(value).encode()
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.token is not None and scope["type"] == "http":
-            headers = dict(scope["headers"])
-            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+            given = self.given(scope)
+            if given is None or not hmac.compare_digest(given, self.token):
                 response = error(
                     401,
                     "this API needs the header 'Authorization: Bearer <api token>'",
@@ -176,6 +194,7 @@ def create_app(settings: Settings) -> Webhook:
     """The receiver's ASGI app; the database opens and closes with the app's lifespan."""
     repeated = Repeated(log)
     metrics = Metrics()
+    feed = Feed(settings.unknown_end_after * 1_000_000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -189,11 +208,17 @@ def create_app(settings: Settings) -> Webhook:
         ) as store:
             app.state.store = store
             app.state.metrics = metrics
+            app.state.feed = feed
+            app.state.templates = environment(settings)
             app.state.recording_links = RecordingLinks(settings)
             app.state.reconcile_rounds = None
-            background = app.state.background = Background(store, settings, repeated)
+            background = Background(store, settings, repeated, on_calls_built=feed.touch)
+            app.state.background = background
             app.state.watch = background.watch
-            tasks = [asyncio.create_task(background.run(), name="receiver-background")]
+            tasks = [
+                asyncio.create_task(background.run(), name="receiver-background"),
+                asyncio.create_task(feed.run(store, repeated), name="receiver-feed"),
+            ]
             if settings.reconcile_seconds is not None:
                 rounds = app.state.reconcile_rounds = Rounds(settings.reconcile_seconds)
                 tasks.append(
@@ -205,6 +230,7 @@ def create_app(settings: Settings) -> Webhook:
             try:
                 yield
             finally:
+                feed.close()
                 for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -244,9 +270,15 @@ def create_app(settings: Settings) -> Webhook:
                 ],
             ),
             Route("/openapi.json", openapi_json),
+            Route(
+                "/api/stream",
+                stream_events,
+                middleware=[Middleware(BearerAuth, token=settings.api_token, in_query=True)],
+            ),
             api,
+            *page_routes(settings),
         ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )
-    return Webhook(rest, settings, repeated, metrics)
+    return Webhook(rest, settings, repeated, metrics, feed)

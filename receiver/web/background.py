@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,15 @@ class Retention:
 class Background:
     """The loop, and the state /healthz and /metrics show."""
 
-    def __init__(self, store: Storage, settings: Settings, repeated: Repeated) -> None:
+    def __init__(
+        self,
+        store: Storage,
+        settings: Settings,
+        repeated: Repeated,
+        on_calls_built: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
+        self.on_calls_built = on_calls_built  # told when calls were built (the live stream)
         self.repeated = repeated
         silence = settings.silence_seconds
         self.watch = Watch(silence) if silence is not None else None
@@ -67,7 +75,7 @@ class Background:
         watched = pruned = float("-inf")
         try:
             while True:
-                await self.guarded("calls", self.store.refresh_calls(background=True))
+                await self.guarded("calls", self.build_calls())
                 moment = time.monotonic()
                 if self.watch is not None and moment - watched >= self.watch_every:
                     watched = moment
@@ -96,6 +104,10 @@ class Background:
                 kind,
                 exc_info=failure,
             )
+
+    async def build_calls(self) -> None:
+        if await self.store.refresh_calls(background=True) and self.on_calls_built is not None:
+            self.on_calls_built()
 
     async def check_silence(self) -> None:
         assert self.watch is not None

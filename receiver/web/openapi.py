@@ -8,6 +8,7 @@ Schemathesis).
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
 from receiver import __version__
 from receiver.calls import CallSource, CallStatus, Direction
@@ -15,6 +16,7 @@ from receiver.event import EPOCH_SECONDS_PATTERN, REJECT_BODY_KEPT
 from receiver.parse import FIELDS, MYID_PATTERN
 from receiver.settings import Settings
 from receiver.store import CALL_CURSOR_PATTERN, EVENT_CURSOR_PATTERN
+from receiver.web.session import COOKIE
 
 
 def nullable(kind: str, **more: Any) -> dict[str, Any]:
@@ -177,6 +179,8 @@ SCHEMAS: dict[str, Any] = {
 FORM_TEXT = {"anyOf": [{"type": "string", "minLength": 1}, {"type": ["number", "boolean"]}]}
 PAGE_MAX = 1000  # the most records in one JSON page (a larger `limit` gets this many)
 EXPORT_MAX = 2**62  # the most records an NDJSON or CSV export may be asked for
+# A live stream's message id, `<event>:<calls>`, sent back as Last-Event-ID (web/stream.py).
+LAST_EVENT_ID_PATTERN = r"\d{1,18}(:\d{1,18})?"
 TIME_PARAMETER = {"anyOf": [
     {"type": "string", "format": "date-time"}, {"type": "string", "format": "date"},
     {"type": "string", "pattern": f"^{EPOCH_SECONDS_PATTERN}$"}]}  # fmt: skip
@@ -228,8 +232,12 @@ CALL_PARAMETERS = [
     {**NUMBER, "description": "The external number, compared as digits."},
     {**EXTENSION, "description": "An extension the call involved (prefix*ext)."},
 ]  # fmt: skip
-REPORT_PARAMETERS = [MYID, *TIMES, FORMAT, NUMBER, EXTENSION]
-BY = param("by", "One row per period too (UTC).", enum=["day", "hour"])
+TZ = param("tz", "An IANA time zone: the report's times are given with its offset (UTC "
+           "otherwise), its days and hours are its own, and since/until without an offset are "
+           "read in it.", enum=sorted(available_timezones()))  # fmt: skip
+REPORT_PARAMETERS = [MYID, *TIMES, FORMAT, NUMBER, EXTENSION, TZ]
+BY = param("by", "One row per period too: the days or hours of tz=, else of the server's "
+           "--timezone (UTC by default).", enum=["day", "hour"])  # fmt: skip
 REJECT_PARAMETERS = [
     param("limit", f"Page size, 1-{PAGE_MAX} (default 100).", "integer", minimum=1,
           maximum=PAGE_MAX),
@@ -250,7 +258,25 @@ QUERY_PARAMETERS = {
     "/api/reports/missed": REPORT_PARAMETERS,
     "/api/reports/extensions": [*REPORT_PARAMETERS, BY],
     "/api/rejects": REJECT_PARAMETERS,
-}
+    "/api/stream": [{**MYID, "description": "Only the events and calls of these myids "
+                     "(repeatable)."}],
+}  # fmt: skip
+PAGE_SESSION = {
+    "type": "apiKey", "in": "cookie", "name": COOKIE,
+    "description": "The session cookie that the web pages' /login sets, given the API token.",
+}  # fmt: skip
+LAST_EVENT_ID = {
+    "name": "Last-Event-ID", "in": "header",
+    "description": "The id of the last message received: the stream starts with what came "
+                   "after it (EventSource sends it when it reconnects).",
+    "schema": {"type": "string", "pattern": f"^{LAST_EVENT_ID_PATTERN}$"},
+}  # fmt: skip
+STREAM_ANSWER = {
+    "description": "An endless text/event-stream: messages `event` (an event's record) and "
+                   "`call` (a call's record, as built again), each with an id to resume from, "
+                   "`reset` when a returning client missed too much, and keep-alive comments.",
+    "content": {"text/event-stream": {"schema": TEXT}},
+}  # fmt: skip
 
 
 def query_names(path: str) -> frozenset[str]:
@@ -285,11 +311,15 @@ def webhook_fields(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, 
     return [*own, *event_query], {"own": own, "body": body}
 
 
-def secured(operation: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """An /api/ operation, needing the bearer token when the server has one (401 otherwise)."""
+def secured(operation: dict[str, Any], settings: Settings, path: str) -> dict[str, Any]:
+    """An /api/ operation, needing the bearer token when the server has one (401 otherwise),
+    or the web pages' session cookie; the stream takes the token as ?token= too."""
     if not settings.api_token:
         return operation
-    return {**operation, "security": [{"api_token": []}],
+    security: list[dict[str, list[str]]] = [{"api_token": []}, {"page_session": []}]
+    if path == "/api/stream":
+        security.append({"token_in_query": []})
+    return {**operation, "security": security,
             "responses": {**operation["responses"], "401": ERROR}}  # fmt: skip
 
 
@@ -300,7 +330,9 @@ def api_get(path: str, summary: str, answers: dict[str, Any]) -> dict[str, Any]:
                              ("call_id", TEXT))
         if "{" + name + "}" in path
     ]  # fmt: skip
-    return {"summary": summary, "parameters": [*path_parameters, *QUERY_PARAMETERS[path]],
+    headers = [LAST_EVENT_ID] if path == "/api/stream" else []
+    return {"summary": summary,
+            "parameters": [*path_parameters, *QUERY_PARAMETERS[path], *headers],
             "responses": answers}  # fmt: skip
 
 
@@ -309,7 +341,7 @@ def metrics_operation(settings: Settings) -> dict[str, Any]:
     operation = {"summary": "Figures for Prometheus, in its text format",
                  "responses": {"200": {"description": "OK", "content": {
                      "text/plain": {"schema": TEXT}}}}}  # fmt: skip
-    return operation if settings.metrics_public else secured(operation, settings)
+    return operation if settings.metrics_public else secured(operation, settings, "/metrics")
 
 
 def spec(settings: Settings | None = None) -> dict[str, Any]:
@@ -322,7 +354,11 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
     }
     components: dict[str, Any] = {"schemas": SCHEMAS}
     if settings.api_token:
-        components["securitySchemes"] = {"api_token": {"type": "http", "scheme": "bearer"}}
+        components["securitySchemes"] = {
+            "api_token": {"type": "http", "scheme": "bearer"},
+            "token_in_query": {"type": "apiKey", "in": "query", "name": "token"},
+            "page_session": PAGE_SESSION,
+        }
     operations = {
         "/api/events": (
             "Events, filtered, in time order",
@@ -365,6 +401,10 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
             "Refused deliveries, newest first",
             {"200": answer("RejectPage"), "400": ERROR},
         ),
+        "/api/stream": (
+            "New events and changed calls, live (Server-Sent Events)",
+            {"200": STREAM_ANSWER, "400": ERROR},
+        ),
     }
     return {
         "openapi": "3.1.0",
@@ -390,7 +430,7 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This description",
                                       "responses": {"200": {"description": "OK", "content": {
                                           "application/json": {"schema": {"type": "object"}}}}}}},
-            **{path: {"get": secured(api_get(path, summary, answers), settings)}
+            **{path: {"get": secured(api_get(path, summary, answers), settings, path)}
                for path, (summary, answers) in operations.items()},
         },
     }  # fmt: skip

@@ -17,6 +17,7 @@ from receiver.settings import Settings
 from receiver.store import Storage, Stored
 from receiver.web.errors import error
 from receiver.web.metrics import Metrics
+from receiver.web.stream import Feed
 
 log = logging.getLogger("receiver")
 
@@ -100,9 +101,10 @@ class Webhook:
     path = "/webhook"
 
     def __init__(
-        self, app: Starlette, settings: Settings, repeated: Repeated, metrics: Metrics
+        self, app: Starlette, settings: Settings, repeated: Repeated, metrics: Metrics, feed: Feed
     ) -> None:
         self.app = app
+        self.feed = feed  # told of each new event, for the live stream
         self.settings = settings
         self.repeated = repeated  # each failure of a kind is logged once in a while, counted
         self.metrics = metrics
@@ -164,6 +166,8 @@ class Webhook:
             self.metrics.answered("not_stored", began)
             return error(503, f"the event could not be stored: {failure}")
         self.metrics.answered("duplicate" if stored.duplicate else "stored", began)
+        if not stored.duplicate:
+            self.feed.touch()
         return stored_response(stored)
 
     async def refuse(

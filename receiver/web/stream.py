@@ -1,0 +1,257 @@
+"""GET /api/stream: new events and changed calls as Server-Sent Events.
+
+One `Feed` reads what is new from the database for every listener at once: woken by each
+stored delivery and each build of calls in this process, and every POLL_SECONDS for what other
+processes write (a `receiver replay` into the same file). Each message is encoded once and
+queued to the listeners whose myids it concerns.
+
+A message's id is `<event>:<calls>`: every event up to the first id has been sent, and the
+calls of every event up to the second. A client that comes back with it as `Last-Event-ID`
+gets what it missed, then the live feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from receiver.event import now_us
+from receiver.logs import Repeated
+from receiver.settings import Settings
+from receiver.store import Storage
+from receiver.web.api import known_params, myids_param
+from receiver.web.openapi import LAST_EVENT_ID_PATTERN
+
+log = logging.getLogger("receiver")
+
+POLL_SECONDS = 0.5  # how soon what another process wrote is seen
+KEEP_ALIVE_SECONDS = 10.0  # a comment this often keeps proxies from closing a quiet stream
+READ_AT_ONCE = 500  # events (and the calls of as many events) read in one go
+BACKLOG = 1000  # the most events a returning client is sent; further behind, `reset`
+QUEUE_MAX = 10_000  # messages a listener may fall behind before it is let go (it comes back)
+RETRY_MS = 2000  # how soon EventSource reconnects after the stream ends
+LAST_EVENT_ID = re.compile(LAST_EVENT_ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far a stream has gone: the events up to `events`, the calls of those up to `calls`."""
+
+    events: int
+    calls: int
+
+    def text(self) -> str:
+        return f"{self.events}:{self.calls}"
+
+
+def parse_position(text: str) -> Position:
+    """A `Last-Event-ID`: `<event>:<calls>` as sent, or an event id alone (its calls too).
+    Raises ValueError otherwise."""
+    if not LAST_EVENT_ID.fullmatch(text):
+        raise ValueError(f"{text!r} is not a stream position")
+    events, _, calls = text.partition(":")
+    return Position(int(events), int(calls or events))
+
+
+def message(kind: str, data: Any, position: Position) -> bytes:
+    """One Server-Sent Event (orjson writes no newline, so `data` is one line)."""
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        position.text().encode(),
+        kind.encode(),
+        orjson.dumps(data),
+    )
+
+
+class Listener:
+    """One open stream: the myids it wants (none: all) and the messages waiting for it."""
+
+    def __init__(self, myids: Iterable[str], since: Position | None = None) -> None:
+        self.myids = frozenset(myids)
+        self.since = since or Position(0, 0)  # it has had everything up to here already
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.ended = False
+
+    def wants(self, myids: Iterable[str]) -> bool:
+        return not self.myids or not self.myids.isdisjoint(myids)
+
+    def lacks(self, kind: str, position: Position) -> bool:
+        """Whether a message at `position` is news to it (not in what it had)."""
+        if kind == "event":
+            return position.events > self.since.events
+        return position.calls > self.since.calls
+
+    def offer(self, item: bytes | None) -> None:
+        if self.ended:
+            return
+        if item is None or self.queue.qsize() >= QUEUE_MAX:
+            self.ended = True  # too far behind: it reconnects with Last-Event-ID
+            item = None
+        self.queue.put_nowait(item)
+
+
+class Feed:
+    """What is new in the database, read once and handed to every listener."""
+
+    def __init__(self, unknown_after_us: int) -> None:
+        self.unknown_after_us = unknown_after_us
+        self.listeners: set[Listener] = set()
+        self.position = Position(0, 0)
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def touch(self) -> None:
+        """Something was stored or built in this process: read it now, if anyone listens."""
+        if self.listeners:
+            self.wake.set()
+
+    def listen(self, myids: Iterable[str], since: Position | None = None) -> Listener:
+        listener = Listener(myids, since)
+        if self.closed:
+            listener.offer(None)
+        self.listeners.add(listener)
+        return listener
+
+    def forget(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
+
+    def close(self) -> None:
+        """End every stream (the server is stopping: it would wait for them otherwise)."""
+        self.closed = True
+        for listener in self.listeners:
+            listener.offer(None)
+
+    def publish(self, kind: str, data: dict[str, Any], myids: Iterable[str]) -> None:
+        myids = tuple(myids)
+        encoded = message(kind, data, self.position)
+        for listener in self.listeners:
+            if listener.wants(myids) and listener.lacks(kind, self.position):
+                listener.offer(encoded)
+
+    async def run(self, store: Storage, repeated: Repeated) -> None:
+        """The feed's loop, for the app's lifetime."""
+        state = await store.calls_state()
+        self.position = Position(state.events, min(state.built_to_event, state.events))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self.wake.wait()
+            self.wake.clear()
+            try:
+                if await self.step(store):
+                    self.wake.set()  # more to read
+            except Exception as failure:
+                repeated.log(logging.ERROR, "stream", "the live feed could not read the "
+                             "database; trying again", exc_info=failure)  # fmt: skip
+
+    async def step(self, store: Storage) -> bool:
+        """Send what is new; whether there is more to read."""
+        state = await store.calls_state()
+        if not self.listeners:  # nothing to send: only keep up
+            self.position = Position(state.events, min(state.built_to_event, state.events))
+            return False
+        more = False
+        if state.events > self.position.events:
+            records = await store.events_after(self.position.events, limit=READ_AT_ONCE)
+            for record in records:
+                self.position = Position(record["id"], self.position.calls)
+                self.publish("event", record, (record["myid"],))
+            more = len(records) == READ_AT_ONCE
+        built = min(state.built_to_event, self.position.events)
+        through = min(built, self.position.calls + READ_AT_ONCE)
+        if through > self.position.calls:
+            calls = await store.calls_of_events(
+                self.position.calls,
+                through,
+                now_us=now_us(),
+                unknown_after_us=self.unknown_after_us,
+            )
+            self.position = Position(self.position.events, through)
+            for call in calls:
+                self.publish("call", call, call["myids"])
+            more = more or through < built
+        return more
+
+    async def missed(
+        self, store: Storage, since: Position, listener: Listener
+    ) -> AsyncIterator[bytes]:
+        """What a returning client missed, from `since` to the feed's position now (taken when
+        it was listening already, so nothing falls between this and the live messages)."""
+        now = self.position
+        if now.events - since.events > BACKLOG:
+            yield message("reset", {"reason": f"more than {BACKLOG} events were missed"}, now)
+            return
+        if now.events > since.events:
+            records = await store.events_after(since.events, limit=now.events - since.events)
+            for record in records:
+                if record["id"] <= now.events and listener.wants((record["myid"],)):
+                    yield message("event", record, Position(record["id"], since.calls))
+        if now.calls > since.calls:
+            calls = await store.calls_of_events(
+                since.calls, now.calls, now_us=now_us(), unknown_after_us=self.unknown_after_us
+            )
+            for call in calls:
+                if listener.wants(call["myids"]):
+                    yield message("call", call, now)
+
+
+async def stream_events(request: Request) -> Response:
+    """GET /api/stream: Server-Sent Events of new events and changed calls."""
+    settings: Settings = request.app.state.settings
+    known_params(request, "/api/stream", also=("token",) if settings.api_token else ())
+    myids = myids_param(request)
+    last = request.headers.get("last-event-id")
+    since = None
+    if last is not None:
+        try:
+            since = parse_position(last.strip())
+        except ValueError:
+            raise HTTPException(
+                400, "header Last-Event-ID must be the id of a message of this stream"
+            ) from None
+    feed: Feed = request.app.state.feed
+    store: Storage = request.app.state.store
+
+    async def messages() -> AsyncIterator[bytes]:
+        listener = feed.listen(myids, since)
+        try:
+            yield b"retry: %d\n: %s\n\n" % (RETRY_MS, feed.position.text().encode())
+            if since is not None:
+                async for missed in feed.missed(store, since, listener):
+                    yield missed
+            while True:
+                try:
+                    async with asyncio.timeout(KEEP_ALIVE_SECONDS):
+                        item = await listener.queue.get()
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if item is None:
+                    return
+                chunk, ended = [item], False
+                while not listener.queue.empty():  # what else waits goes in the same write
+                    more = listener.queue.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    chunk.append(more)
+                yield b"".join(chunk)
+                if ended:
+                    return
+        finally:
+            feed.forget(listener)
+
+    return StreamingResponse(
+        messages(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

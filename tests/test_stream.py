@@ -1,0 +1,197 @@
+"""GET /api/stream on a real server: events and calls arrive live, by myid, resumed, guarded."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+import httpx2 as httpx
+import jsonschema
+import pytest
+
+from receiver.web.openapi import spec
+from tests.conftest import ServerProcess, scenario, wait_for_calls
+
+
+class Stream:
+    """A Server-Sent Events client on a thread: the messages (and comments) as they come."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.opened = threading.Event()
+        self.status = 0
+        self.headers = headers or {}
+        self.response: httpx.Response | None = None
+        self.thread = threading.Thread(target=self.read, args=(url,), daemon=True)
+        self.thread.start()
+        assert self.opened.wait(10), "the stream did not open"
+
+    def read(self, url: str) -> None:
+        with httpx.stream("GET", url, headers=self.headers, timeout=60) as response:
+            self.status = response.status_code
+            self.response = response
+            self.opened.set()
+            if response.status_code != 200:
+                response.read()
+                return
+            fields: dict[str, Any] = {}
+            try:
+                for line in response.iter_lines():
+                    if line.startswith(":"):
+                        self.messages.put({"comment": line[1:].strip()})
+                    elif line:
+                        name, _, value = line.partition(": ")
+                        fields[name] = value
+                    elif fields:
+                        if "data" in fields:
+                            fields["data"] = json.loads(fields["data"])
+                        self.messages.put(fields)
+                        fields = {}
+            except httpx.HTTPError:
+                pass
+        self.messages.put({"ended": True})
+
+    def next(self, kind: str, seconds: float = 5, **match: Any) -> dict[str, Any]:
+        """The next message of `kind` whose data has the `match` values; the others are passed."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                found = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {kind} message {match} within {seconds} s") from None
+            if found.get("event") == kind and all(
+                found["data"].get(name) == value for name, value in match.items()
+            ):
+                return found
+            if kind == "ended" and found.get("ended"):
+                return found
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
+
+
+def deliver(url: str, myid: str, lines: list[str]) -> list[int]:
+    ids = []
+    for line in lines:
+        answer = httpx.get(f"{url}/webhook?myid={myid}&{line}")
+        assert answer.status_code == 200, answer.text
+        ids.append(answer.json()["id"])
+    return ids
+
+
+def call_id(lines: list[str]) -> str:
+    return lines[0].split("&CallID=")[1].split("&")[0]
+
+
+@pytest.fixture
+def running(server) -> ServerProcess:  # type: ignore[no-untyped-def]
+    process: ServerProcess = server()
+    return process
+
+
+def test_events_and_calls_arrive_as_they_change(running: ServerProcess) -> None:
+    stream = Stream(f"{running.url}/api/stream")
+    call = scenario("inbound-answered")
+    try:
+        [first] = deliver(running.url, "85218", call[:1])
+        event = stream.next("event", id=first)
+        assert event["data"]["call_id"] == call_id(call)
+        assert event["id"].split(":")[0] == str(first)
+        ringing = stream.next("call", call_id=call_id(call))
+        assert ringing["data"]["status"] == "in_progress"
+        assert ringing["data"]["answered_at"] is None
+        deliver(running.url, "85218", call[1:])
+        done = stream.next("call", call_id=call_id(call), status="answered")
+        assert done["data"]["answered_by"] == "2566*101"
+        calls = httpx.get(f"{running.url}/api/calls").json()["calls"]
+        assert done["data"] == next(c for c in calls if c["call_id"] == call_id(call))
+    finally:
+        stream.close()
+
+
+def test_only_the_myids_asked_for(running: ServerProcess) -> None:
+    stream = Stream(f"{running.url}/api/stream?myid=85219")
+    try:
+        other = scenario("inbound-answered")
+        ours = scenario("outbound-answered")
+        deliver(running.url, "85218", other)
+        [mine, *_] = deliver(running.url, "85219", ours)
+        first = stream.next("event")
+        assert first["data"]["id"] == mine
+        assert stream.next("call")["data"]["call_id"] == call_id(ours)
+    finally:
+        stream.close()
+
+
+def test_last_event_id_resumes_where_it_left(running: ServerProcess) -> None:
+    call = scenario("inbound-answered")
+    first, second, third = deliver(running.url, "85218", call)
+    wait_for_calls(lambda path: httpx.get(f"{running.url}{path}"))
+    stream = Stream(f"{running.url}/api/stream", {"Last-Event-ID": f"{first}:{first}"})
+    try:
+        assert stream.next("event")["data"]["id"] == second
+        assert stream.next("event")["data"]["id"] == third
+        resumed = stream.next("call")
+        assert resumed["data"]["call_id"] == call_id(call)
+        assert resumed["data"]["status"] == "answered"
+        assert resumed["id"] == f"{third}:{third}"
+    finally:
+        stream.close()
+    # an event id alone is taken as both; nothing missed, nothing sent but what comes next
+    later = Stream(f"{running.url}/api/stream", {"Last-Event-ID": str(third)})
+    try:
+        [fourth, *_] = deliver(running.url, "85218", scenario("inbound-cancelled"))
+        assert later.next("event")["data"]["id"] == fourth
+    finally:
+        later.close()
+
+
+def test_bad_requests_are_refused_as_described(running: ServerProcess) -> None:
+    schema = {"$ref": "#/components/schemas/Error", "components": spec()["components"]}
+    for headers, query, needle in [
+        ({"Last-Event-ID": "yesterday"}, "", "Last-Event-ID"),
+        ({}, "?myid=no%20spaces", "myid"),
+        ({}, "?token=x", "unknown parameter token"),
+    ]:
+        answer = httpx.get(f"{running.url}/api/stream{query}", headers=headers)
+        assert answer.status_code == 400
+        jsonschema.Draft202012Validator(schema).validate(answer.json())
+        assert needle in answer.json()["error"]
+
+
+def test_token_in_header_or_query(server) -> None:  # type: ignore[no-untyped-def]
+    running = server("--api-token", "reader")
+    assert httpx.get(f"{running.url}/api/stream").status_code == 401
+    assert httpx.get(f"{running.url}/api/stream?token=wrong").status_code == 401
+    assert httpx.get(f"{running.url}/api/events?token=reader").status_code == 401  # stream only
+    for url, headers in [
+        (f"{running.url}/api/stream?token=reader", {}),
+        (f"{running.url}/api/stream", {"Authorization": "Bearer reader"}),
+    ]:
+        stream = Stream(url, headers)
+        try:
+            assert stream.status == 200
+            [event_id, *_] = deliver(running.url, "85218", scenario("inbound-cancelled"))
+            assert stream.next("event")["data"]["id"] == event_id
+        finally:
+            stream.close()
+
+
+@pytest.mark.slow
+def test_keep_alive_then_ends_when_the_server_stops(running: ServerProcess) -> None:
+    stream = Stream(f"{running.url}/api/stream")
+    deadline = time.monotonic() + 20
+    comments = []
+    while time.monotonic() < deadline and "keep-alive" not in comments:
+        comments.append(stream.messages.get(timeout=20).get("comment"))
+    assert "keep-alive" in comments
+    started = time.monotonic()
+    code, log = running.stop(signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal once it has stopped
+    assert time.monotonic() - started < 5  # the stream did not hold the shutdown
+    stream.next("ended")
