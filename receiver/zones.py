@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_DAY_US = (datetime(9999, 12, 30, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -36,6 +37,7 @@ def offsets(place: tzinfo, since_us: int, until_us: int) -> tuple[tuple[int, int
     """The zone's offsets over [since, until): (from_us, offset_us) pairs, the first from
     `since_us`, each change found to the second. Days are looked at one by one (a zone changes
     its offset at most a few times a year), on whole days, so that the answer can be cached."""
+    since_us, until_us = (min(max(us, 0), LAST_DAY_US) for us in (since_us, until_us))
     start, end = since_us // DAY_US * DAY_US, -(-until_us // DAY_US) * DAY_US
     return _offsets(place, start, max(end, start + DAY_US))
 
@@ -58,17 +60,22 @@ def _offsets(place: tzinfo, start: int, end: int) -> tuple[tuple[int, int], ...]
     return tuple(found)
 
 
-def local_start(place: tzinfo, local_us: int) -> int:
+def local_start(place: tzinfo, local_us: int) -> int | None:
     """The instant (µs since the epoch) at which the zone's wall clock reads `local_us` (µs
-    since 1970-01-01 00:00 on that clock): a local day's or hour's start."""
-    wall = datetime(1970, 1, 1) + timedelta(microseconds=local_us)
-    return (wall.replace(tzinfo=place) - EPOCH) // timedelta(microseconds=1)
+    since 1970-01-01 00:00 on that clock): a local day's or hour's start. None when no date can
+    show it (a stored time may be any 64-bit integer)."""
+    try:
+        wall = datetime(1970, 1, 1) + timedelta(microseconds=local_us)
+        return (wall.replace(tzinfo=place) - EPOCH) // timedelta(microseconds=1)
+    except (OverflowError, ValueError):
+        return None
 
 
 def day_start(place: tzinfo, us: int) -> int:
-    """The start of the local day that holds the instant `us`."""
+    """The start of the local day that holds the instant `us` (a time a date can show)."""
     local = us + offset_us(place, us)
-    return local_start(place, local // DAY_US * DAY_US)
+    start = local_start(place, local // DAY_US * DAY_US)
+    return us // DAY_US * DAY_US if start is None else start
 
 
 def in_zone(iso: str | None, place: tzinfo) -> str | None:

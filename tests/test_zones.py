@@ -52,6 +52,8 @@ def test_tz_changes_what_a_day_holds(client) -> None:  # type: ignore[no-untyped
     assert periods("since=2025-12-01") == []  # UTC: the call was the day before
     missed = client.get("/api/reports/missed?tz=Asia/Tokyo").json()["numbers"]
     assert missed == []  # answered: nothing missed, but tz= is taken
+    far = client.get("/api/reports/extensions?by=day&tz=Asia/Tokyo&since=999999999999")
+    assert far.status_code == 200, far.text  # after the year 9999: nothing, and no error
     bad = client.get("/api/reports/extensions?tz=Mars/Olympus")
     assert bad.status_code == 400
     assert "tz" in bad.json()["error"]
