@@ -155,8 +155,11 @@ def test_a_call_page(server, page) -> None:  # type: ignore[no-untyped-def]
     assert page.locator("table.events tbody tr:not(.raw)").count() == len(call["events"])
     page.locator("table.events details").first.click()
     assert "EventType=" in page.locator("table.events details pre").first.inner_text()
+    assert call["recordings"]  # the scenario's call was recorded
     for recording in call["recordings"]:
         assert recording in page.inner_text("main")
+        link = f"/api/calls/{call['call_id']}/recording?rec_id={recording}"
+        assert page.locator(f"a[href='{link}']").count() == 1  # to the recording's redirect
     page.click("text=its other calls")
     others = page.locator("table.calls tbody tr")
     assert others.count() == len(api_calls(running, f"number={call['external_number']}")) == 2
