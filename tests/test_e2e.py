@@ -294,7 +294,9 @@ def test_a_dead_writer_process_is_replaced(server, db_path: Path) -> None:  # ty
         refused.append(response)
         time.sleep(0.05)
     assert response.status_code == 200, response.text
-    assert all(r.status_code == 503 and "writer process ended" in r.text for r in refused)
+    assert all(r.status_code == 503 and "writer process ended" in r.text for r in refused), [
+        r.text for r in refused
+    ]
     assert writer_pid(running) != old
     _, logged = running.stop()
     assert "the writer process ended (exit code -9); starting a new one" in logged

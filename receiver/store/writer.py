@@ -459,6 +459,15 @@ class ProcessHost:
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), in the writer process."""
+        assert self._process is not None and self._process.stdin is not None
+        waited = 0
+        while self._gone is None and self._process.stdin.is_closing():
+            # The process ended and its pipe closed, but its reader has not said so yet: wait
+            # for it, then give this call to the new process (it was never sent).
+            if waited == 500:  # 5 s
+                raise WriterGone("the writer process's pipe closed")
+            waited += 1
+            await asyncio.sleep(0.01)
         if self._gone is not None:
             await self._restart()
         assert self._process is not None and self._process.stdin is not None
