@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from receiver.cli.options import check_database, setting_option
-from receiver.event import iso_time
+from receiver.event import iso_time, now_us
 from receiver.settings import duration_seconds
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def prune(db: Path, age: float, keep_calls: bool, dry_run: bool, quiet: bool) ->
     from receiver.store import open_storage
 
     check_database(db, create=False)
-    before_us = time.time_ns() // 1000 - int(age * 1_000_000)
+    before_us = now_us() - int(age * 1_000_000)
     shown = {"at": 0.0}
 
     def progress(so_far: Pruned) -> None:

@@ -332,15 +332,13 @@ class Store:
         """Keep the PBX's history records (call id, record JSON) of calls none of whose events
         we have, and build their calls (source call_history); per record `matched`, `filled`
         or `known` (writer.py)."""
-        outcomes: list[str] = await self._writer.call(
-            "add_history_calls", records, int(time.time() * 1_000_000)
-        )
+        outcomes: list[str] = await self._writer.call("add_history_calls", records, now_us())
         return outcomes
 
     async def claim_reconcile(self, holder: str, seconds: float) -> str | None:
         """Hold the one reconciler's lease for `seconds` from now (again, to keep it): None
         when it is `holder`'s, else who holds it."""
-        now = int(time.time() * 1_000_000)
+        now = now_us()
         held: str | None = await self._writer.call(
             "claim_reconcile", holder, now, now + int(seconds * 1_000_000)
         )

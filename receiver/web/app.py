@@ -18,13 +18,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from receiver.event import iso_time, now_us
 from receiver.logs import Repeated
 from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
 from receiver.web import api as api_routes
-from receiver.web.background import Background
+from receiver.web.background import Background, reconcile_periodically
 from receiver.web.errors import error
 from receiver.web.metrics import Metrics
 from receiver.web.metrics import metrics as metrics_text
@@ -147,47 +146,6 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(500, f"internal error: {type(exc).__name__}")
-
-
-async def reconcile_periodically(
-    store: Storage, settings: Settings, rounds: Rounds, repeated: Repeated
-) -> None:
-    """Every --reconcile-every, from start: the calls of the last period and of the longest a
-    call may last before it (--unknown-end-after) against the PBX's call history."""
-    from receiver.pbx.client import PbxClient, PbxError
-    from receiver.pbx.reconcile import ReconcileBusy, reconcile
-
-    every = settings.reconcile_seconds
-    assert every is not None and settings.pbx_client_id and settings.pbx_client_secret
-    while True:
-        until = now_us()
-        since = until - (every + settings.unknown_end_after) * 1_000_000
-        rounds.running, rounds.last_started, rounds.last_error = True, iso_time(until), None
-        try:
-            with PbxClient(
-                settings.pbx_api_url, settings.pbx_client_id, settings.pbx_client_secret
-            ) as pbx:
-                found = await reconcile(store, pbx, since, until)
-            rounds.last, rounds.last_finished = found.counts(), iso_time(now_us())
-            log.info(
-                "reconciled %d history records: %d matched, %d filled from the history, "
-                "%d filled before, %d differ",
-                found.records, found.matched, found.filled, found.known, len(found.differing),
-            )  # fmt: skip
-        except ReconcileBusy as busy:
-            rounds.last_error = f"skipped: {busy}"
-            log.info("reconciliation skipped: %s", busy)
-        except PbxError as problem:
-            rounds.last_error = str(problem)
-            log.warning("reconciliation failed: %s", problem)
-        except Exception as failure:
-            rounds.last_error = f"{type(failure).__name__}: {failure}"
-            repeated.log(
-                logging.ERROR, "reconcile", "reconciliation failed; trying again later",
-                exc_info=failure,
-            )  # fmt: skip
-        rounds.running = False
-        await asyncio.sleep(every)
 
 
 def create_app(settings: Settings) -> Webhook:

@@ -1,5 +1,6 @@
 """The server's background work, in one loop: building the calls of new events, watching for
-myids gone silent (--silence-after), and deleting old events once a day (--retention).
+myids gone silent (--silence-after), and deleting old events once a day (--retention); beside it,
+the reconciliation with the PBX's call history (--reconcile-every).
 
 /healthz shows each: how far the calls are built, who is silent, and the last prune.
 """
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from receiver.event import iso_time
+from receiver.event import iso_time, now_us
 from receiver.logs import Repeated
+from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.silence import Change, Watch
 from receiver.store import Storage
@@ -25,10 +27,6 @@ log = logging.getLogger("receiver")
 BACKGROUND_SECONDS = 0.2  # how often the calls of new events are built
 WATCH_SECONDS = 5.0  # how often, at most, the myids' newest events are read for silence
 RETENTION_SECONDS = 86400.0  # how often old events are deleted, with --retention
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -172,3 +170,44 @@ def spoken(us: int) -> str:
         if seconds < up_to:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds / 86400:.0f} days"
+
+
+async def reconcile_periodically(
+    store: Storage, settings: Settings, rounds: Rounds, repeated: Repeated
+) -> None:
+    """Every --reconcile-every, from start: the calls of the last period and of the longest a
+    call may last before it (--unknown-end-after) against the PBX's call history."""
+    from receiver.pbx.client import PbxClient, PbxError
+    from receiver.pbx.reconcile import ReconcileBusy, reconcile
+
+    every = settings.reconcile_seconds
+    assert every is not None and settings.pbx_client_id and settings.pbx_client_secret
+    while True:
+        until = now_us()
+        since = until - (every + settings.unknown_end_after) * 1_000_000
+        rounds.running, rounds.last_started, rounds.last_error = True, iso_time(until), None
+        try:
+            with PbxClient(
+                settings.pbx_api_url, settings.pbx_client_id, settings.pbx_client_secret
+            ) as pbx:
+                found = await reconcile(store, pbx, since, until)
+            rounds.last, rounds.last_finished = found.counts(), iso_time(now_us())
+            log.info(
+                "reconciled %d history records: %d matched, %d filled from the history, "
+                "%d filled before, %d differ",
+                found.records, found.matched, found.filled, found.known, len(found.differing),
+            )  # fmt: skip
+        except ReconcileBusy as busy:
+            rounds.last_error = f"skipped: {busy}"
+            log.info("reconciliation skipped: %s", busy)
+        except PbxError as problem:
+            rounds.last_error = str(problem)
+            log.warning("reconciliation failed: %s", problem)
+        except Exception as failure:
+            rounds.last_error = f"{type(failure).__name__}: {failure}"
+            repeated.log(
+                logging.ERROR, "reconcile", "reconciliation failed; trying again later",
+                exc_info=failure,
+            )  # fmt: skip
+        rounds.running = False
+        await asyncio.sleep(every)

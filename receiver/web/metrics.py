@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from receiver.event import now_us
 from receiver.store import Storage
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class Snapshot(Collector):
         sizes = await store.sizes()
         calls = await store.calls_state()
         newest = await store.newest_events()
-        now_us = time.time_ns() // 1000
+        now = now_us()
         gauges: list[Metric] = [
             gauge("receiver_writer_up", "1 while the writer (process) runs.", int(writer.alive)),
             gauge(
@@ -156,7 +157,7 @@ class Snapshot(Collector):
             labels=["myid"],
         )
         for myid, order_us in sorted(newest.items()):
-            age.add_metric([myid], max(now_us - order_us, 0) / 1e6)
+            age.add_metric([myid], max(now - order_us, 0) / 1e6)
         gauges.append(age)
         if watch is not None:
             silent = GaugeMetricFamily(
