@@ -6,8 +6,10 @@ static/live.js updates them from /api/stream without a reload.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, tzinfo
 from typing import Any
 
@@ -27,7 +29,7 @@ from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, pa
 from receiver.web import charts, present
 from receiver.web.openapi import spec
 from receiver.web.present import NONE, query_string
-from receiver.web.session import PageSession, safe_next, signed_in, signed_out
+from receiver.web.session import PageSession, SignInLimit, safe_next, signed_in, signed_out
 from receiver.zones import DAY_US, HOUR_US, day_start, zone
 
 PAGE = 50  # rows of a table page
@@ -365,14 +367,22 @@ async def rejects_page(request: Request) -> Response:
     )
 
 
-async def login(request: Request) -> Response:
-    """/login: the API token, asked once; a cookie keeps the session."""
+async def login(limit: SignInLimit, request: Request) -> Response:
+    """/login: the API token, asked once; a cookie keeps the session. A client that gives
+    wrong tokens too often is refused for a while (429, Retry-After)."""
     settings: Settings = request.app.state.settings
     view = View(request)
     target = safe_next(request.query_params.get("next"))
     if settings.api_token is None:
         return RedirectResponse(target, status_code=303)  # the pages are open
     if request.method == "POST":
+        client = request.client.host if request.client else "unknown"
+        wait = limit.retry_after(client)
+        if wait:
+            view.errors.append(f"Too many wrong tokens from this address: try again in {wait} s.")
+            refused = view.render("login.html", "login", status=429, target=target)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         declared = request.headers.get("content-length", "")
         if not declared.isdigit() or int(declared) > LOGIN_BODY_MAX:
             view.errors.append("Send the sign-in form as it is (a short form body).")
@@ -381,7 +391,9 @@ async def login(request: Request) -> Response:
         given = str(form.get("token", ""))
         target = safe_next(str(form.get("next", "/")))
         if hmac.compare_digest(given.encode(), settings.api_token.encode()):
+            limit.succeeded(client)
             return signed_in(request, settings.api_token, target)
+        limit.failed(client)
         view.errors.append("That is not this server's API token.")
         return view.render("login.html", "login", status=401, target=target)
     return view.render("login.html", "login", target=target)
@@ -403,7 +415,7 @@ def page_routes(settings: Settings) -> list[BaseRoute]:
     Routes of their own, not a catch-all mount: a method a path does not take stays a 405.
     """
     session = [Middleware(PageSession, settings.api_token)]
-    pages = [
+    pages: list[tuple[str, Callable[..., Any], list[str]]] = [
         ("/", dashboard, ["GET"]),
         ("/calls", calls_page, ["GET"]),
         ("/calls/{call_id}", call_page, ["GET"]),
@@ -412,7 +424,7 @@ def page_routes(settings: Settings) -> list[BaseRoute]:
         ("/events", events_page, ["GET"]),
         ("/rejects", rejects_page, ["GET"]),
         ("/docs", api_docs, ["GET"]),
-        ("/login", login, ["GET", "POST"]),
+        ("/login", functools.partial(login, SignInLimit()), ["GET", "POST"]),
         ("/logout", logout, ["POST"]),
     ]
     routes: list[BaseRoute] = [
