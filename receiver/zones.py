@@ -7,7 +7,9 @@ and times shown in it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_US = 86_400_000_000
@@ -84,3 +86,14 @@ def in_zone(iso: str | None, place: tzinfo) -> str | None:
         return None
     moment = datetime.fromisoformat(iso).astimezone(place)
     return moment.isoformat(timespec="microseconds")
+
+
+REPORT_TIMES = ("period", "first_missed_at", "last_missed_at", "handled_at")
+
+
+def report_in_zone(rows: Iterable[dict[str, Any]], place: tzinfo) -> None:
+    """A report's times (its rows changed in place) given with the zone's offset."""
+    for row in rows:
+        for name in REPORT_TIMES:
+            if name in row:
+                row[name] = in_zone(row[name], place)
