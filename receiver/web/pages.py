@@ -181,8 +181,7 @@ async def dashboard(request: Request) -> Response:
             break
         hours.append((label.strftime("%H"), bar_counts(dict(by_hour.get(start, {})))))
         start += HOUR_US
-    waiting = [row for row in await view.store.missed_report(query) if not row["handled"]]
-    missed = waiting[:WAITING_SHOWN]  # the most recent; /missed has them all
+    missed, waiting = await view.store.waiting_numbers(query, limit=WAITING_SHOWN)
     for row in missed:
         row["waiting"] = (view.now - parse_time(row["last_missed_at"])) / 1e6
     live = await view.store.list_calls(
@@ -212,7 +211,7 @@ async def dashboard(request: Request) -> Response:
             {"since": view.local_input(today), "until": view.local_input(tomorrow)}
         ),
         missed=missed,
-        more_waiting=len(waiting) - len(missed),
+        more_waiting=waiting - len(missed),  # the most recent shown; /missed has them all
         live=live.items,
     )
 
