@@ -23,6 +23,10 @@ def setting_option(
     if isinstance(default, Path):
         kind = click.Path(dir_okay=False, path_type=Path)
     extra: dict[str, Any] = {"is_flag": True} if isinstance(default, bool) else {"type": kind}
+    if isinstance(default, tuple):  # repeatable; the variable's values separated by spaces
+        extra = {"type": str, "multiple": True}
+    if name.endswith("_rules"):
+        kind = extra["type"] = click.Path(dir_okay=False, path_type=Path)
 
     def in_range(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
         """The setting's declared range, checked as the flag or the variable is read."""
@@ -36,7 +40,7 @@ def setting_option(
         name,
         default=default,
         envvar=env_name(name),
-        show_default=default is not None,
+        show_default=default not in (None, ()),
         show_envvar=True,
         help=help or help_text,
         callback=in_range,

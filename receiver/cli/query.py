@@ -73,7 +73,7 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
 
     async def run() -> None:
         async with open_storage(db) as store:
-            if kind != "events":
+            if kind not in ("events", "deliveries"):
                 behind(await store.calls_state(), db)
             found = records(store)
             if not hasattr(found, "__aiter__"):

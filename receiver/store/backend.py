@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
 from receiver.event import Event, Reject
 from receiver.store.backup import BackedUp
+from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
 from receiver.store.upkeep import Pruned, Sizes, WriterState
 
@@ -84,6 +85,66 @@ class Storage(Protocol):
         ...
 
     async def release_reconcile(self, holder: str) -> None: ...
+
+    # The outbox of forwarded messages (receiver/forward/). A backend writes a new event's
+    # `event.received` messages (forward.messages.event_messages) in the transaction that
+    # stores the event, and a call's messages (call_messages) in the one that changes the
+    # call, for the routes it was opened with (`forwarding`) or, without, those it keeps.
+    # A message waits for the earlier ones of its call and destination (the first one not yet
+    # delivered is the only one that can be claimed), and one claimed is leased: until the
+    # lease ends, nobody else claims it (SQLite: the claim is a write transaction; PostgreSQL:
+    # SELECT ... FOR UPDATE SKIP LOCKED), so two servers never send the same attempt at once.
+
+    async def forward_step(
+        self,
+        destination: str,
+        holder: str,
+        outcomes: list[Outcome],
+        *,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Delivery]:
+        """Record `holder`'s attempts (their rows' new status, when to try again, a 410's
+        disabling of the destination), then lease up to `limit` due messages of `destination`
+        to it, in one transaction. An outcome for a row whose lease went to another is
+        ignored."""
+        ...
+
+    async def forward_release(self, holder: str) -> int:
+        """Give back the leases `holder` has (its server started again); how many."""
+        ...
+
+    async def forward_counts(self) -> list[dict[str, Any]]:
+        """Per destination: pending and dead messages, the oldest pending, whether disabled."""
+        ...
+
+    async def forward_trim(self, max_rows: int) -> Trimmed:
+        """Keep at most `max_rows` messages: the oldest delivered go first, then the oldest
+        dead, then the oldest pending (the caller logs those)."""
+        ...
+
+    async def retry_deliveries(
+        self, destination: str | None = None, since_us: int | None = None
+    ) -> int:
+        """Dead messages due again with a new round of attempts; their destinations enabled."""
+        ...
+
+    async def replay_deliveries(
+        self,
+        since_us: int,
+        until_us: int,
+        destination: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """`event.received` of every event received in [since_us, until_us) due again (or
+        written, when missing), to each destination that takes it (or only `destination`)."""
+        ...
+
+    async def list_deliveries(
+        self, query: DeliveryQuery, *, limit: int = 100, before: int | None = None
+    ) -> Page: ...
+
+    async def get_delivery_body(self, row_id: int) -> tuple[str, bytes] | None: ...
 
     # Operations: health, sizes, retention, backups.
 
@@ -184,6 +245,7 @@ def open_storage(
     rejects_max_bytes: int = 64 << 20,
     own_process: bool = False,
     on_commit: Callable[[int], None] | None = None,
+    forwarding: Forwarding | None = None,
 ) -> Storage:
     """The storage `db` names (not opened yet: `async with` it). Raises ValueError for a
     backend this receiver does not have."""
@@ -198,4 +260,5 @@ def open_storage(
         rejects_max_bytes=rejects_max_bytes,
         own_process=own_process,
         on_commit=on_commit,
+        forwarding=forwarding,
     )
