@@ -10,9 +10,9 @@ schedule (--forward-retries, with jitter), or after the destination's Retry-Afte
 503, and once the schedule is spent the message is dead. A call's next message waits until
 its last one is delivered or dead, so each destination gets a call's messages in order.
 
-It runs in the server's event loop and costs ingest little: the deliveries' waits are on the
-network, and its writer turns are short and unsynced (an outcome a power loss undoes only
-means a message sent again).
+It runs in the server's event loop and costs ingest little: the HTTP requests themselves are
+made by a process of their own (sender.py), and its writer turns are short and unsynced (an
+outcome a power loss undoes only means a message sent again).
 """
 
 from __future__ import annotations
@@ -28,11 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2 as httpx
-
 from receiver import __version__
 from receiver.event import iso_time, now_us
 from receiver.forward.rules import Destination
+from receiver.forward.sender import Answer, Sender, SenderGone
 from receiver.forward.signing import headers
 from receiver.logs import Repeated
 from receiver.store import Storage
@@ -45,7 +44,7 @@ BATCH_SECONDS = 0.005  # after a send ends, how long to wait for others to recor
 TRIM_SECONDS = 10.0  # how often the outbox's size is checked against --forward-outbox-max
 CLAIM_AHEAD = 4  # messages claimed per destination: this many times its concurrency
 MOST_RETRY_AFTER = 86400.0  # a Retry-After longer than a day is taken as a day
-ANSWER_KEPT = 200  # characters of an error answer's body kept in last_error
+SENDER_MARGIN = 5.0  # seconds past a destination's timeout before the sender is given up on
 
 
 def holder_name(port: int) -> str:
@@ -123,6 +122,7 @@ class Deliverer:
         self.tallies = {d.url: Tally() for d in self.destinations}
         self._wakes = {d.url: asyncio.Event() for d in self.destinations}
         self.on_attempt: list[Any] = []  # callbacks(destination, outcome, lag seconds or None)
+        self.sender = Sender()
 
     def wake(self, *_: object) -> None:
         """New messages may be due (an event committed, calls built): look now."""
@@ -148,6 +148,7 @@ class Deliverer:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.sender.stop()
 
     async def deliver_to(self, destination: Destination) -> None:
         """One destination's loop: record, claim, send; never ends but by cancellation."""
@@ -159,59 +160,50 @@ class Deliverer:
         done: list[Outcome] = []
         in_flight: set[asyncio.Task[None]] = set()
         finished = asyncio.Event()
-        limits = httpx.Limits(
-            max_connections=destination.concurrency,
-            max_keepalive_connections=destination.concurrency,
-        )
-        async with httpx.AsyncClient(
-            timeout=destination.timeout, limits=limits, follow_redirects=False
-        ) as client:
 
-            async def send(delivery: Delivery) -> None:
-                try:
-                    async with sending:
-                        outcome = await self.attempt(client, destination, delivery)
-                    done.append(outcome)
-                finally:
-                    finished.set()
+        async def send(delivery: Delivery) -> None:
+            try:
+                async with sending:
+                    outcome = await self.attempt(destination, delivery)
+                done.append(outcome)
+            finally:
+                finished.set()
 
-            while True:
-                outcomes, done = done, []
-                room = destination.concurrency * CLAIM_AHEAD - len(in_flight)
-                try:
-                    claimed = await self.store.forward_step(
-                        url, self.holder, outcomes, limit=room, lease_seconds=lease
-                    )
-                except Exception as failure:
-                    done = outcomes + done  # recorded with the next step
-                    self.repeated.log(
-                        logging.ERROR,
-                        f"forward {url}",
-                        "the outbox of %s could not be read or updated; trying again: %s",
-                        url,
-                        failure,
-                    )
-                    await asyncio.sleep(IDLE_SECONDS)
-                    continue
-                for delivery in claimed:
-                    task = asyncio.create_task(send(delivery))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                tally.in_flight = len(in_flight)
-                wake.clear()
-                if in_flight:
-                    finished.clear()
-                    if not done:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(finished.wait(), IDLE_SECONDS)
-                    await asyncio.sleep(BATCH_SECONDS)
-                elif not done:
+        while True:
+            outcomes, done = done, []
+            room = destination.concurrency * CLAIM_AHEAD - len(in_flight)
+            try:
+                claimed = await self.store.forward_step(
+                    url, self.holder, outcomes, limit=room, lease_seconds=lease
+                )
+            except Exception as failure:
+                done = outcomes + done  # recorded with the next step
+                self.repeated.log(
+                    logging.ERROR,
+                    f"forward {url}",
+                    "the outbox of %s could not be read or updated; trying again: %s",
+                    url,
+                    failure,
+                )
+                await asyncio.sleep(IDLE_SECONDS)
+                continue
+            for delivery in claimed:
+                task = asyncio.create_task(send(delivery))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            tally.in_flight = len(in_flight)
+            wake.clear()
+            if in_flight:
+                finished.clear()
+                if not done:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), IDLE_SECONDS)
+                        await asyncio.wait_for(finished.wait(), IDLE_SECONDS)
+                await asyncio.sleep(BATCH_SECONDS)
+            elif not done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), IDLE_SECONDS)
 
-    async def attempt(
-        self, client: httpx.AsyncClient, destination: Destination, delivery: Delivery
-    ) -> Outcome:
+    async def attempt(self, destination: Destination, delivery: Delivery) -> Outcome:
         """Send one message once; what became of it."""
         tally = self.tallies[destination.url]
         sent = headers(destination.key, delivery.message_id, int(time.time()), delivery.body)
@@ -220,13 +212,17 @@ class Deliverer:
         status: int | None = None
         wait: float | None = None
         try:
-            answer = await client.post(destination.url, content=delivery.body, headers=sent)
-        except httpx.TimeoutException:
-            error = f"no answer within {destination.timeout:g} s"
-        except httpx.HTTPError as failure:
-            error = type(failure).__name__ + (f": {failure}" if str(failure) else "")
+            answer = await asyncio.wait_for(
+                self.sender.send(destination.url, sent, delivery.body, destination.timeout,
+                                 destination.concurrency),
+                destination.timeout + SENDER_MARGIN,
+            )  # fmt: skip
+        except (TimeoutError, SenderGone) as failure:
+            answer = Answer(0, None, error=f"not sent: {failure or 'the sender did not answer'}")
+        if answer.status is None:
+            error = answer.error or "not sent"
         else:
-            status = answer.status_code
+            status = answer.status
             if 200 <= status < 300:
                 tried = now_us()
                 lag = max(tried - delivery.created_us, 0) / 1e6
@@ -236,10 +232,10 @@ class Deliverer:
                 for callback in self.on_attempt:
                     callback(destination.url, outcome, lag)
                 return outcome
-            text = answer.text[:ANSWER_KEPT].strip()
+            text = answer.text.strip()
             error = f"HTTP {status}" + (f": {text}" if text else "")
             if status in (429, 503):
-                wait = retry_after(answer.headers.get("retry-after"))
+                wait = retry_after(answer.retry_after)
         tried = now_us()
         tally.failed_attempts += 1
         tally.last_error, tally.last_error_us = error, tried

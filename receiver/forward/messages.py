@@ -6,6 +6,10 @@ as `GET /api/events/{id}` gives it, or the call's record with its legs. A destin
 `original = true` gets `event.received` as the PBX sent it instead: the form it posted, or the
 query string of a GET, with its content type.
 
+The outbox keeps what a message is about (its event, its call), not its body: that is made when
+it is sent (message_body), from the event as stored, or the call as it is then, so the commit
+that stores an event writes a row of a hundred bytes, not a second copy of the event.
+
 A message's id (the `webhook-id`) is made from what it is about, so a message written again
 (a retry, a replay, a call's end rescheduled) keeps it and a receiver can de-duplicate.
 """
@@ -20,11 +24,12 @@ from collections.abc import Sequence
 import orjson
 
 from receiver.calls import Call, CallStatus, call_json
-from receiver.event import Event, event_record, iso_time, stored_row
+from receiver.event import Event, event_record, iso_time
 from receiver.forward.rules import EVENT_RECEIVED, Route
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
+ORIGINAL = "original"  # kept for a message to send in the PBX's form: its type is the event's
 PLAIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -66,24 +71,33 @@ def event_messages(
 ) -> list[Message]:
     """`event.received` of a newly stored event, for each route that takes it."""
     takers = [route for route in routes if route.takes(EVENT_RECEIVED, event.myid)]
-    if not takers:
-        return []
-    json_body: bytes | None = None
     out = []
     for route in takers:
-        if route.original:
-            content_type, body = original_form(event)
-        else:
-            if json_body is None:
-                record = event_record(stored_row(event, event_id))
-                json_body = envelope(EVENT_RECEIVED, now_us, record)
-            content_type, body = JSON, json_body
+        content_type, body = ORIGINAL if route.original else JSON, b""
         message = Message(
             route.url, f"msg_event_{event_id}", EVENT_RECEIVED, event.myid,
             order_key(event.call_id), event_id, event.call_id, content_type, body, now_us,
         )  # fmt: skip
         out.append(message)
     return out
+
+
+def event_body(
+    event: Event, row: Sequence[object], content_type: str, at_us: int
+) -> tuple[str, bytes]:
+    """The body of an event's message (and its content type), from the stored event (`row`
+    as EVENT_COLUMNS selects it, `event` made from it)."""
+    if content_type == ORIGINAL:
+        return original_form(event)
+    return JSON, envelope(EVENT_RECEIVED, at_us, event_record(row))
+
+
+def call_body(call: Call, message_type: str, at_us: int) -> bytes:
+    """The body of a call's message: the call with its legs (its events are messages of their
+    own)."""
+    record = call_json(call, with_details=True)
+    del record["events"]
+    return envelope(message_type, at_us, record)
 
 
 def original_form(event: Event) -> tuple[str, bytes]:
@@ -133,15 +147,13 @@ def call_messages(
             kinds.append((end, "ended", now_us + settle_us))
     if not kinds:
         return []
-    record = call_json(call, with_details=True)
-    del record["events"]  # the call with its legs; its events are messages of their own
     key = call_key(call.call_id)
     out = []
     for kind, stage, due_us in kinds:
         takers = [route for route in routes for myid in call.myids if route.takes(kind, myid)]
         if not takers:
             continue
-        body = envelope(kind, now_us, record)
+        body = b""  # made when sent (call_body): the call as it is then
         for route in dict.fromkeys(takers):
             message = Message(
                 route.url, f"msg_call_{key}_{stage}", kind, call.myid,

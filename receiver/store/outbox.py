@@ -102,6 +102,8 @@ class Delivery:
     body: bytes
     attempts: int  # the attempts made before this one
     created_us: int
+    event_id: int | None = None
+    call_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,13 +235,13 @@ def claim(
         [holder, until_us, *ids],
     )
     rows = db.execute(
-        "SELECT id, destination, message_id, type, content_type, body, attempts, created_us "
-        f"FROM outbox WHERE id IN ({marks}) ORDER BY due_us, id",
+        "SELECT id, destination, message_id, type, content_type, body, attempts, created_us, "
+        f"event_id, call_id FROM outbox WHERE id IN ({marks}) ORDER BY due_us, id",
         ids,
     ).fetchall()
     return [
-        Delivery(row_id, to, message_id, kind, content_type, bytes(body), attempts, created_us)
-        for row_id, to, message_id, kind, content_type, body, attempts, created_us in rows
+        Delivery(row_id, to, message_id, kind, content_type, bytes(body), tries, at, event, call)
+        for row_id, to, message_id, kind, content_type, body, tries, at, event, call in rows
     ]
 
 

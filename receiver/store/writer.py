@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,13 +31,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from receiver.calls import CALLS_VERSION, build_call
+from receiver.calls import CALLS_VERSION, Call, build_call
 from receiver.event import Event, Reject, iso_time, now_us
-from receiver.forward.messages import CallBefore, Message, call_messages, event_messages
+from receiver.forward.messages import (
+    JSON,
+    CallBefore,
+    Message,
+    call_body,
+    call_messages,
+    event_body,
+    event_messages,
+)
 from receiver.history import call_from_history
 from receiver.store import outbox
 from receiver.store.outbox import Delivery, Forwarding, Outcome, Trimmed
-from receiver.store.queries import Reparsed, Stored
+from receiver.store.queries import CallQuery, Reparsed, Stored
 from receiver.store.reparse import Reparse
 from receiver.store.schema import (
     CALL_COLUMNS,
@@ -46,9 +55,12 @@ from receiver.store.schema import (
     INSERT_CALL,
     INSERT_LEG,
     LEG_COLUMNS,
+    LEG_FIELD_COLUMNS,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
     TRIM_REJECTS_BY_BYTES,
+    call_fields_sql,
+    call_from_row,
     call_row,
     connect_pragmas,
     event_from_row,
@@ -384,9 +396,60 @@ class Writer:
         with unsynced(self.db), write_transaction(self.db):
             outbox.finish(self.db, outcomes, holder)
             claimed = outbox.claim(self.db, destination, holder, now, lease_until_us, limit)
-        if any(outcome.disable for outcome in outcomes):
-            self.load_routes()
+            claimed = self._with_bodies(claimed, now)
+        # A destination disabled (a 410), or enabled again by another process (`receiver
+        # forward retry`): the next events' messages follow. The table is a row a destination.
+        self.load_routes()
         return claimed
+
+    def _with_bodies(self, claimed: list[Delivery], now: int) -> list[Delivery]:
+        """The messages with their bodies, made from their events and calls as stored now
+        (messages.py); one whose event or call is gone (pruned) is dead, saying so."""
+        db = self.db
+        events = sorted({d.event_id for d in claimed if not d.body and d.event_id is not None})
+        calls = sorted(
+            {d.call_id for d in claimed if not d.body and d.event_id is None and d.call_id}
+        )
+        event_rows: dict[int, Any] = {}
+        if events:
+            marks = ", ".join("?" * len(events))
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})"
+            event_rows = {row[0]: row for row in db.execute(sql, events)}
+        found_calls: dict[str, Call] = {}
+        if calls:
+            query = CallQuery(now_us=now)
+            marks = ", ".join("?" * len(calls))
+            fields = call_fields_sql(query.status_sql())
+            sql = f"SELECT {fields} FROM calls WHERE call_id IN ({marks})"
+            legs: dict[str, list[Any]] = {}
+            legs_sql = (
+                f"SELECT call_id, {LEG_FIELD_COLUMNS} FROM legs WHERE call_id IN ({marks}) "
+                "ORDER BY rowid"
+            )
+            for row in db.execute(legs_sql, calls):
+                legs.setdefault(row[0], []).append(row[1:])
+            for row in db.execute(sql, [query.unknown_before_us(), *calls]):
+                found_calls[row[0]] = call_from_row(row, legs.get(row[0], ()))
+        out, gone = [], []
+        for d in claimed:
+            if d.body:
+                out.append(d)
+            elif d.event_id is not None and d.event_id in event_rows:
+                row = event_rows[d.event_id]
+                kind, body = event_body(event_from_row(row), row, d.content_type, d.created_us)
+                out.append(dataclasses.replace(d, content_type=kind, body=body))
+            elif d.event_id is None and d.call_id in found_calls:
+                body = call_body(found_calls[d.call_id], d.type, d.created_us)
+                out.append(dataclasses.replace(d, content_type=JSON, body=body))
+            else:
+                gone.append(d.id)
+        if gone:
+            db.executemany(
+                "UPDATE outbox SET status = 'dead', last_error = ?, lease_holder = NULL, "
+                "lease_until_us = 0 WHERE id = ?",
+                [("its event or call was deleted (a prune) before it was sent", i) for i in gone],
+            )
+        return out
 
     def forward_release(self, holder: str) -> int:
         """Give back the leases `holder` has (a server starting again where it ran before)."""
