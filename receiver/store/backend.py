@@ -65,6 +65,11 @@ def unsupported(db: Path | str) -> str | None:
     )
 
 
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or used now (a server that went away): the request that
+    met it gets a 503, and the next ones try again."""
+
+
 class Storage(Protocol):
     """A receiver's database: group-committed writes, derived calls, reads."""
 
