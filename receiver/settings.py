@@ -41,7 +41,11 @@ class Settings:
 
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8000, "Port to listen on.", low=1, high=65535)
-    db: Path = setting(Path("receiver.db"), "SQLite database file (created if missing).")
+    db: Path | str = setting(
+        Path("receiver.db"),
+        "Database: an SQLite file (created if missing), or a PostgreSQL database as "
+        "postgresql://user:password@host:5432/dbname (its tables made if missing).",
+    )
     default_myid: str | None = setting(
         None, "myid for deliveries whose URL has none (otherwise they get 400)."
     )
@@ -177,7 +181,11 @@ class Settings:
             raise ValueError(f"--timezone {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         self.retry_schedule  # noqa: B018 -- the same
-        self.destinations  # noqa: B018 -- the same
+        if self.destinations and str(self.db).lower().startswith(("postgresql:", "postgres:")):
+            raise ValueError(
+                "--forward keeps its outbox in SQLite only for now: give an SQLite --db to "
+                "forward (PostgreSQL does not forward yet)"
+            )
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same
             if not (self.pbx_client_id and self.pbx_client_secret):

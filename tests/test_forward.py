@@ -186,6 +186,7 @@ def test_rules_pick_myids_types_and_the_original_form(make_client, tmp_path: Pat
         (["--forward-rules", "/nonexistent/forward.toml"], "cannot read it"),
         (["--forward", "http://a/x", "--forward", "http://a/x"], "given twice"),
         (["--forward-retries", "5s soon"], "is not a duration"),
+        (["--db", "postgresql://u@127.0.0.1/x", "--forward", "http://a/x"], "in SQLite only"),
     ],
 )
 def test_bad_forwarding_settings_stop_the_server_at_start(args: list[str], says: str) -> None:

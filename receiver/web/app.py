@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,6 +24,7 @@ from receiver.logs import Repeated
 from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
+from receiver.store.backend import StorageUnavailable, is_postgresql
 from receiver.store.outbox import Forwarding
 from receiver.web import api as api_routes
 from receiver.web.background import Background, reconcile_periodically
@@ -39,6 +41,15 @@ from receiver.web.webhook import Webhook
 log = logging.getLogger("receiver")
 
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the write lock
+
+
+def expected_schema(db: Path | str) -> int:
+    """This receiver's schema version for the database's backend (each has its own list)."""
+    if is_postgresql(db):
+        from receiver.store.pg_schema import SCHEMA_VERSION as POSTGRESQL_VERSION
+
+        return POSTGRESQL_VERSION
+    return SCHEMA_VERSION
 
 
 async def healthz(request: Request) -> Response:
@@ -58,7 +69,7 @@ async def healthz(request: Request) -> Response:
         {
             "ok": True,
             "schema_version": version,
-            "expected": SCHEMA_VERSION,
+            "expected": expected_schema(state.settings.db),
             "calls": calls.json(),
             "reconcile": rounds.json() if rounds is not None else None,
             "silent": background.silent_json(),
@@ -169,6 +180,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, exc.detail, exc.headers)
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """A read that met a database gone away (PostgreSQL restarting): 503, one line logged."""
+    log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+    return error(503, str(exc))
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(500, f"internal error: {type(exc).__name__}")
@@ -269,6 +286,7 @@ def create_app(settings: Settings) -> Webhook:
     )
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPException: http_error,
+        StorageUnavailable: storage_unavailable,
         Exception: server_error,
     }
     rest = Starlette(
