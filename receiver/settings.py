@@ -10,11 +10,14 @@ import functools
 import hmac
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
 from receiver.silence import WorkingHours
 from receiver.zones import zone
+
+if TYPE_CHECKING:
+    from receiver.forward.rules import Destination
 
 # The most a count, a size or a number of seconds may be: far above any real use, and far
 # below what SQLite's 64-bit integers (and the microseconds made from seconds) can hold.
@@ -39,7 +42,11 @@ class Settings:
 
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8000, "Port to listen on.", low=1, high=65535)
-    db: Path = setting(Path("receiver.db"), "SQLite database file (created if missing).")
+    db: Path | str = setting(
+        Path("receiver.db"),
+        "Database: an SQLite file (created if missing), or a PostgreSQL database as "
+        "postgresql://user:password@host:5432/dbname (its tables made if missing).",
+    )
     default_myid: str | None = setting(
         None, "myid for deliveries whose URL has none (otherwise they get 400)."
     )
@@ -123,6 +130,39 @@ class Settings:
     mask_numbers: bool = setting(
         False, "Show phone numbers on the pages with their middle digits hidden (wall displays)."
     )
+    forward: tuple[str, ...] = setting(
+        (),
+        "Forward every event and call to this webhook URL (repeatable; the variable takes "
+        "several, separated by spaces).",
+    )
+    forward_secret: str | None = setting(
+        None, "Sign forwarded messages with this Standard Webhooks secret (whsec_<base64>)."
+    )
+    forward_rules: Path | None = setting(
+        None, "TOML file of destinations: url, secret, myids, types, timeout, original."
+    )
+    forward_settle: float = setting(
+        5.0,
+        "Seconds a call's end waits for more events before call.missed or call.completed.",
+        low=0,
+        high=3600,
+    )
+    forward_retries: str = setting(
+        "5s 5m 30m 2h 5h 10h 10h",
+        "Waits before each retry of a forwarded message, then it is dead.",
+    )
+    forward_timeout: float = setting(
+        10.0, "Seconds a destination has to answer a forwarded message.", low=0.1, high=300
+    )
+    forward_concurrency: int = setting(
+        16, "Forwarded messages in flight at once, per destination.", low=1, high=256
+    )
+    forward_outbox_max: int = setting(
+        1_000_000,
+        "Most messages the outbox keeps; beyond, the oldest delivered go first.",
+        low=100,
+        high=MOST,
+    )
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -151,6 +191,12 @@ class Settings:
             except ValueError as problem:
                 raise ValueError(f"--silence-hours {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
+        self.retry_schedule  # noqa: B018 -- the same
+        if self.destinations and str(self.db).lower().startswith(("postgresql:", "postgres:")):
+            raise ValueError(
+                "--forward keeps its outbox in SQLite only for now: give an SQLite --db to "
+                "forward (PostgreSQL does not forward yet)"
+            )
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same
             if not (self.pbx_client_id and self.pbx_client_secret):
@@ -191,6 +237,31 @@ class Settings:
                 "give seconds, minutes or hours, as 900, 90s, 15m or 1h"
             )
         return seconds
+
+    @functools.cached_property
+    def retry_schedule(self) -> tuple[float, ...]:
+        """--forward-retries in seconds. Raises ValueError when malformed."""
+        waits = self.forward_retries.split()
+        if not waits or len(waits) > 50:
+            raise ValueError(
+                f"--forward-retries {self.forward_retries!r}: give 1 to 50 waits separated by "
+                "spaces, as '5s 5m 30m 2h 5h 10h 10h'"
+            )
+        return tuple(duration_seconds(wait, "--forward-retries") for wait in waits)
+
+    @functools.cached_property
+    def destinations(self) -> tuple[Destination, ...]:
+        """Where messages are forwarded (forward/rules.py). Raises ValueError saying what to
+        fix."""
+        from receiver.forward.rules import load_destinations
+
+        return load_destinations(
+            tuple(self.forward),
+            self.forward_secret,
+            self.forward_rules,
+            timeout=self.forward_timeout,
+            concurrency=self.forward_concurrency,
+        )
 
     @property
     def silence_seconds(self) -> float | None:

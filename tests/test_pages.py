@@ -12,7 +12,10 @@ import httpx2 as httpx
 import pytest
 
 from receiver.event import parse_time
-from tests.conftest import ServerProcess, scenario, wait_for_calls
+from tests.conftest import BACKENDS, ServerProcess, both_backends, scenario, wait_for_calls
+
+# The pages on SQLite and on PostgreSQL (those of a server process on the SQLite file: SQLite).
+backend = pytest.fixture(params=BACKENDS)(both_backends)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

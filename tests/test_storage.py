@@ -14,7 +14,7 @@ import pytest
 
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
-from receiver.store import EventQuery, Storage
+from receiver.store import EventQuery, Storage, open_storage
 from tests.conftest import sample
 
 OpenStorage = Callable[..., Storage]
@@ -272,3 +272,12 @@ async def test_waiting_numbers_are_the_missed_reports_unhandled(storage: OpenSto
         everything = await store.missed_report(CallQuery(since_us=start, now_us=start))
     numbers = {row["number"]: (row["missed"], row["handled"]) for row in everything}
     assert numbers["+74957654321"] == (2, True) and numbers["+74950000001"] == (2, False)
+
+
+def test_the_postgresql_storage_is_a_postgresql_database(postgresql_db: str) -> None:
+    """Each test's database is a URL the receiver opens on PostgreSQL, never a string it would
+    take for the name of an SQLite file."""
+    from receiver.store.postgresql import PostgresStore
+
+    assert postgresql_db.startswith("postgresql://")
+    assert isinstance(open_storage(postgresql_db), PostgresStore)

@@ -10,7 +10,18 @@ from typing import Any
 import click
 
 from receiver.settings import describe, env_name, flag_name, range_problem
-from receiver.store.backend import unsupported
+from receiver.store.backend import is_postgresql, unsupported
+
+
+class DatabaseType(click.ParamType):  # type: ignore[type-arg]
+    """--db: a path (an SQLite file) as a Path, a `postgresql://` URL as it was written."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, Path) or is_postgresql(value) or unsupported(value):
+            return value
+        return Path(value)
 
 
 def setting_option(
@@ -20,9 +31,15 @@ def setting_option(
     when the setting means something else to this command."""
     default, help_text = next((d, h) for n, d, h in describe() if n == name)
     kind: Any = type(default) if default is not None else str
-    if isinstance(default, Path):
+    if name == "db":
+        kind = DatabaseType()
+    elif isinstance(default, Path):
         kind = click.Path(dir_okay=False, path_type=Path)
     extra: dict[str, Any] = {"is_flag": True} if isinstance(default, bool) else {"type": kind}
+    if isinstance(default, tuple):  # repeatable; the variable's values separated by spaces
+        extra = {"type": str, "multiple": True}
+    if name.endswith("_rules"):
+        kind = extra["type"] = click.Path(dir_okay=False, path_type=Path)
 
     def in_range(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
         """The setting's declared range, checked as the flag or the variable is read."""
@@ -36,7 +53,7 @@ def setting_option(
         name,
         default=default,
         envvar=env_name(name),
-        show_default=default is not None,
+        show_default=default not in (None, ()),
         show_envvar=True,
         help=help or help_text,
         callback=in_range,
@@ -54,12 +71,22 @@ def all_settings(command: Callable[..., Any]) -> Callable[..., Any]:
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
-def check_database(db: Path, *, create: bool) -> None:
+def check_database(db: Path | str, *, create: bool) -> None:
     """A --db that cannot be the receiver's database is one clear line, not SQLite's traceback.
-    `create`: the command writes, and makes the file when it is missing (serve, replay)."""
+    `create`: the command writes, and makes the file when it is missing (serve, replay). A
+    PostgreSQL database must answer (its tables are made as it is opened)."""
     problem = unsupported(db)
     if problem:
         raise click.ClickException(problem)
+    if is_postgresql(db):
+        from receiver.store.postgresql import DatabaseUnavailable, check_reachable
+
+        try:
+            check_reachable(str(db))
+        except DatabaseUnavailable as error:
+            raise click.ClickException(str(error)) from None
+        return
+    db = Path(db)
     folder = db.absolute().parent
     if not db.exists() and not create:
         raise click.ClickException(

@@ -44,6 +44,17 @@ TABLES: dict[str, Sequence[str]] = {
         "handled_at",
         "recall_seconds",
     ),
+    "deliveries": (
+        "id",
+        "created_at",
+        "type",
+        "status",
+        "attempts",
+        "last_status",
+        "next_try_at",
+        "destination",
+        "last_error",
+    ),
     "extensions": (
         "extension",
         "period",

@@ -2,8 +2,8 @@
 
 `Storage` is every operation the web app, the commands and replay use, and nothing else may be
 asked of a store; `open_storage()` picks the backend from `--db`. A path is an SQLite file
-(database.py). A second backend is a module of its own with a class of these methods, chosen
-here by its URL, and the storage tests run on it through the `storage` fixture
+(database.py); a `postgresql://` URL is a PostgreSQL database (postgresql.py), which several
+receivers may share. The storage tests run on each through the `storage` fixture
 (tests/conftest.py).
 """
 
@@ -19,28 +19,56 @@ from typing import Any, Protocol
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
 from receiver.event import Event, Reject
 from receiver.store.backup import BackedUp
+from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
 from receiver.store.upkeep import Pruned, Sizes, WriterState
 
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
 # the text: as a Path, the URL's `//` has become one `/`.)
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
-NOT_YET = ("postgresql", "postgres")
+POSTGRESQL = ("postgresql", "postgres")
+
+
+def is_postgresql(db: Path | str) -> bool:
+    """Whether --db names a PostgreSQL database (`postgresql://...`), not an SQLite file."""
+    found = URL_SCHEME.match(str(db))
+    return found is not None and found[1].lower() in POSTGRESQL
+
+
+def shown_db(db: Path | str) -> str:
+    """The database as logs and messages name it: a file's absolute path, a URL without its
+    password."""
+    if is_postgresql(db):
+        from receiver.store.postgresql import shown_url
+
+        return shown_url(str(db))
+    return str(Path(db).absolute())
+
+
+# A libpq connection string (`host=... dbname=...`): no path, and no URL either.
+CONNINFO = re.compile(r"\s*(host|hostaddr|dbname|user|port|password|service)\s*=", re.IGNORECASE)
 
 
 def unsupported(db: Path | str) -> str | None:
     """What is wrong with a --db that names a backend this receiver does not have, or None."""
-    found = URL_SCHEME.match(str(db))
-    if found is None:
-        return None
-    scheme = found[1].lower()
-    if scheme in NOT_YET:
+    if isinstance(db, str) and CONNINFO.match(db):
         return (
-            f"--db {scheme}://...: PostgreSQL is not supported yet: give the path of an SQLite file"
+            f"--db {db.split()[0]} ...: a libpq key=value connection string, which this "
+            "receiver would take for an SQLite file's name: give the same database as a "
+            "postgresql://user:password@host:5432/dbname URL"
         )
+    found = URL_SCHEME.match(str(db))
+    if found is None or is_postgresql(db):
+        return None
     return (
-        f"--db {scheme}://...: not a database this receiver knows: give the path of an SQLite file"
+        f"--db {found[1]}://...: not a database this receiver knows: give the path of an "
+        "SQLite file, or a postgresql://user:password@host:5432/dbname URL"
     )
+
+
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or used now (a server that went away): the request that
+    met it gets a 503, and the next ones try again."""
 
 
 class Storage(Protocol):
@@ -84,6 +112,66 @@ class Storage(Protocol):
         ...
 
     async def release_reconcile(self, holder: str) -> None: ...
+
+    # The outbox of forwarded messages (receiver/forward/). A backend writes a new event's
+    # `event.received` messages (forward.messages.event_messages) in the transaction that
+    # stores the event, and a call's messages (call_messages) in the one that changes the
+    # call, for the routes it was opened with (`forwarding`) or, without, those it keeps.
+    # A message waits for the earlier ones of its call and destination (the first one not yet
+    # delivered is the only one that can be claimed), and one claimed is leased: until the
+    # lease ends, nobody else claims it (SQLite: the claim is a write transaction; PostgreSQL:
+    # SELECT ... FOR UPDATE SKIP LOCKED), so two servers never send the same attempt at once.
+
+    async def forward_step(
+        self,
+        destination: str,
+        holder: str,
+        outcomes: list[Outcome],
+        *,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Delivery]:
+        """Record `holder`'s attempts (their rows' new status, when to try again, a 410's
+        disabling of the destination), then lease up to `limit` due messages of `destination`
+        to it, in one transaction. An outcome for a row whose lease went to another is
+        ignored."""
+        ...
+
+    async def forward_release(self, holder: str) -> int:
+        """Give back the leases `holder` has (its server started again); how many."""
+        ...
+
+    async def forward_counts(self) -> list[dict[str, Any]]:
+        """Per destination: pending and dead messages, the oldest pending, whether disabled."""
+        ...
+
+    async def forward_trim(self, max_rows: int) -> Trimmed:
+        """Keep at most `max_rows` messages: the oldest delivered go first, then the oldest
+        dead, then the oldest pending (the caller logs those)."""
+        ...
+
+    async def retry_deliveries(
+        self, destination: str | None = None, since_us: int | None = None
+    ) -> int:
+        """Dead messages due again with a new round of attempts; their destinations enabled."""
+        ...
+
+    async def replay_deliveries(
+        self,
+        since_us: int,
+        until_us: int,
+        destination: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """`event.received` of every event received in [since_us, until_us) due again (or
+        written, when missing), to each destination that takes it (or only `destination`)."""
+        ...
+
+    async def list_deliveries(
+        self, query: DeliveryQuery, *, limit: int = 100, before: int | None = None
+    ) -> Page: ...
+
+    async def get_delivery_body(self, row_id: int) -> tuple[str, bytes] | None: ...
 
     # Operations: health, sizes, retention, backups.
 
@@ -188,18 +276,31 @@ def open_storage(
     rejects_max_bytes: int = 64 << 20,
     own_process: bool = False,
     on_commit: Callable[[int], None] | None = None,
+    forwarding: Forwarding | None = None,
 ) -> Storage:
-    """The storage `db` names (not opened yet: `async with` it). Raises ValueError for a
-    backend this receiver does not have."""
+    """The storage `db` names (not opened yet: `async with` it): an SQLite file, or a
+    PostgreSQL database by its URL (given as text: a Path would have made its `//` one `/`).
+    Raises ValueError for a backend this receiver does not have."""
     from receiver.store.database import Store
 
     problem = unsupported(db)
     if problem:
         raise ValueError(problem)
+    if is_postgresql(db):
+        from receiver.store.postgresql import PostgresStore
+
+        return PostgresStore(
+            str(db),
+            rejects_max,
+            rejects_max_bytes=rejects_max_bytes,
+            on_commit=on_commit,
+            forwarding=forwarding,
+        )
     return Store(
         Path(db),
         rejects_max,
         rejects_max_bytes=rejects_max_bytes,
         own_process=own_process,
         on_commit=on_commit,
+        forwarding=forwarding,
     )

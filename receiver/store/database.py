@@ -25,6 +25,16 @@ from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, CallStatus, call_json
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, now_us, seconds
 from receiver.store.backup import BackedUp, backup_file
 from receiver.store.export import Exporter
+from receiver.store.outbox import (
+    DELIVERY_COLUMNS,
+    OUTBOX_COUNTS,
+    Delivery,
+    DeliveryQuery,
+    Forwarding,
+    Outcome,
+    Trimmed,
+    delivery_record,
+)
 from receiver.store.queries import (
     EXPORT_PAGE,
     CallQuery,
@@ -73,6 +83,8 @@ from receiver.store.writer import ProcessHost, ThreadHost
 from receiver.zones import DAY_US, HOUR_US, LAST_DAY_US, local_periods, local_start, offsets
 
 log = logging.getLogger("receiver.store")
+TRIM_AT_ONCE = 5000  # outbox rows dropped per writer turn when it is full
+REPLAY_AT_ONCE = 2000  # events looked at per writer turn of a replay to the destinations
 # Where a call's start time is in a row of its fields (for the next page's cursor).
 PERIODS_COUNTED = 100  # at most this many periods counted by calls_by_period's index ranges
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
@@ -133,8 +145,10 @@ class Store:
         rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
         on_commit: Callable[[int], None] | None = None,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.path = path
+        self.forwarding = forwarding  # a server's routes (outbox.py); None: the file's
         self.on_commit = on_commit  # called with each group commit's size
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
@@ -156,7 +170,9 @@ class Store:
         the writer."""
         await asyncio.to_thread(upgrade_at_start, self.path)
         try:
-            await self._writer.start(self.path, self.rejects_max, self.rejects_max_bytes)
+            await self._writer.start(
+                self.path, self.rejects_max, self.rejects_max_bytes, self.forwarding
+            )
         except BaseException:
             await self._writer.stop()
             raise
@@ -394,6 +410,118 @@ class Store:
     ) -> BackedUp:
         """A consistent copy of the database as a new file, checked (backup.backup_file)."""
         return await asyncio.to_thread(backup_file, self.path, dest, progress)
+
+    # The outbox (outbox.py).
+
+    async def forward_step(
+        self,
+        destination: str,
+        holder: str,
+        outcomes: list[Outcome],
+        *,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Delivery]:
+        """Record attempts' outcomes, then lease up to `limit` due messages of `destination`
+        for `lease_seconds`, the first not yet delivered of each call (writer.forward_step)."""
+        now = now_us()
+        until = now + int(lease_seconds * 1_000_000)
+        claimed: list[Delivery] = await self._writer.call(
+            "forward_step", destination, holder, outcomes, now, until, limit
+        )
+        return claimed
+
+    async def forward_release(self, holder: str) -> int:
+        """Give back every lease `holder` has; how many."""
+        count: int = await self._writer.call("forward_release", holder)
+        return count
+
+    async def forward_counts(self) -> list[dict[str, Any]]:
+        """Per destination: pending and dead messages, the oldest pending one's creation, and
+        whether it is disabled."""
+        rows = await self._rows(OUTBOX_COUNTS, [])
+        return [
+            {
+                "destination": destination,
+                "pending": pending,
+                "dead": dead,
+                "oldest_pending_at": iso_time(oldest),
+                "disabled_at": iso_time(disabled_us),
+                "disabled_why": why,
+            }
+            for destination, disabled_us, why, pending, dead, oldest in rows
+        ]
+
+    async def forward_trim(self, max_rows: int) -> Trimmed:
+        """Bring the outbox down to `max_rows`: the oldest delivered rows go first, then the
+        dead, then the oldest pending (outbox.trim), a batch at a time beside the live writes."""
+        [(count,)] = await self._rows("SELECT count(*) FROM outbox", [])
+        total = Trimmed()
+        excess = count - max_rows
+        while excess > 0:
+            step: Trimmed = await self._writer.call("forward_trim", min(excess, TRIM_AT_ONCE))
+            gone = step.delivered + step.dead + step.pending
+            total.delivered += step.delivered
+            total.dead += step.dead
+            total.pending += step.pending
+            if not gone:
+                break
+            excess -= gone
+        return total
+
+    async def retry_deliveries(
+        self, destination: str | None = None, since_us: int | None = None
+    ) -> int:
+        """Make the dead messages (of one destination, created since a time) due again, each
+        with a new round of attempts, and enable their destinations again; how many."""
+        count: int = await self._writer.call("forward_retry", destination, since_us)
+        return count
+
+    async def replay_deliveries(
+        self,
+        since_us: int,
+        until_us: int,
+        destination: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Write `event.received` again, due now, for every event received from `since_us` to
+        `until_us`, to each destination (or the one) that takes it; how many messages.
+        `progress(last_id, up_to)` after each batch."""
+        [(up_to,)] = await self._rows("SELECT coalesce(max(id), 0) FROM events", [])
+        after, total = 0, 0
+        while after < up_to:
+            last, written = await self._writer.call(
+                "forward_replay", after, since_us, until_us, destination, REPLAY_AT_ONCE
+            )
+            total += written
+            if progress is not None:
+                progress(last, up_to)
+            if last == after:  # no more events (a prune took them meanwhile)
+                break
+            after = last
+        return total
+
+    async def list_deliveries(
+        self, query: DeliveryQuery, *, limit: int = 100, before: int | None = None
+    ) -> Page:
+        """Outbox rows, newest first, as JSON records; `next` is the id to pass as `before`."""
+        where, params = query.where()
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = (
+            f"SELECT {DELIVERY_COLUMNS} FROM outbox WHERE {' AND '.join(where) or '1'} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._rows(sql, [*params, limit + 1])
+        moment = now_us()
+        items = [delivery_record(row, moment) for row in rows[:limit]]
+        return Page(items, str(items[-1]["id"]) if len(rows) > limit else None)
+
+    async def get_delivery_body(self, row_id: int) -> tuple[str, bytes] | None:
+        """A message's content type and body, as sent."""
+        rows = await self._rows("SELECT content_type, body FROM outbox WHERE id = ?", [row_id])
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     async def check_writable(self) -> None:
         """Raise unless the writer answers and can take the write lock."""

@@ -15,6 +15,7 @@ from typing import Any
 from receiver.calls import Call, CallLeg, digits
 from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, key_prefix, stored_row
 from receiver.packing import unpack
+from receiver.store.outbox import OUTBOX_MIGRATION
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -255,6 +256,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX calls_status_started ON calls (status, started_us, last_event_us);
     """,
+    # 15: the outbox of forwarded messages, and the destinations they go to (outbox.py).
+    OUTBOX_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -30,21 +31,36 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from receiver.calls import CALLS_VERSION, build_call
-from receiver.event import Event, Reject, iso_time
+from receiver.calls import CALLS_VERSION, Call, build_call
+from receiver.event import Event, Reject, iso_time, now_us
+from receiver.forward.messages import (
+    JSON,
+    CallBefore,
+    Message,
+    call_body,
+    call_messages,
+    event_body,
+    event_messages,
+)
 from receiver.history import call_from_history
-from receiver.store.queries import Reparsed, Stored
+from receiver.store import outbox
+from receiver.store.outbox import Delivery, Forwarding, Outcome, Trimmed
+from receiver.store.queries import CallQuery, Reparsed, Stored
 from receiver.store.reparse import Reparse
 from receiver.store.schema import (
     CALL_COLUMNS,
     CALL_EVENTS_SQL,
+    EVENT_COLUMNS,
     EVENT_COLUMNS_BUT_RAW,
     INSERT_CALL,
     INSERT_LEG,
     LEG_COLUMNS,
+    LEG_FIELD_COLUMNS,
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
     TRIM_REJECTS_BY_BYTES,
+    call_fields_sql,
+    call_from_row,
     call_row,
     connect_pragmas,
     event_from_row,
@@ -103,7 +119,13 @@ NEXT_ID = "SELECT max(coalesce((SELECT max(id) FROM events), 0), (SELECT top FRO
 class Writer:
     """The one write connection of a database, and every write made with it."""
 
-    def __init__(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        rejects_max: int,
+        rejects_max_bytes: int,
+        forwarding: Forwarding | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
@@ -114,6 +136,18 @@ class Writer:
         self.db.executescript(f"{connect_pragmas()} PRAGMA temp_store=MEMORY;")
         use_wal(self.db)
         migrate(self.db)
+        self.settle_us = outbox.DEFAULT_SETTLE_US
+        if forwarding is not None:  # a server's: its routes become the file's
+            self.settle_us = forwarding.settle_us
+            if outbox.routes_differ(self.db, forwarding.routes):  # no write lock taken else
+                with write_transaction(self.db):
+                    outbox.set_routes(self.db, forwarding.routes)
+        self.load_routes()
+
+    def load_routes(self) -> None:
+        """The routes the outbox is written for (outbox.py): those of the file, not disabled."""
+        self.routes = outbox.enabled_routes(self.db)
+        self.call_routes = [route for route in self.routes if route.wants_calls]
 
     def close(self) -> None:
         self.db.close()
@@ -169,6 +203,8 @@ class Writer:
         # Read under the write lock: another process (a replay, say) may write here too.
         next_id = db.execute(NEXT_ID).fetchone()[0]
         rows, repeats = [], []
+        messages: list[Message] = []
+        moment = now_us() if self.routes else 0
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
             if not isinstance(item, Event):
@@ -182,6 +218,8 @@ class Writer:
             next_id += 1
             rows.append(event_row(item, event_id, key))
             results.append(Stored(event_id, False))
+            if self.routes:  # forwarded: its messages are in the commit that stores it
+                messages += event_messages(item, event_id, self.routes, moment)
         # Few statements, each one step: SQLite's work goes in a few calls, not one per row.
         for start in range(0, len(rows), ROWS_AT_ONCE):
             chunk = rows[start : start + ROWS_AT_ONCE]
@@ -196,6 +234,8 @@ class Writer:
                 (self.rejects_max,),
             )
             db.execute(TRIM_REJECTS_BY_BYTES, (self.rejects_max_bytes,))
+        if messages:
+            outbox.insert_messages(db, messages, moment)
         return results
 
     def build_some_calls(self, limit: int, count_changed: bool = False) -> tuple[int, int]:
@@ -298,6 +338,8 @@ class Writer:
             by_call.setdefault(event.call_id or "", []).append(event)
         calls = [build_call(e, now_us=0, unknown_after_us=None) for e in by_call.values()]
         rows = [(call_row(call), leg_rows(call)) for call in calls]
+        if self.call_routes:  # their messages in the transaction that changes the calls
+            self._call_messages(calls, marks, ids)
         changed = 0
         if compare:
             before: dict[str, list[tuple[Any, ...]]] = {}
@@ -322,6 +364,131 @@ class Writer:
                 other_case,
             )
         return changed
+
+    def _call_messages(self, calls: list[Any], marks: str, ids: list[str]) -> None:
+        """Write the messages of these calls' changes (messages.call_messages) to the outbox,
+        before their new rows replace the old."""
+        sql = f"SELECT call_id, status, answered_us, ended_us FROM calls WHERE call_id IN ({marks})"
+        before = {row[0]: CallBefore(*row[1:]) for row in self.db.execute(sql, ids)}
+        moment = now_us()
+        messages = [
+            message
+            for call in calls
+            for message in call_messages(
+                before.get(call.call_id), call, self.call_routes, moment, self.settle_us
+            )
+        ]
+        outbox.insert_messages(self.db, messages, moment)
+
+    # The outbox (outbox.py): the delivery worker's claims and outcomes, and the commands'.
+
+    def forward_step(
+        self,
+        destination: str,
+        holder: str,
+        outcomes: list[Outcome],
+        now: int,
+        lease_until_us: int,
+        limit: int,
+    ) -> list[Delivery]:
+        """Record the outcomes of attempts, then lease up to `limit` more messages, in one
+        transaction (unsynced: an outcome a power loss undoes means a message sent again)."""
+        with unsynced(self.db), write_transaction(self.db):
+            outbox.finish(self.db, outcomes, holder)
+            claimed = outbox.claim(self.db, destination, holder, now, lease_until_us, limit)
+            claimed = self._with_bodies(claimed, now)
+        # A destination disabled (a 410), or enabled again by another process (`receiver
+        # forward retry`): the next events' messages follow. The table is a row a destination.
+        self.load_routes()
+        return claimed
+
+    def _with_bodies(self, claimed: list[Delivery], now: int) -> list[Delivery]:
+        """The messages with their bodies, made from their events and calls as stored now
+        (messages.py); one whose event or call is gone (pruned) is dead, saying so."""
+        db = self.db
+        events = sorted({d.event_id for d in claimed if not d.body and d.event_id is not None})
+        calls = sorted(
+            {d.call_id for d in claimed if not d.body and d.event_id is None and d.call_id}
+        )
+        event_rows: dict[int, Any] = {}
+        if events:
+            marks = ", ".join("?" * len(events))
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})"
+            event_rows = {row[0]: row for row in db.execute(sql, events)}
+        found_calls: dict[str, Call] = {}
+        if calls:
+            query = CallQuery(now_us=now)
+            marks = ", ".join("?" * len(calls))
+            fields = call_fields_sql(query.status_sql())
+            sql = f"SELECT {fields} FROM calls WHERE call_id IN ({marks})"
+            legs: dict[str, list[Any]] = {}
+            legs_sql = (
+                f"SELECT call_id, {LEG_FIELD_COLUMNS} FROM legs WHERE call_id IN ({marks}) "
+                "ORDER BY rowid"
+            )
+            for row in db.execute(legs_sql, calls):
+                legs.setdefault(row[0], []).append(row[1:])
+            for row in db.execute(sql, [query.unknown_before_us(), *calls]):
+                found_calls[row[0]] = call_from_row(row, legs.get(row[0], ()))
+        out, gone = [], []
+        for d in claimed:
+            if d.body:
+                out.append(d)
+            elif d.event_id is not None and d.event_id in event_rows:
+                row = event_rows[d.event_id]
+                kind, body = event_body(event_from_row(row), row, d.content_type, d.created_us)
+                out.append(dataclasses.replace(d, content_type=kind, body=body))
+            elif d.event_id is None and d.call_id in found_calls:
+                body = call_body(found_calls[d.call_id], d.type, d.created_us)
+                out.append(dataclasses.replace(d, content_type=JSON, body=body))
+            else:
+                gone.append(d.id)
+        if gone:
+            db.executemany(
+                "UPDATE outbox SET status = 'dead', last_error = ?, lease_holder = NULL, "
+                "lease_until_us = 0 WHERE id = ?",
+                [("its event or call was deleted (a prune) before it was sent", i) for i in gone],
+            )
+        return out
+
+    def forward_release(self, holder: str) -> int:
+        """Give back the leases `holder` has (a server starting again where it ran before)."""
+        with write_transaction(self.db):
+            return self.db.execute(
+                "UPDATE outbox SET lease_holder = NULL, lease_until_us = 0 WHERE lease_holder = ?",
+                (holder,),
+            ).rowcount
+
+    def forward_trim(self, excess: int) -> Trimmed:
+        with write_transaction(self.db):
+            return outbox.trim(self.db, excess)
+
+    def forward_retry(self, destination: str | None, since_us: int | None) -> int:
+        with write_transaction(self.db):
+            count = outbox.retry(self.db, destination, since_us, now_us())
+        self.load_routes()
+        return count
+
+    def forward_replay(
+        self, after: int, since_us: int, until_us: int, destination: str | None, limit: int
+    ) -> tuple[int, int]:
+        """Write `event.received` again for the next `limit` events (by id, after `after`)
+        received from `since_us` to `until_us`, to the routes (or the one destination) that
+        take them; returns the last id looked at (`after` when done) and how many messages."""
+        routes = [r for r in self.routes if destination is None or r.url == destination]
+        with write_transaction(self.db):
+            found = self.db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+            moment = now_us()
+            messages = []
+            for row in found:
+                event = event_from_row(row)
+                if since_us <= event.received_at_us < until_us and event.id is not None:
+                    messages += event_messages(event, event.id, routes, moment)
+            outbox.again(self.db, messages, moment)
+        return (found[-1][0] if found else after), len(messages)
 
     def add_history_calls(self, records: list[tuple[str, str]], fetched_at_us: int) -> list[str]:
         """Keep the history's records (call id in lower case, the record's JSON) of the calls
@@ -399,8 +566,14 @@ class ThreadHost:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="receiver-writer")
         self._writer: Writer | None = None
 
-    async def start(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
-        self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes)
+    async def start(
+        self,
+        path: Path,
+        rejects_max: int,
+        rejects_max_bytes: int,
+        forwarding: Forwarding | None = None,
+    ) -> None:
+        self._writer = await self._run(Writer, path, rejects_max, rejects_max_bytes, forwarding)
 
     def alive(self) -> bool:
         return self._writer is not None
@@ -439,14 +612,20 @@ class ProcessHost:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
         self._gone: WriterGone | None = None
-        self._started_with: tuple[Path, int, int] | None = None
+        self._started_with: tuple[Path, int, int, Forwarding | None] | None = None
         self._restarting = asyncio.Lock()
 
-    async def start(self, path: Path, rejects_max: int, rejects_max_bytes: int) -> None:
-        self._started_with = (path, rejects_max, rejects_max_bytes)
+    async def start(
+        self,
+        path: Path,
+        rejects_max: int,
+        rejects_max_bytes: int,
+        forwarding: Forwarding | None = None,
+    ) -> None:
+        self._started_with = (path, rejects_max, rejects_max_bytes, forwarding)
         self._gone = None
         self._process = await asyncio.create_subprocess_exec(
-            *writer_command(path, rejects_max, rejects_max_bytes),
+            *writer_command(path, rejects_max, rejects_max_bytes, forwarding),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -520,11 +699,14 @@ class ProcessHost:
         self._process = None
 
 
-def writer_command(path: Path, rejects_max: int, rejects_max_bytes: int) -> list[str]:
+def writer_command(
+    path: Path, rejects_max: int, rejects_max_bytes: int, forwarding: Forwarding | None = None
+) -> list[str]:
     """The command line of a writer process: serve() with its arguments."""
     program = "import sys, receiver.store.writer as w; w.serve(sys.argv[1:])"
     limits = [str(rejects_max), str(rejects_max_bytes)]
-    return [sys.executable, "-c", program, str(path), *limits]
+    routes = [forwarding.text()] if forwarding is not None else []
+    return [sys.executable, "-c", program, str(path), *limits, *routes]
 
 
 def read_frame(channel: BinaryIO) -> Any:
@@ -550,16 +732,17 @@ def write_frame(fd: int, value: Any) -> None:
 
 
 def serve(argv: list[str]) -> None:
-    """The writer process (argv: database path, rejects_max, rejects_max_bytes): run the calls
-    that come on stdin, answer each on stdout."""
+    """The writer process (argv: database path, rejects_max, rejects_max_bytes, and the
+    forwarding as JSON if any): run the calls that come on stdin, answer each on stdout."""
     path, rejects_max, rejects_max_bytes = Path(argv[0]), int(argv[1]), int(argv[2])
+    forwarding = Forwarding.from_text(argv[3]) if len(argv) > 3 else None
     # The server decides when to stop: a Ctrl-C to the terminal's process group reaches us too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     calls, results = sys.stdin.buffer, os.dup(1)
     os.dup2(2, 1)  # a stray print goes to stderr, not into the results
     try:
-        writer = Writer(path, rejects_max, rejects_max_bytes)
+        writer = Writer(path, rejects_max, rejects_max_bytes, forwarding)
     except Exception as error:  # the answer to the server's first call ("ready"), then exit
         if read_frame(calls) is not None:
             write_frame(results, (False, picklable(error)))

@@ -13,10 +13,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.calls import CallStatus, Direction, call_json
 from receiver.event import now_us, parse_time, reject_json
+from receiver.forward.rules import MESSAGE_TYPES
 from receiver.parse import MYID_SHAPE, is_valid_myid
 from receiver.record_lines import RecordLines
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
+from receiver.store.outbox import STATUSES as DELIVERY_STATUSES
+from receiver.store.outbox import DeliveryQuery
 from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
 from receiver.zones import report_in_zone, zone
 
@@ -291,3 +294,38 @@ async def list_rejects(request: Request) -> Response:
     assert limit is not None
     page = await store.list_rejects(limit=limit, before=before)
     return JSONResponse({"rejects": [reject_json(r) for r in page.items], "next": page.next})
+
+
+async def list_deliveries(request: Request) -> Response:
+    """GET /api/deliveries: the forwarded messages, newest first, with what became of each."""
+    known_params(request, "/api/deliveries")
+    store: Storage = request.app.state.store
+    limit = int_param(request, "limit", 100, 1, PAGE_MAX)
+    before = int_param(request, "before", None, 1, 2**63 - 1)
+    event_id = int_param(request, "event_id", None, 1, 2**63 - 1)
+    assert limit is not None
+    params = request.query_params
+    status, kind = params.get("status"), params.get("type")
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise HTTPException(
+            400, f"status {status!r} is not a delivery status: use {', '.join(DELIVERY_STATUSES)}"
+        )
+    if kind is not None and kind not in MESSAGE_TYPES:
+        raise HTTPException(
+            400, f"type {kind!r} is not a message type: use {', '.join(MESSAGE_TYPES)}"
+        )
+    since = params.get("since")
+    try:
+        since_us = parse_time(since) if since is not None else None
+    except ValueError as problem:
+        raise HTTPException(400, f"since: {problem}") from None
+    query = DeliveryQuery(
+        status=status,
+        destination=params.get("destination"),
+        type=kind,
+        call_id=params.get("call_id"),
+        event_id=event_id,
+        since_us=since_us,
+    )
+    page = await store.list_deliveries(query, limit=limit, before=before)
+    return JSONResponse({"deliveries": page.items, "next": page.next})

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,10 +19,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from receiver.forward.delivery import Deliverer, holder_name
 from receiver.logs import Repeated
 from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
+from receiver.store.backend import StorageUnavailable, is_postgresql
+from receiver.store.outbox import Forwarding
 from receiver.web import api as api_routes
 from receiver.web.background import Background, reconcile_periodically
 from receiver.web.errors import error
@@ -37,6 +41,15 @@ from receiver.web.webhook import Webhook
 log = logging.getLogger("receiver")
 
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the write lock
+
+
+def expected_schema(db: Path | str) -> int:
+    """This receiver's schema version for the database's backend (each has its own list)."""
+    if is_postgresql(db):
+        from receiver.store.pg_schema import SCHEMA_VERSION as POSTGRESQL_VERSION
+
+        return POSTGRESQL_VERSION
+    return SCHEMA_VERSION
 
 
 async def healthz(request: Request) -> Response:
@@ -56,13 +69,37 @@ async def healthz(request: Request) -> Response:
         {
             "ok": True,
             "schema_version": version,
-            "expected": SCHEMA_VERSION,
+            "expected": expected_schema(state.settings.db),
             "calls": calls.json(),
             "reconcile": rounds.json() if rounds is not None else None,
             "silent": background.silent_json(),
             "retention": retention.json() if retention is not None else None,
+            "forward": await forward_json(store, state.deliverer),
         }
     )
+
+
+async def forward_json(store: Storage, deliverer: Deliverer | None) -> dict[str, Any] | None:
+    """The forwarding's part of /healthz: per destination, what the outbox holds for it and
+    what its deliveries came to since the server started."""
+    if deliverer is None:
+        return None
+    counts = {row["destination"]: row for row in await store.forward_counts()}
+    destinations = []
+    for url, tally in deliverer.tallies.items():
+        found = counts.get(url, {})
+        destinations.append(
+            {
+                "url": url,
+                "pending": found.get("pending", 0),
+                "dead": found.get("dead", 0),
+                "oldest_pending_at": found.get("oldest_pending_at"),
+                "disabled_at": found.get("disabled_at"),
+                "disabled_why": found.get("disabled_why"),
+                **tally.json(),
+            }
+        )
+    return {"destinations": destinations}
 
 
 async def readyz(request: Request) -> Response:
@@ -143,6 +180,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, exc.detail, exc.headers)
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """A read that met a database gone away (PostgreSQL restarting): 503, one line logged."""
+    log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+    return error(503, str(exc))
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(500, f"internal error: {type(exc).__name__}")
@@ -154,15 +197,33 @@ def create_app(settings: Settings) -> Webhook:
     metrics = Metrics()
     feed = Feed(settings.unknown_end_after * 1_000_000)
 
+    destinations = settings.destinations
+    forwarding = Forwarding(
+        tuple(d.route for d in destinations), int(settings.forward_settle * 1_000_000)
+    )
+    deliverer: Deliverer | None = None
+
+    def committed(size: int) -> None:
+        metrics.committed(size)
+        if deliverer is not None:
+            deliverer.wake()
+
+    def calls_built() -> None:
+        feed.touch()
+        if deliverer is not None:
+            deliverer.wake()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal deliverer
         app.state.settings = settings
         async with open_storage(
             settings.db,
             rejects_max=settings.rejects_max,
             rejects_max_bytes=settings.rejects_max_bytes,
             own_process=True,
-            on_commit=metrics.committed,
+            on_commit=committed,
+            forwarding=forwarding,
         ) as store:
             app.state.store = store
             app.state.metrics = metrics
@@ -170,13 +231,25 @@ def create_app(settings: Settings) -> Webhook:
             app.state.templates = environment(settings)
             app.state.recording_links = RecordingLinks(settings)
             app.state.reconcile_rounds = None
-            background = Background(store, settings, repeated, on_calls_built=feed.touch)
+            background = Background(store, settings, repeated, on_calls_built=calls_built)
             app.state.background = background
             app.state.watch = background.watch
             tasks = [
                 asyncio.create_task(background.run(), name="receiver-background"),
                 asyncio.create_task(feed.run(store, repeated), name="receiver-feed"),
             ]
+            app.state.deliverer = None
+            if destinations:
+                deliverer = app.state.deliverer = Deliverer(
+                    store,
+                    destinations,
+                    schedule=settings.retry_schedule,
+                    outbox_max=settings.forward_outbox_max,
+                    holder=holder_name(settings.port),
+                    repeated=repeated,
+                )
+                deliverer.on_attempt.append(metrics.attempted)
+                tasks.append(asyncio.create_task(deliverer.run(), name="receiver-forward"))
             if settings.reconcile_seconds is not None:
                 rounds = app.state.reconcile_rounds = Rounds(settings.reconcile_seconds)
                 tasks.append(
@@ -207,11 +280,13 @@ def create_app(settings: Settings) -> Webhook:
             Route("/reports/missed", api_routes.missed_report),
             Route("/reports/extensions", api_routes.extensions_report),
             Route("/rejects", api_routes.list_rejects),
+            Route("/deliveries", api_routes.list_deliveries),
         ],
         middleware=[Middleware(BearerAuth, token=settings.api_token)],
     )
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPException: http_error,
+        StorageUnavailable: storage_unavailable,
         Exception: server_error,
     }
     rest = Starlette(

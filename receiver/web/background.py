@@ -21,6 +21,7 @@ from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.silence import Change, Watch
 from receiver.store import Storage
+from receiver.store.backend import StorageUnavailable
 
 log = logging.getLogger("receiver")
 
@@ -94,6 +95,14 @@ class Background:
         full disk fails the calls five times a second."""
         try:
             await work
+        except StorageUnavailable as failure:  # the server went away: one line, no traceback
+            self.repeated.log(
+                logging.ERROR,
+                f"background {kind}",
+                "background work on the database (%s) failed; trying again: %s",
+                kind,
+                failure,
+            )
         except Exception as failure:
             self.repeated.log(
                 logging.ERROR,

@@ -28,6 +28,7 @@ from starlette.responses import Response
 
 from receiver.event import now_us
 from receiver.store import Storage
+from receiver.store.outbox import Outcome
 
 if TYPE_CHECKING:
     from receiver.silence import Watch
@@ -81,6 +82,19 @@ class Metrics:
         )
         # Each label's child made once (labels() costs more than the count): all present from
         # the start, at 0, so that rates can be taken.
+        self.forwarded = Counter(
+            "receiver_forward_attempts",
+            "Attempts to forward a message, by destination and what became of the message: "
+            "delivered, retry (to be tried again) or dead.",
+            ["destination", "outcome"],
+            registry=self.registry,
+        )
+        self.forward_lag = Histogram(
+            "receiver_forward_lag_seconds",
+            "Time from a message's writing into the outbox to its delivery.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.by_outcome = {outcome: self.deliveries.labels(outcome) for outcome in OUTCOMES}
         self.by_reason = {reason: self.refusals.labels(reason) for reason in REFUSALS.values()}
         self.now = Snapshot()
@@ -102,6 +116,13 @@ class Metrics:
     def committed(self, size: int) -> None:
         self.groups.observe(size)
 
+    def attempted(self, destination: str, outcome: Outcome, lag: float | None) -> None:
+        """One forwarding attempt ended (forward/delivery.py)."""
+        kind = "retry" if outcome.status == "pending" else outcome.status
+        self.forwarded.labels(destination, kind).inc()
+        if lag is not None:
+            self.forward_lag.observe(lag)
+
 
 class Snapshot(Collector):
     """The figures read from the store at a scrape, as gauges."""
@@ -118,6 +139,7 @@ class Snapshot(Collector):
         sizes = await store.sizes()
         calls = await store.calls_state()
         newest = await store.newest_events()
+        outbox = await store.forward_counts()
         now = now_us()
         gauges: list[Metric] = [
             gauge("receiver_writer_up", "1 while the writer (process) runs.", int(writer.alive)),
@@ -159,6 +181,23 @@ class Snapshot(Collector):
         for myid, order_us in sorted(newest.items()):
             age.add_metric([myid], max(now - order_us, 0) / 1e6)
         gauges.append(age)
+        if outbox:
+            for name, key, help_text in (
+                ("receiver_forward_pending", "pending", "Messages waiting to be forwarded."),
+                ("receiver_forward_dead", "dead", "Messages no more tries will be made of."),
+            ):
+                family = GaugeMetricFamily(name, help_text, labels=["destination"])
+                for row in outbox:
+                    family.add_metric([row["destination"]], row[key])
+                gauges.append(family)
+            disabled = GaugeMetricFamily(
+                "receiver_forward_disabled",
+                "1 for a destination disabled (it answered 410); else 0.",
+                labels=["destination"],
+            )
+            for row in outbox:
+                disabled.add_metric([row["destination"]], int(row["disabled_at"] is not None))
+            gauges.append(disabled)
         if watch is not None:
             silent = GaugeMetricFamily(
                 "receiver_silent",

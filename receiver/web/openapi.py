@@ -13,6 +13,7 @@ from zoneinfo import available_timezones
 from receiver import __version__
 from receiver.calls import CallSource, CallStatus, Direction
 from receiver.event import EPOCH_SECONDS_PATTERN, REJECT_BODY_KEPT
+from receiver.forward.rules import MESSAGE_TYPES
 from receiver.parse import FIELDS, MYID_PATTERN
 from receiver.settings import Settings
 from receiver.store import CALL_CURSOR_PATTERN, EVENT_CURSOR_PATTERN
@@ -95,6 +96,19 @@ TIMELINE_EVENT = obj({
     "id": INTEGER, "event_time": TIME, "event_type": TEXT, "sub_call_id": nullable("string"),
     "call_status": nullable("string"), "call_flow": nullable("string"), "myid": TEXT,
 })  # fmt: skip
+DELIVERY = obj({
+    "id": INTEGER, "destination": TEXT, "message_id": TEXT,
+    "type": {"enum": list(MESSAGE_TYPES)}, "myid": TEXT, "call_id": nullable("string"),
+    "event_id": nullable("integer"), "status": {"enum": ["pending", "delivered", "dead"]},
+    "attempts": INTEGER, "created_at": TIME, "next_try_at": TIME, "last_try_at": TIME,
+    "last_status": nullable("integer"), "last_error": nullable("string"), "delivered_at": TIME,
+})  # fmt: skip
+FORWARD_HEALTH = obj({"destinations": {"type": "array", "items": obj({
+    "url": TEXT, "pending": INTEGER, "dead": INTEGER, "oldest_pending_at": TIME,
+    "disabled_at": TIME, "disabled_why": nullable("string"),
+    "delivered_since_start": INTEGER, "failed_attempts_since_start": INTEGER,
+    "dead_since_start": INTEGER, "in_flight": INTEGER, "last_delivered_at": TIME,
+    "last_error": nullable("string"), "last_error_at": TIME})}})  # fmt: skip
 REJECT = {**obj({
     "id": INTEGER, "received_at": TIME, "status": INTEGER, "reason": TEXT,
     "myid": nullable("string"), "client": nullable("string"), "method": TEXT,
@@ -144,7 +158,8 @@ SCHEMAS: dict[str, Any] = {
     "Health": obj({"ok": {"const": True}, "schema_version": INTEGER, "expected": INTEGER,
                    "calls": CALLS_BUILT, "reconcile": RECONCILE_ROUNDS,
                    "silent": {"type": "array", "items": SILENT},
-                   "retention": {"oneOf": [RETENTION, {"type": "null"}]}}),
+                   "retention": {"oneOf": [RETENTION, {"type": "null"}]},
+                   "forward": {"oneOf": [FORWARD_HEALTH, {"type": "null"}]}}),
     "Ready": obj({"ok": {"const": True},
                   "disk_free_bytes": nullable("integer", description="Free on the database's "
                                               "disk (null: not known to this receiver)."),
@@ -172,6 +187,8 @@ SCHEMAS: dict[str, Any] = {
         "avg_talk_seconds": SECONDS}, optional=("period",))}}),
     "RejectPage": obj({"rejects": {"type": "array", "items": REJECT},
                        "next": nullable("string")}),
+    "DeliveryPage": obj({"deliveries": {"type": "array", "items": DELIVERY},
+                         "next": nullable("string")}),
 }  # fmt: skip
 # A form field is text. A client's library turns a number or true into its text, but a null,
 # an empty list or an object it may drop or spell in ways of its own: EventType, which must not
@@ -244,6 +261,17 @@ REJECT_PARAMETERS = [
     param("before", "The `next` value of the previous page.", "integer", minimum=1,
           maximum=2**63 - 1),
 ]  # fmt: skip
+DELIVERY_PARAMETERS = [
+    param("status", "Only messages of this status.", enum=["pending", "delivered", "dead"]),
+    param("destination", "Only messages to this destination URL."),
+    param("type", "Only messages of this type.", enum=list(MESSAGE_TYPES)),
+    param("call_id", "Only messages of this call."),
+    param("event_id", "Only the message of this event.", "integer", minimum=1,
+          maximum=2**63 - 1),
+    {**param("since", "Only messages written from this time, as /api/events' since."),
+     "schema": TIME_PARAMETER},
+    *REJECT_PARAMETERS,
+]  # fmt: skip
 QUERY_PARAMETERS = {
     "/api/events": EVENT_PARAMETERS,
     "/api/events/{id}": [],
@@ -258,6 +286,7 @@ QUERY_PARAMETERS = {
     "/api/reports/missed": REPORT_PARAMETERS,
     "/api/reports/extensions": [*REPORT_PARAMETERS, BY],
     "/api/rejects": REJECT_PARAMETERS,
+    "/api/deliveries": DELIVERY_PARAMETERS,
     "/api/stream": [{**MYID, "description": "Only the events and calls of these myids "
                      "(repeatable)."}],
 }  # fmt: skip
@@ -400,6 +429,10 @@ def spec(settings: Settings | None = None) -> dict[str, Any]:
         "/api/rejects": (
             "Refused deliveries, newest first",
             {"200": answer("RejectPage"), "400": ERROR},
+        ),
+        "/api/deliveries": (
+            "Forwarded messages, newest first: status, attempts, last answer, next try",
+            {"200": answer("DeliveryPage"), "400": ERROR},
         ),
         "/api/stream": (
             "New events and changed calls, live (Server-Sent Events)",

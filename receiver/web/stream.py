@@ -29,6 +29,7 @@ from receiver.event import now_us
 from receiver.logs import Repeated
 from receiver.settings import Settings
 from receiver.store import Storage
+from receiver.store.backend import StorageUnavailable
 from receiver.web.api import known_params, myids_param
 from receiver.web.openapi import LAST_EVENT_ID_PATTERN
 
@@ -154,6 +155,9 @@ class Feed:
             try:
                 if await self.step(store):
                     self.wake.set()  # more to read
+            except StorageUnavailable as failure:  # the server went away: one line
+                repeated.log(logging.ERROR, "stream", "the live feed could not read the "
+                             "database; trying again: %s", failure)  # fmt: skip
             except Exception as failure:
                 repeated.log(logging.ERROR, "stream", "the live feed could not read the "
                              "database; trying again", exc_info=failure)  # fmt: skip
