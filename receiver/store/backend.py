@@ -187,6 +187,10 @@ class Storage(Protocol):
 
     async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]: ...
 
+    async def waiting_numbers(
+        self, query: CallQuery, *, limit: int
+    ) -> tuple[list[dict[str, Any]], int]: ...
+
     async def extensions_report(
         self, query: CallQuery, *, by: str | None = None, place: tzinfo = UTC
     ) -> list[dict[str, Any]]: ...

@@ -62,7 +62,7 @@ class Background:
         self.on_calls_built = on_calls_built  # told when calls were built (the live stream)
         self.repeated = repeated
         silence = settings.silence_seconds
-        self.watch = Watch(silence) if silence is not None else None
+        self.watch = Watch(silence, settings.working_hours) if silence is not None else None
         # Quick enough to notice within a tenth of the window, rare enough to cost nothing.
         self.watch_every = min(WATCH_SECONDS, silence / 10) if silence else WATCH_SECONDS
         retention = settings.retention_seconds
