@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,10 @@ POSTGRES_BIN = next(
      if (p / "pg_ctl").exists()),
     None,
 )  # fmt: skip
+
+
+class ClusterFailed(RuntimeError):
+    """initdb or pg_ctl failed; what it said."""
 
 
 class PrivateCluster:
@@ -45,10 +51,8 @@ class PrivateCluster:
         assert POSTGRES_BIN is not None
         command = [*self.user, str(POSTGRES_BIN / tool), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if done.returncode:
-            raise subprocess.CalledProcessError(
-                done.returncode, command, done.stdout, f"{done.stdout}{done.stderr}"
-            )
+        if done.returncode:  # its words in the failure, not only its exit code
+            raise ClusterFailed(f"{' '.join(command)}: {done.stdout}{done.stderr}")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -67,7 +71,7 @@ def owner(name: str) -> tuple[int, int]:
 
 
 @pytest.fixture
-def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
+def private_cluster() -> Iterator[PrivateCluster]:
     reason = None
     if POSTGRES_BIN is None:
         reason = "no pg_ctl under /usr/lib/postgresql/*/bin to start a cluster of the test's own"
@@ -80,20 +84,18 @@ def private_cluster(tmp_path: Path) -> Iterator[PrivateCluster]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    folder = tmp_path / "pg"
-    if os.geteuid() == 0:
-        os.chmod(tmp_path, 0o755)  # the postgres user reaches its folder
-        for parent in tmp_path.parents:
-            if parent == Path("/tmp") or parent == parent.parent:
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o005)
-    cluster = PrivateCluster(folder)
-    cluster.start()
+    # A folder of its own under the system's temporary one, which the postgres user reaches
+    # when the tests run as root (pytest's tmp_path is root's alone).
+    top = Path(tempfile.mkdtemp(prefix="receiver-test-pg-"))
+    os.chmod(top, 0o755)
+    cluster = PrivateCluster(top / "pg")
     try:
+        cluster.start()
         yield cluster
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):  # stopped already
+        with contextlib.suppress(ClusterFailed):  # stopped already
             cluster.stop()
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def status(url: str) -> int:

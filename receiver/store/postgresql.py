@@ -963,6 +963,15 @@ class PostgresStore:
                 )
         return report
 
+    async def waiting_numbers(
+        self, query: CallQuery, *, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The missed report's numbers not handled yet, the most recently missed first: the
+        first `limit` of them, and how many there are (the dashboard's). From the whole
+        report, in its order, which puts them first (SQLite's seeks per number are its own)."""
+        waiting = [row for row in await self.missed_report(query) if not row["handled"]]
+        return waiting[:limit], len(waiting)
+
     def _bucket_sql(
         self, query: CallQuery, by: str | None, place: tzinfo, column: str
     ) -> tuple[str, list[int], int]:
