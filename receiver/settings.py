@@ -38,7 +38,11 @@ class Settings:
 
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(8000, "Port to listen on.", low=1, high=65535)
-    db: Path = setting(Path("receiver.db"), "SQLite database file (created if missing).")
+    db: Path | str = setting(
+        Path("receiver.db"),
+        "Database: an SQLite file (created if missing), or a PostgreSQL database as "
+        "postgresql://user:password@host:5432/dbname (its tables made if missing).",
+    )
     default_myid: str | None = setting(
         None, "myid for deliveries whose URL has none (otherwise they get 400)."
     )

@@ -92,7 +92,70 @@ def db_path(tmp_path: Path) -> Path:
 
 # The ways a storage can be had: each backend (and, for SQLite, its writer on a thread or in a
 # process of its own). The storage tests (tests/test_storage.py) run on every one.
-STORAGES = ["sqlite-writer-thread", "sqlite-writer-process"]
+STORAGES = ["sqlite-writer-thread", "sqlite-writer-process", "postgresql"]
+
+# The PostgreSQL server the tests make their databases on (a user that may CREATE DATABASE).
+POSTGRESQL_URL = os.environ.get(
+    "RECEIVER_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The URL of another database on the same server."""
+    import psycopg.conninfo
+
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def postgresql_template() -> Iterator[str]:
+    """A database migrated once per session, the template of each test's own; its name.
+    Skips when no server answers at RECEIVER_TEST_POSTGRESQL, fails under CI=true."""
+    import asyncio
+
+    import psycopg
+
+    from receiver.store.pg_schema import migrate
+
+    try:
+        admin = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
+    except psycopg.Error as error:
+        reason = f"no PostgreSQL server at RECEIVER_TEST_POSTGRESQL={POSTGRESQL_URL}: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"receiver_template_{os.getpid()}"
+    with admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")
+
+        async def prepare() -> None:
+            url = with_dbname(POSTGRESQL_URL, name)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+                await migrate(connection)
+
+        asyncio.run(prepare())
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgresql_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new database of the test's own (made from the migrated template), dropped
+    after it."""
+    import psycopg
+
+    template = request.getfixturevalue("postgresql_template")
+    name = f"receiver_test_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(POSTGRESQL_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    try:
+        yield with_dbname(POSTGRESQL_URL, name)
+    finally:
+        with psycopg.connect(POSTGRESQL_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=STORAGES)
@@ -100,7 +163,9 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Sto
     """`storage(**options)`: a new, unopened Storage on one database of the backend, each call
     on the same database (to reopen it)."""
     own_process = request.param == "sqlite-writer-process"
-    db = tmp_path / "storage.db"
+    db: Path | str = tmp_path / "storage.db"
+    if request.param == "postgresql":
+        db = request.getfixturevalue("postgresql_db")
 
     def make(**options: Any) -> Storage:
         return open_storage(db, own_process=own_process, **options)

@@ -143,7 +143,10 @@ def test_the_read_commands_say_their_db_must_exist() -> None:
     for command in (["calls"], ["events"], ["report", "missed"], ["report", "extensions"]):
         text = " ".join(run(*command, "--help").split())
         assert "created if missing" not in text
-        assert "The SQLite database `receiver serve` writes (it must exist)." in text
+        assert (
+            "The database `receiver serve` writes: an SQLite file (it must exist) or a "
+            "postgresql:// URL." in text
+        )
 
 
 def test_serve_logs_its_database_and_the_url_to_register(server, db_path: Path) -> None:  # type: ignore[no-untyped-def]

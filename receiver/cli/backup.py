@@ -13,7 +13,7 @@ from receiver.cli.options import check_database, setting_option
 
 @click.command()
 @click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
-@setting_option("db", help="The SQLite database to back up (it must exist).")
+@setting_option("db", help="The SQLite database to back up (it must exist; PostgreSQL: pg_dump).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, only the summary.")
 def backup(dest: Path, db: Path, quiet: bool) -> None:
     """Copy the database to the new file DEST, as it was at the moment the copy began.

@@ -10,7 +10,18 @@ from typing import Any
 import click
 
 from receiver.settings import describe, env_name, flag_name, range_problem
-from receiver.store.backend import unsupported
+from receiver.store.backend import is_postgresql, unsupported
+
+
+class DatabaseType(click.ParamType):  # type: ignore[type-arg]
+    """--db: a path (an SQLite file) as a Path, a `postgresql://` URL as it was written."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, Path) or is_postgresql(value) or unsupported(value):
+            return value
+        return Path(value)
 
 
 def setting_option(
@@ -20,7 +31,9 @@ def setting_option(
     when the setting means something else to this command."""
     default, help_text = next((d, h) for n, d, h in describe() if n == name)
     kind: Any = type(default) if default is not None else str
-    if isinstance(default, Path):
+    if name == "db":
+        kind = DatabaseType()
+    elif isinstance(default, Path):
         kind = click.Path(dir_okay=False, path_type=Path)
     extra: dict[str, Any] = {"is_flag": True} if isinstance(default, bool) else {"type": kind}
 
@@ -54,12 +67,22 @@ def all_settings(command: Callable[..., Any]) -> Callable[..., Any]:
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
-def check_database(db: Path, *, create: bool) -> None:
+def check_database(db: Path | str, *, create: bool) -> None:
     """A --db that cannot be the receiver's database is one clear line, not SQLite's traceback.
-    `create`: the command writes, and makes the file when it is missing (serve, replay)."""
+    `create`: the command writes, and makes the file when it is missing (serve, replay). A
+    PostgreSQL database must answer (its tables are made as it is opened)."""
     problem = unsupported(db)
     if problem:
         raise click.ClickException(problem)
+    if is_postgresql(db):
+        from receiver.store.postgresql import DatabaseUnavailable, check_reachable
+
+        try:
+            check_reachable(str(db))
+        except DatabaseUnavailable as error:
+            raise click.ClickException(str(error)) from None
+        return
+    db = Path(db)
     folder = db.absolute().parent
     if not db.exists() and not create:
         raise click.ClickException(

@@ -25,7 +25,9 @@ def older_than(context: click.Context, parameter: click.Parameter, value: str) -
 
 
 @click.command()
-@setting_option("db", help="The SQLite database to prune (it must exist).")
+@setting_option(
+    "db", help="The database to prune: an SQLite file (it must exist) or a postgresql:// URL."
+)
 @click.option(
     "--older-than",
     "age",

@@ -24,7 +24,11 @@ ORDER = click.option(
 def query_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by events, calls and report."""
     options = [
-        setting_option("db", help="The SQLite database `receiver serve` writes (it must exist)."),
+        setting_option(
+            "db",
+            help="The database `receiver serve` writes: an SQLite file (it must exist) or a "
+            "postgresql:// URL.",
+        ),
         setting_option("unknown_end_after"),
         click.option("--myid", "myids", multiple=True, help="Only this myid (repeatable)."),
         click.option("--since", help="From this time: ISO 8601 or seconds since the epoch."),
@@ -87,12 +91,14 @@ def print_records(db: Path, records: Callable[[Any], Any], fmt: str | None, kind
     output.close()
 
 
-def behind(state: Any, db: Path) -> None:
+def behind(state: Any, db: Path | str) -> None:
     """Say on stderr when the calls read are not built from every event, by this receiver."""
     from receiver.calls import CALLS_VERSION
+    from receiver.store.backend import is_postgresql, shown_db
 
     if state.current:
         return
+    shown = shown_db(db) if is_postgresql(db) else db
     if state.version != CALLS_VERSION:
         how = (
             f"built by another version of call building ({state.version}, this is {CALLS_VERSION})"
@@ -100,8 +106,8 @@ def behind(state: Any, db: Path) -> None:
     else:
         how = f"built up to event {state.built_to_event:,} of {state.events:,}"
     click.echo(
-        f"note: the calls are {how}: `receiver rebuild --db {db}`, or a `receiver serve` running "
-        "on it, brings them up to date",
+        f"note: the calls are {how}: `receiver rebuild --db {shown}`, or a `receiver serve` "
+        "running on it, brings them up to date",
         err=True,
     )
 

@@ -16,7 +16,11 @@ from receiver.cli.options import check_database, setting_option
 
 
 @click.command()
-@setting_option("db", help="The SQLite database whose calls to build again (it must exist).")
+@setting_option(
+    "db",
+    help="The database whose calls to build again: an SQLite file (it must exist) or a "
+    "postgresql:// URL.",
+)
 @click.option(
     "--reparse",
     is_flag=True,

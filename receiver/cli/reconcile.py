@@ -30,7 +30,9 @@ def client_option(command: Any) -> Any:
 
 
 @click.command()
-@setting_option("db", help="The receiver's SQLite database (it must exist).")
+@setting_option(
+    "db", help="The receiver's database: an SQLite file (it must exist) or a postgresql:// URL."
+)
 @pbx_options
 @client_option
 @click.option("--since", required=True, help="Calls started from this time: ISO 8601 or epoch s.")

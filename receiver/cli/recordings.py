@@ -48,7 +48,9 @@ def file_name(record_uuid: str) -> str:
 
 
 @recordings.command()
-@setting_option("db", help="The receiver's SQLite database (it must exist).")
+@setting_option(
+    "db", help="The receiver's database: an SQLite file (it must exist) or a postgresql:// URL."
+)
 @pbx_options
 @client_option
 @click.option("--since", help="Calls started from this time: ISO 8601 or epoch seconds.")

@@ -16,6 +16,7 @@ from receiver.cli.server import (
     url_host,
 )
 from receiver.settings import Settings
+from receiver.store.backend import shown_db
 
 log = logging.getLogger("receiver")
 
@@ -64,7 +65,7 @@ def serve(**options: Any) -> None:
     raise_open_file_limit()
     base = f"http://{url_host(settings.host)}:{settings.port}"
     token = "&token=<your token>" if settings.token or settings.tokens else ""
-    log.info("database %s", settings.db.absolute())
+    log.info("database %s", shown_db(settings.db))
     log.info(
         "listening on %s: register %s/webhook?myid=<extension id>%s with the PBX",
         base,

@@ -2,8 +2,8 @@
 
 `Storage` is every operation the web app, the commands and replay use, and nothing else may be
 asked of a store; `open_storage()` picks the backend from `--db`. A path is an SQLite file
-(database.py). A second backend is a module of its own with a class of these methods, chosen
-here by its URL, and the storage tests run on it through the `storage` fixture
+(database.py); a `postgresql://` URL is a PostgreSQL database (postgresql.py), which several
+receivers may share. The storage tests run on each through the `storage` fixture
 (tests/conftest.py).
 """
 
@@ -25,21 +25,33 @@ from receiver.store.upkeep import Pruned, Sizes, WriterState
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
 # the text: as a Path, the URL's `//` has become one `/`.)
 URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
-NOT_YET = ("postgresql", "postgres")
+POSTGRESQL = ("postgresql", "postgres")
+
+
+def is_postgresql(db: Path | str) -> bool:
+    """Whether --db names a PostgreSQL database (`postgresql://...`), not an SQLite file."""
+    found = URL_SCHEME.match(str(db))
+    return found is not None and found[1].lower() in POSTGRESQL
+
+
+def shown_db(db: Path | str) -> str:
+    """The database as logs and messages name it: a file's absolute path, a URL without its
+    password."""
+    if is_postgresql(db):
+        from receiver.store.postgresql import shown_url
+
+        return shown_url(str(db))
+    return str(Path(db).absolute())
 
 
 def unsupported(db: Path | str) -> str | None:
     """What is wrong with a --db that names a backend this receiver does not have, or None."""
     found = URL_SCHEME.match(str(db))
-    if found is None:
+    if found is None or is_postgresql(db):
         return None
-    scheme = found[1].lower()
-    if scheme in NOT_YET:
-        return (
-            f"--db {scheme}://...: PostgreSQL is not supported yet: give the path of an SQLite file"
-        )
     return (
-        f"--db {scheme}://...: not a database this receiver knows: give the path of an SQLite file"
+        f"--db {found[1]}://...: not a database this receiver knows: give the path of an "
+        "SQLite file, or a postgresql://user:password@host:5432/dbname URL"
     )
 
 
@@ -185,13 +197,20 @@ def open_storage(
     own_process: bool = False,
     on_commit: Callable[[int], None] | None = None,
 ) -> Storage:
-    """The storage `db` names (not opened yet: `async with` it). Raises ValueError for a
-    backend this receiver does not have."""
+    """The storage `db` names (not opened yet: `async with` it): an SQLite file, or a
+    PostgreSQL database by its URL (given as text: a Path would have made its `//` one `/`).
+    Raises ValueError for a backend this receiver does not have."""
     from receiver.store.database import Store
 
     problem = unsupported(db)
     if problem:
         raise ValueError(problem)
+    if is_postgresql(db):
+        from receiver.store.postgresql import PostgresStore
+
+        return PostgresStore(
+            str(db), rejects_max, rejects_max_bytes=rejects_max_bytes, on_commit=on_commit
+        )
     return Store(
         Path(db),
         rejects_max,

@@ -7,6 +7,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,6 +23,7 @@ from receiver.logs import Repeated
 from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
+from receiver.store.backend import is_postgresql
 from receiver.web import api as api_routes
 from receiver.web.background import Background, reconcile_periodically
 from receiver.web.errors import error
@@ -37,6 +39,15 @@ from receiver.web.webhook import Webhook
 log = logging.getLogger("receiver")
 
 READY_TIMEOUT = 2.0  # seconds /readyz waits for the write lock
+
+
+def expected_schema(db: Path | str) -> int:
+    """This receiver's schema version for the database's backend (each has its own list)."""
+    if is_postgresql(db):
+        from receiver.store.pg_schema import SCHEMA_VERSION as POSTGRESQL_VERSION
+
+        return POSTGRESQL_VERSION
+    return SCHEMA_VERSION
 
 
 async def healthz(request: Request) -> Response:
@@ -56,7 +67,7 @@ async def healthz(request: Request) -> Response:
         {
             "ok": True,
             "schema_version": version,
-            "expected": SCHEMA_VERSION,
+            "expected": expected_schema(state.settings.db),
             "calls": calls.json(),
             "reconcile": rounds.json() if rounds is not None else None,
             "silent": background.silent_json(),
