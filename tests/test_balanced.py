@@ -22,7 +22,6 @@ import pytest
 from pbx_emulator.simulate import calls as simulated_calls
 from pbx_emulator.simulate import make_offices, query_string
 from receiver.event import now_us
-from receiver.store.backend import unsupported
 from tests.balancer import Nginx, nginx_binary
 from tests.conftest import ServerProcess, wait_for_calls
 from tests.postgres import temporary_database
@@ -112,8 +111,6 @@ def database(backend: str, folder: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield str(folder / "receiver.db")
         return
-    if unsupported("postgresql://host/db"):
-        pytest.skip("this receiver has no PostgreSQL backend yet")
     with temporary_database() as url:
         yield url
 

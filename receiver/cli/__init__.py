@@ -1,5 +1,5 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
-(serve, replay, query, rebuild, upgrade, backup, prune, subscribe, reconcile, recordings),
+(serve, replay, query, rebuild, upgrade, backup, prune, subscribe, reconcile, recordings, copy),
 with options.py and server.py shared."""
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> None:
 def register() -> None:
     """The commands, each in its own module."""
     from receiver.cli.backup import backup
+    from receiver.cli.copy import copy
     from receiver.cli.prune import prune
     from receiver.cli.query import calls, events, report
     from receiver.cli.rebuild import rebuild
@@ -48,7 +49,7 @@ def register() -> None:
     from receiver.cli.upgrade import upgrade
 
     commands: list[click.Command] = [serve, replay, events, calls, report, rebuild, upgrade]
-    commands += [backup, prune, subscribe, reconcile, recordings]
+    commands += [backup, prune, subscribe, reconcile, recordings, copy]
     for command in commands:
         main.add_command(command)
 
