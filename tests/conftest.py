@@ -101,61 +101,132 @@ POSTGRESQL_URL = os.environ.get(
 
 
 def with_dbname(url: str, dbname: str) -> str:
-    """The URL of another database on the same server."""
-    import psycopg.conninfo
+    """The postgresql:// URL of another database on the same server. (A URL, as --db takes it:
+    a libpq `key=value` string is no URL, and a receiver given one would take it for the path
+    of an SQLite file.)"""
+    from urllib.parse import urlsplit, urlunsplit
 
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, parts.fragment))
 
 
-@pytest.fixture(scope="session")
-def postgresql_template() -> Iterator[str]:
-    """A database migrated once per session, the template of each test's own; its name.
-    Skips when no server answers at RECEIVER_TEST_POSTGRESQL, fails under CI=true."""
-    import asyncio
+class PostgresqlDatabases:
+    """Databases for the tests, each made from a template migrated once: a thread keeps
+    READY_AHEAD of them made ahead and drops those the tests are done with (a CREATE DATABASE
+    takes about a second on a busy disk, most of it waiting for it)."""
 
+    READY_AHEAD = 2
+
+    def __init__(self, admin_url: str) -> None:
+        import queue
+        import threading
+
+        self.admin_url = admin_url
+        self.template = f"receiver_template_{os.getpid()}"
+        self.ready: queue.Queue[str] = queue.Queue()
+        self.done: queue.Queue[str | None] = queue.Queue()
+        self.wanted = threading.Semaphore(self.READY_AHEAD)
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self) -> None:
+        import asyncio
+
+        import psycopg
+
+        from receiver.store.pg_schema import migrate
+
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {self.template}")
+            admin.execute(f"CREATE DATABASE {self.template} TEMPLATE template0 ENCODING 'UTF8'")
+
+        async def prepare() -> None:
+            url = with_dbname(self.admin_url, self.template)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
+                await migrate(connection)
+
+        asyncio.run(prepare())
+        self.thread.start()
+
+    def run(self) -> None:
+        import queue
+
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            while True:
+                try:
+                    gone = self.done.get_nowait()
+                    if gone is None:
+                        return
+                    admin.execute(f"DROP DATABASE IF EXISTS {gone} WITH (FORCE)")
+                    continue
+                except queue.Empty:
+                    pass
+                if self.wanted.acquire(timeout=0.05):
+                    name = f"receiver_test_{uuid.uuid4().hex[:16]}"
+                    admin.execute(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+                    self.ready.put(name)
+
+    def take(self) -> str:
+        """A new database's URL, the test's own."""
+        name = self.ready.get(timeout=60)
+        self.wanted.release()
+        return name
+
+    def give_back(self, name: str) -> None:
+        self.done.put(name)
+
+    def stop(self) -> None:
+        import psycopg
+
+        self.done.put(None)
+        self.thread.join(timeout=120)
+        with psycopg.connect(self.admin_url, autocommit=True) as admin:
+            while not self.ready.empty():
+                admin.execute(f"DROP DATABASE IF EXISTS {self.ready.get()} WITH (FORCE)")
+            while not self.done.empty():
+                name = self.done.get()
+                if name is not None:
+                    admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP DATABASE IF EXISTS {self.template} WITH (FORCE)")
+
+
+def postgresql_answers() -> None:
+    """Skip (fail under CI=true) unless a server answers at RECEIVER_TEST_POSTGRESQL."""
     import psycopg
 
-    from receiver.store.pg_schema import migrate
-
     try:
-        admin = psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3)
+        psycopg.connect(POSTGRESQL_URL, autocommit=True, connect_timeout=3).close()
     except psycopg.Error as error:
         reason = f"no PostgreSQL server at RECEIVER_TEST_POSTGRESQL={POSTGRESQL_URL}: {error}"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    name = f"receiver_template_{os.getpid()}"
-    with admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'")
 
-        async def prepare() -> None:
-            url = with_dbname(POSTGRESQL_URL, name)
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
-                await migrate(connection)
 
-        asyncio.run(prepare())
-        try:
-            yield name
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+@pytest.fixture(scope="session")
+def postgresql_databases() -> Iterator[PostgresqlDatabases]:
+    """Where the tests' PostgreSQL databases come from. Skips when no server answers at
+    RECEIVER_TEST_POSTGRESQL, fails under CI=true."""
+    postgresql_answers()
+    databases = PostgresqlDatabases(POSTGRESQL_URL)
+    databases.start()
+    try:
+        yield databases
+    finally:
+        databases.stop()
 
 
 @pytest.fixture
-def postgresql_db(request: pytest.FixtureRequest) -> Iterator[str]:
+def postgresql_db(postgresql_databases: PostgresqlDatabases) -> Iterator[str]:
     """The URL of a new database of the test's own (made from the migrated template), dropped
     after it."""
-    import psycopg
-
-    template = request.getfixturevalue("postgresql_template")
-    name = f"receiver_test_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(POSTGRESQL_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    name = postgresql_databases.take()
     try:
         yield with_dbname(POSTGRESQL_URL, name)
     finally:
-        with psycopg.connect(POSTGRESQL_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        postgresql_databases.give_back(name)
 
 
 @pytest.fixture(params=STORAGES)
@@ -173,13 +244,40 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Sto
     return make
 
 
+# The backends the HTTP tests run on where a test file asks for both (its own `backend`
+# fixture, parametrised with BACKENDS): tests/test_api.py and tests/test_app.py.
+BACKENDS = ["sqlite", "postgresql"]
+
+
 @pytest.fixture
-def make_client(db_path: Path) -> Iterator[object]:
+def backend() -> str:
+    """The backend of the test's database (`database`): SQLite, unless the file asks for more."""
+    return "sqlite"
+
+
+def both_backends(request: pytest.FixtureRequest) -> str:
+    """A file's `backend` fixture over BACKENDS; a test that opens the SQLite file itself (it
+    asks for db_path) runs on SQLite only."""
+    if request.param == "postgresql" and "db_path" in request.fixturenames:
+        pytest.skip("reads or writes the SQLite file itself")
+    return str(request.param)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> Path | str:
+    """The test's database: the SQLite file db_path, or a PostgreSQL database of its own."""
+    if backend == "postgresql":
+        return str(request.getfixturevalue("postgresql_db"))
+    return tmp_path / "receiver.db"
+
+
+@pytest.fixture
+def make_client(database: Path | str) -> Iterator[object]:
     """Build a TestClient (lifespan running) for the given settings on the test's database."""
     clients: list[TestClient] = []
 
     def make(**settings: object) -> TestClient:
-        settings.setdefault("db", db_path)
+        settings.setdefault("db", database)
         client = TestClient(create_app(Settings(**settings)))  # type: ignore[arg-type]
         client.__enter__()
         clients.append(client)

@@ -15,8 +15,12 @@ from receiver.cli import main
 from receiver.event import RawRequest
 from receiver.parse import parse_request
 from receiver.store import SCHEMA_VERSION
-from tests.conftest import ROOT, stored_by_version, wait_for_calls
+from tests.conftest import BACKENDS, ROOT, both_backends, stored_by_version, wait_for_calls
 from tests.test_app import assert_error
+
+# Every test here runs on SQLite and on PostgreSQL (those opening the SQLite file: SQLite only).
+backend = pytest.fixture(params=BACKENDS)(both_backends)
+
 
 SCENARIOS = {
     # scenario file -> the myid its events are sent with

@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from receiver.event import REJECT_BODY_KEPT
-from tests.conftest import sample
+from tests.conftest import BACKENDS, both_backends, sample
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 HANGUP = sample("outbound-hangup")
+
+# Every test here runs on SQLite and on PostgreSQL (those opening the SQLite file: SQLite only).
+backend = pytest.fixture(params=BACKENDS)(both_backends)
 
 
 def assert_error(response, status: int, words: str) -> None:  # type: ignore[no-untyped-def]

@@ -283,3 +283,19 @@ def test_reparse_while_a_server_stores_on_the_same_file(server, db_path: Path) -
         assert len(api.get("/api/calls").json()["calls"]) == 12
     again = run("rebuild", "--reparse", "--db", str(db_path))
     assert ": 0 changed, 0 merged as repeats, 0 refused" in again
+
+
+def test_a_libpq_connection_string_is_refused_not_made_an_sqlite_file(tmp_path: Path) -> None:
+    conninfo = "user=postgres dbname=receiver host=127.0.0.1 port=5432"
+    done = subprocess.run(
+        [sys.executable, "-m", "receiver", "serve", "--db", conninfo, "--port", str(free_port())],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert "a libpq key=value connection string" in line and "postgresql://" in line
+    for command in (["events"], ["calls"], ["upgrade"]):
+        result = CliRunner().invoke(main, [*command, "--db", conninfo])
+        assert result.exit_code == 1, result.output
+        assert "libpq key=value" in one_line(result.output)
+    assert list(tmp_path.iterdir()) == []  # no SQLite file named after it

@@ -14,7 +14,7 @@ import pytest
 
 from receiver.event import Event, RawRequest, Reject
 from receiver.parse import parse_request
-from receiver.store import EventQuery, Storage
+from receiver.store import EventQuery, Storage, open_storage
 from tests.conftest import sample
 
 OpenStorage = Callable[..., Storage]
@@ -186,3 +186,12 @@ async def test_newest_event_of_each_myid_and_sizes(storage: OpenStorage) -> None
         assert sizes.events == 4 and sizes.database_bytes > 0
         assert store.writer_state().alive and store.writer_state().queued == 0
         await store.check_writable()
+
+
+def test_the_postgresql_storage_is_a_postgresql_database(postgresql_db: str) -> None:
+    """Each test's database is a URL the receiver opens on PostgreSQL, never a string it would
+    take for the name of an SQLite file."""
+    from receiver.store.postgresql import PostgresStore
+
+    assert postgresql_db.startswith("postgresql://")
+    assert isinstance(open_storage(postgresql_db), PostgresStore)

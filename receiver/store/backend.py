@@ -44,8 +44,18 @@ def shown_db(db: Path | str) -> str:
     return str(Path(db).absolute())
 
 
+# A libpq connection string (`host=... dbname=...`): no path, and no URL either.
+CONNINFO = re.compile(r"\s*(host|hostaddr|dbname|user|port|password|service)\s*=", re.IGNORECASE)
+
+
 def unsupported(db: Path | str) -> str | None:
     """What is wrong with a --db that names a backend this receiver does not have, or None."""
+    if isinstance(db, str) and CONNINFO.match(db):
+        return (
+            f"--db {db.split()[0]} ...: a libpq key=value connection string, which this "
+            "receiver would take for an SQLite file's name: give the same database as a "
+            "postgresql://user:password@host:5432/dbname URL"
+        )
     found = URL_SCHEME.match(str(db))
     if found is None or is_postgresql(db):
         return None
