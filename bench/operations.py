@@ -11,7 +11,8 @@ Needs wrk (Debian: apt-get install wrk); the deliveries are bench/ingest.py's.
 2. Backup: a database of --events events (made by bench/query.py's fill, the calls built),
    served by the receiver; wrk runs alone, then again while `receiver backup` copies the
    database over and over (each copy removed once done), taking turns --rounds times. Prints
-   the ratio of the medians (target: at least 0.8) and how long one copy took.
+   the ratio of the medians (target: at least 0.8) and how long one copy took. --keep DIR
+   backs up DIR/query.db when it exists (bench/query.py --keep DIR fills one).
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ def metrics_cost(args: argparse.Namespace, work: Path) -> None:
 
 def backup_cost(args: argparse.Namespace, work: Path) -> None:
     db = work / "big.db"
-    print(f"backup: filling {args.events:,} events", flush=True)
-    asyncio.run(fill(db, args.events))
+    if args.keep is not None and (args.keep / "query.db").exists():
+        db = args.keep / "query.db"  # a database bench/query.py or bench/pages.py filled
+    else:
+        print(f"backup: filling {args.events:,} events", flush=True)
+        asyncio.run(fill(db, args.events))
     size = db.stat().st_size
     port = free_port()
     process = serve(db, port)
@@ -152,6 +156,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000,
                         help="events in the backed-up database (0: no backup part)")  # fmt: skip
     parser.add_argument("--skip-metrics", action="store_true", help="only the backup part")
+    parser.add_argument(
+        "--keep", type=Path, help="back up DIR/query.db if it exists (bench/query.py --keep DIR)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_metrics:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from receiver.parse import MYID_SHAPE, is_valid_myid, shown
+from receiver.silence import WorkingHours
 from receiver.zones import zone
 
 # The most a count, a size or a number of seconds may be: far above any real use, and far
@@ -111,6 +112,11 @@ class Settings:
     silence_after: str | None = setting(
         None, "Report a myid that sent events before and then none for this long (30m, 2h)."
     )
+    silence_hours: str | None = setting(
+        None,
+        "Count --silence-after only within these hours of --timezone (09:00-18:00, or with days: "
+        "mon-fri 09:00-18:00).",
+    )
     retention: str | None = setting(
         None, "Delete events older than this once a day, as receiver prune does (400d)."
     )
@@ -143,6 +149,11 @@ class Settings:
             zone(self.timezone)
         except ValueError as problem:
             raise ValueError(f"--timezone {problem}") from None
+        if self.silence_hours is not None:
+            try:
+                self.working_hours  # noqa: B018 -- parse now: fail at start-up
+            except ValueError as problem:
+                raise ValueError(f"--silence-hours {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same
@@ -189,6 +200,13 @@ class Settings:
     def silence_seconds(self) -> float | None:
         """--silence-after in seconds (None: no silence alerts)."""
         return None if self.silence_after is None else duration_seconds(self.silence_after)
+
+    @property
+    def working_hours(self) -> WorkingHours | None:
+        """--silence-hours on the clock of --timezone (None: silence counts at any hour)."""
+        if self.silence_hours is None:
+            return None
+        return WorkingHours.parse(self.silence_hours, zone(self.timezone))
 
     @property
     def retention_seconds(self) -> float | None:

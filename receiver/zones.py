@@ -7,7 +7,9 @@ and times shown in it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY_US = 86_400_000_000
@@ -60,6 +62,25 @@ def _offsets(place: tzinfo, start: int, end: int) -> tuple[tuple[int, int], ...]
     return tuple(found)
 
 
+def local_periods(
+    place: tzinfo, since_us: int, until_us: int, period_us: int
+) -> list[tuple[int, int, int]]:
+    """The zone's local days or hours (`period_us` long) over [since, until), as UTC ranges:
+    (the period's start on the zone's clock, from_us, to_us), in time order. A period the clock
+    goes through twice (the hour an offset goes back) has two ranges."""
+    spans = offsets(place, since_us, until_us)
+    found = []
+    for index, (start, offset) in enumerate(spans):
+        end = spans[index + 1][0] if index + 1 < len(spans) else until_us
+        moment, stop = max(start, since_us), min(end, until_us)
+        while moment < stop:
+            period = (moment + offset) // period_us * period_us
+            next_moment = min(stop, period + period_us - offset)
+            found.append((period, moment, next_moment))
+            moment = next_moment
+    return found
+
+
 def local_start(place: tzinfo, local_us: int) -> int | None:
     """The instant (µs since the epoch) at which the zone's wall clock reads `local_us` (µs
     since 1970-01-01 00:00 on that clock): a local day's or hour's start. None when no date can
@@ -84,3 +105,14 @@ def in_zone(iso: str | None, place: tzinfo) -> str | None:
         return None
     moment = datetime.fromisoformat(iso).astimezone(place)
     return moment.isoformat(timespec="microseconds")
+
+
+REPORT_TIMES = ("period", "first_missed_at", "last_missed_at", "handled_at")
+
+
+def report_in_zone(rows: Iterable[dict[str, Any]], place: tzinfo) -> None:
+    """A report's times (its rows changed in place) given with the zone's offset."""
+    for row in rows:
+        for name in REPORT_TIMES:
+            if name in row:
+                row[name] = in_zone(row[name], place)

@@ -131,6 +131,7 @@ class PostgresqlDatabases:
 
     def start(self) -> None:
         import asyncio
+        import concurrent.futures
 
         import psycopg
 
@@ -145,7 +146,9 @@ class PostgresqlDatabases:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as connection:
                 await migrate(connection)
 
-        asyncio.run(prepare())
+        # On a thread of its own: the first test to ask may be running in an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as migrating:
+            migrating.submit(asyncio.run, prepare()).result()
         self.thread.start()
 
     def run(self) -> None:

@@ -68,6 +68,34 @@ def test_reports(db: Path) -> None:
     assert {"extension", "period", "calls", "answered", "missed"} <= set(rows[0])
 
 
+def test_reports_in_a_time_zone(db: Path, make_client) -> None:  # type: ignore[no-untyped-def]
+    """The sample calls run 07:00-09:20 UTC on 1 December: 23:00-01:20 in Los Angeles, so there
+    the first three (2566*102's, 07:00-07:10) are on 30 November."""
+    zone = "America/Los_Angeles"
+    days = json.loads(run("report", "extensions", "--db", str(db), "--format", "json",
+                          "--by", "day", "--tz", zone))  # fmt: skip
+    of_102 = {r["period"]: r["calls"] for r in days if r["extension"] == "2566*102"}
+    assert of_102 == {"2025-11-30T00:00:00.000000-08:00": 3, "2025-12-01T00:00:00.000000-08:00": 4}
+    api = make_client(db=db).get(f"/api/reports/extensions?by=day&tz={zone}").json()
+    assert days == api["extensions"]  # the command and the API agree
+    # --since without an offset is on the zone's clock: 00:20 there is 08:20 UTC.
+    missed = json.loads(run("report", "missed", "--db", str(db), "--format", "json",
+                            "--tz", zone, "--since", "2025-12-01T00:20"))  # fmt: skip
+    assert [(r["number"], r["last_missed_at"]) for r in missed] == [
+        ("+79035556677", "2025-12-01T00:30:00.931000-08:00")
+    ]
+    utc = json.loads(run("report", "missed", "--db", str(db), "--format", "json"))
+    assert {r["last_missed_at"][-1] for r in utc} == {"Z"}  # no zone asked: UTC, as before
+    by_variable = CliRunner().invoke(
+        main, ["report", "missed", "--db", str(db), "--format", "json", "--since",
+               "2025-12-01T00:20"], env={"RECEIVER_TIMEZONE": zone}
+    )  # fmt: skip
+    assert json.loads(by_variable.output) == missed
+    wrong = CliRunner().invoke(main, ["report", "missed", "--db", str(db), "--tz", "Mars/Base"])
+    assert wrong.exit_code == 2
+    assert "'Mars/Base' is not a time zone: give an IANA name such as Europe/Moscow" in wrong.output
+
+
 def test_limit_and_empty_results(db: Path) -> None:
     assert (
         len(run("events", "--db", str(db), "--format", "ndjson", "--limit", "2").splitlines()) == 2

@@ -12,7 +12,10 @@ import httpx2 as httpx
 import pytest
 
 from receiver.event import parse_time
-from tests.conftest import ServerProcess, scenario, wait_for_calls
+from tests.conftest import BACKENDS, ServerProcess, both_backends, scenario, wait_for_calls
+
+# The pages on SQLite and on PostgreSQL (those of a server process on the SQLite file: SQLite).
+backend = pytest.fixture(params=BACKENDS)(both_backends)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -117,20 +120,24 @@ def test_calls_filters_and_paging(server, page) -> None:  # type: ignore[no-unty
         "rows => rows.map(r => r.dataset.call)"
     )
     assert first == [c["call_id"] for c in every[:50]]
-    page.click("text=Older »")
+    with page.expect_navigation():
+        page.click("text=Older »")
     rest = page.locator("table.calls tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.call)"
     )
     assert rest == [c["call_id"] for c in every[50:]]
     assert "after=" in page.url
-    page.click("text=« Newest")
+    with page.expect_navigation():
+        page.click("text=« Newest")
     page.select_option("select[name=status]", "missed")
-    page.click("button:has-text('Filter')")
+    with page.expect_navigation():  # read the page the click loads, not the one before
+        page.click("button:has-text('Filter')")
     missed = page.locator("table.calls tbody tr")
     assert missed.count() == len(api_calls(running, "status=missed")) == 14
     assert all("missed" in text for text in missed.all_inner_texts())
     page.fill("input[name=since]", "2025-12-01T08:30")
-    page.click("button:has-text('Filter')")
+    with page.expect_navigation():  # read the page the click loads, not the one before
+        page.click("button:has-text('Filter')")
     later = api_calls(running, "status=missed&since=2025-12-01T08:30:00Z")
     assert page.locator("table.calls tbody tr").count() == len(later) == 4
     csv = page.get_attribute("a:has-text('CSV')", "href")

@@ -13,7 +13,7 @@ import pytest
 
 from receiver.event import Event, RawRequest
 from receiver.parse import parse_request
-from receiver.store import CallQuery, open_storage
+from receiver.store import CallQuery, EventQuery, open_storage
 from receiver.store.pg_schema import SCHEMA_VERSION, migrate
 from receiver.store.postgresql import DatabaseUnavailable, PostgresStore
 from tests.conftest import free_port
@@ -136,3 +136,22 @@ async def test_opening_an_unreachable_database_raises_one_clear_error() -> None:
     with pytest.raises(DatabaseUnavailable, match="check that the server runs"):
         async with store(url):
             pass
+
+
+async def test_a_nul_in_a_field_is_stored_and_its_call_built(postgresql_db: str) -> None:
+    """PostgreSQL's text holds no NUL: a field's is kept as U+FFFD, the raw request as sent."""
+    query = b"myid=1&EventType=dial-in&EventTime=5&CallID=a%00b&SubCallID=s&CallerIDName=x%00y"
+    sent, _ = parse_request(RawRequest("GET", query), received_at_us=1, source="t")
+    async with store(postgresql_db) as opened:
+        stored = await opened.add_event(sent)
+        again = await opened.add_event(sent)
+        back = await opened.get_event(stored.id)
+        record = await opened.get_event_record(stored.id)
+        await opened.refresh_calls()
+        call = await opened.get_call("a\ufffdb", now_us=2**62)
+        found = await opened.list_events(EventQuery(call_id="a\x00b"))
+    assert again.duplicate and again.id == stored.id
+    assert back is not None and back.caller_id_name == "x\ufffdy" and back.raw == sent.raw
+    assert record is not None and record["raw"]["query"] == query.decode()
+    assert call is not None and len(call.events) == 1
+    assert [e.id for e in found.items] == [stored.id]

@@ -188,6 +188,92 @@ async def test_newest_event_of_each_myid_and_sizes(storage: OpenStorage) -> None
         await store.check_writable()
 
 
+async def simulated(store: Storage, *, start_us: int, count: int) -> None:
+    """`count` simulated calls (pbx_emulator.simulate), one every 20-40 s from `start_us`; every
+    seventh without its last event (still in progress, or its end unknown)."""
+    from pbx_emulator.simulate import calls, make_offices, query_string
+
+    events = []
+    made = calls(make_offices(3, 5), seed=5, start_us=start_us, every_us=(20_000_000, 40_000_000))
+    for index, call in zip(range(count), made, strict=False):
+        for myid, fields in call.events[: -1 if index % 7 == 0 else None]:
+            raw = RawRequest("GET", f"myid={myid}&{query_string(fields)}".encode())
+            parsed, _ = parse_request(raw, received_at_us=int(fields["EventTime"]), source="t")
+            events.append(parsed)
+    await asyncio.gather(*store.submit_events(events))
+    await store.refresh_calls()
+
+
+@pytest.mark.parametrize("zone", ["Europe/Berlin", "Asia/Kolkata", "UTC"])
+async def test_calls_by_hour_agree_with_the_calls(storage: OpenStorage, zone: str) -> None:
+    """Over the night Berlin's clock goes back (26 October 2025, 01:00 UTC: its 02:00 hour
+    comes twice, one bucket) and in a zone half an hour off UTC's hours."""
+    from collections import Counter
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from receiver.store import CallQuery
+    from receiver.zones import DAY_US, day_start
+
+    place = ZoneInfo(zone)
+    start = 1_761_431_400_000_000  # 2025-10-25T22:30:00Z
+    async with storage() as store:
+        await simulated(store, start_us=start, count=400)
+        now = start + 2 * 3_600_000_000  # some calls still in progress, some unknown_end
+        since = day_start(place, start + 3_600_000_000)
+        query = CallQuery(since_us=since, until_us=since + DAY_US + 3_600_000_000,
+                          now_us=now, unknown_after_us=600_000_000)  # fmt: skip
+        periods = await store.calls_by_period(query, by="hour", place=place)
+        listed = [call async for call in store.iter_calls(query)]
+
+    def wall(moment: datetime) -> str:
+        return moment.astimezone(place).strftime("%m-%d %H")
+
+    expected = Counter((wall(datetime.fromisoformat(c["started_at"])), c["status"]) for c in listed)
+    found = Counter()
+    for row in periods:
+        found[(wall(datetime.fromtimestamp(row["period_us"] / 1e6, place)), row["status"])] += row[
+            "calls"
+        ]
+    assert found == expected and sum(expected.values()) > 100
+    assert {s for _, s in expected} >= {"answered", "missed", "in_progress", "unknown_end"}
+
+
+async def test_waiting_numbers_are_the_missed_reports_unhandled(storage: OpenStorage) -> None:
+    from receiver.store import CallQuery
+    from tests.conftest import scenario
+
+    start = 1_764_547_200_000_000
+    minute = 60_000_000
+    # Besides: a number missed twice then called again and answered (handled), another missed
+    # twice and still waiting, the second time after the first hour.
+    answered = scenario("inbound-answered", at_us=start + 30 * minute)
+    other = [scenario("inbound-cancelled", at_us=start + at * minute) for at in (40, 70)]
+    lines = [
+        *scenario("inbound-cancelled", at_us=start + 10 * minute),
+        *scenario("inbound-cancelled", at_us=start + 20 * minute),
+        *(line.replace("4951234567", "4957654321") for line in answered),
+        *(line.replace("4957654321", "4950000001") for call in other for line in call),
+    ]
+    async with storage() as store:
+        await simulated(store, start_us=start, count=600)
+        for line in lines:
+            await store.add_event(event(f"myid=1&{line}"))
+        await store.refresh_calls()
+        for since in (start, start + 3_600_000_000):
+            query = CallQuery(since_us=since, until_us=start + 86_400_000_000,
+                              now_us=start + 86_400_000_000)  # fmt: skip
+            report = await store.missed_report(query)
+            waiting = [row for row in report if not row["handled"]]
+            for limit in (1, 15, 1000):
+                shown, count = await store.waiting_numbers(query, limit=limit)
+                assert (shown, count) == (waiting[:limit], len(waiting))
+        assert len(waiting) > 15
+        everything = await store.missed_report(CallQuery(since_us=start, now_us=start))
+    numbers = {row["number"]: (row["missed"], row["handled"]) for row in everything}
+    assert numbers["+74957654321"] == (2, True) and numbers["+74950000001"] == (2, False)
+
+
 def test_the_postgresql_storage_is_a_postgresql_database(postgresql_db: str) -> None:
     """Each test's database is a URL the receiver opens on PostgreSQL, never a string it would
     take for the name of an SQLite file."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,30 @@ ORDER = click.option(
     default="asc",
     show_default=True,
     help="Oldest first (asc) or newest first (desc).",
+)
+
+
+def zone_option(context: click.Context, parameter: click.Parameter, value: str | None) -> Any:
+    from receiver.zones import zone
+
+    if value is None:
+        return None
+    try:
+        return zone(value)
+    except ValueError as problem:
+        raise click.BadParameter(str(problem)) from None
+
+
+TZ = click.option(
+    "--tz",
+    "place",
+    metavar="ZONE",
+    envvar="RECEIVER_TIMEZONE",
+    show_envvar=True,
+    callback=zone_option,
+    help="IANA time zone (Europe/Moscow): the days and hours the report groups by, its times "
+    "(given with the zone's offset), and --since/--until without an offset, on its clock. "
+    "[default: UTC]",
 )
 
 
@@ -53,13 +78,13 @@ def must_exist(db: Path) -> None:
     check_database(db, create=False)
 
 
-def time_option(value: str | None, name: str) -> int | None:
+def time_option(value: str | None, name: str, place: tzinfo = UTC) -> int | None:
     from receiver.event import parse_time
 
     if value is None:
         return None
     try:
-        return parse_time(value)
+        return parse_time(value, place)
     except ValueError as problem:
         raise click.BadParameter(str(problem), param_hint=name) from None
 
@@ -117,14 +142,25 @@ async def aiter_list(rows: list[Any]) -> Any:
         yield row
 
 
+async def in_zone(rows: Awaitable[list[dict[str, Any]]], place: tzinfo | None) -> Any:
+    """A report's rows, their times given in `place` (as they are, in UTC, when None)."""
+    from receiver.zones import report_in_zone
+
+    found = await rows
+    if place is not None:
+        report_in_zone(found, place)
+    return found
+
+
 def call_query(options: dict[str, Any], **more: Any) -> Any:
     from receiver.event import now_us
     from receiver.store import CallQuery
 
+    place = options.get("place") or UTC
     return CallQuery(
         myids=options["myids"],
-        since_us=time_option(options["since"], "--since"),
-        until_us=time_option(options["until"], "--until"),
+        since_us=time_option(options["since"], "--since", place),
+        until_us=time_option(options["until"], "--until", place),
         number=options["number"],
         extension=options["extension"],
         now_us=now_us(),
@@ -227,11 +263,13 @@ def report() -> None:
     Examples:
       receiver report missed --since 2025-12-01
       receiver report extensions --since 2025-12-01 --by day --format csv
+      receiver report extensions --since 2025-12-01 --by day --tz Europe/Moscow
     """
 
 
 @report.command()
 @query_options
+@TZ
 def missed(**options: Any) -> None:
     """Missed inbound calls per number: were they called back, or did they call again?
 
@@ -239,16 +277,18 @@ def missed(**options: Any) -> None:
     Examples:
       receiver report missed --since 2025-12-01
       receiver report missed --myid 85218 --format json
+      receiver report missed --since 2025-12-01 --tz Europe/Moscow   # from 00:00 Moscow time
     """
     query = call_query(options)
     print_records(
-        options["db"], lambda store: store.missed_report(query), options["fmt"], "missed",
-        options["limit"],
+        options["db"], lambda store: in_zone(store.missed_report(query), options["place"]),
+        options["fmt"], "missed", options["limit"],
     )  # fmt: skip
 
 
 @report.command()
 @query_options
+@TZ
 @click.option("--by", type=click.Choice(["day", "hour"]), help="One row per period too.")
 def extensions(**options: Any) -> None:
     """Per extension: calls, answered, missed, ring and talk times.
@@ -257,9 +297,14 @@ def extensions(**options: Any) -> None:
     Examples:
       receiver report extensions --since 2025-12-01
       receiver report extensions --by day --format csv > extensions.csv
+      receiver report extensions --by day --tz Europe/Moscow   # Moscow's days, 00:00 to 00:00
     """
     query = call_query(options)
+    place = options["place"]
     print_records(
-        options["db"], lambda store: store.extensions_report(query, by=options["by"]),
+        options["db"],
+        lambda store: in_zone(
+            store.extensions_report(query, by=options["by"], place=place or UTC), place
+        ),
         options["fmt"], "extensions", options["limit"],
     )  # fmt: skip

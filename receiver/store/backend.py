@@ -65,6 +65,11 @@ def unsupported(db: Path | str) -> str | None:
     )
 
 
+class StorageUnavailable(RuntimeError):
+    """The database cannot be reached or used now (a server that went away): the request that
+    met it gets a 503, and the next ones try again."""
+
+
 class Storage(Protocol):
     """A receiver's database: group-committed writes, derived calls, reads."""
 
@@ -181,6 +186,10 @@ class Storage(Protocol):
     ) -> AsyncIterator[dict[str, Any]]: ...
 
     async def missed_report(self, query: CallQuery) -> list[dict[str, Any]]: ...
+
+    async def waiting_numbers(
+        self, query: CallQuery, *, limit: int
+    ) -> tuple[list[dict[str, Any]], int]: ...
 
     async def extensions_report(
         self, query: CallQuery, *, by: str | None = None, place: tzinfo = UTC

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, call_json, digits
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, CallStatus, call_json, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, now_us, seconds
 from receiver.store.backup import BackedUp, backup_file
 from receiver.store.export import Exporter
@@ -70,10 +70,11 @@ from receiver.store.upkeep import (
     sizes,
 )
 from receiver.store.writer import ProcessHost, ThreadHost
-from receiver.zones import DAY_US, HOUR_US, local_start, offsets
+from receiver.zones import DAY_US, HOUR_US, LAST_DAY_US, local_periods, local_start, offsets
 
 log = logging.getLogger("receiver.store")
 # Where a call's start time is in a row of its fields (for the next page's cursor).
+PERIODS_COUNTED = 100  # at most this many periods counted by calls_by_period's index ranges
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
 
 
@@ -593,7 +594,66 @@ class Store:
 
         Handled: a later answered call with the same number, ours (a call back) or theirs.
         """
+        return await self._missed_rows(query)
+
+    async def waiting_numbers(
+        self, query: CallQuery, *, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The missed report's numbers not handled yet, the most recently missed first: the
+        first `limit` of them, and how many there are (the dashboard's: it reads no more)."""
+        where, params = query.where(table="m")
+        again, again_params = query.where(table="again")
+        # The last missed call of each number that no answered call followed, without grouping
+        # (a sort of every missed call): one seek for a later missed call, one for an answer.
+        waiting = f"""
+            FROM calls AS m
+            WHERE {" AND ".join([*where, "m.direction = 'in'", "m.status = 'missed'"])}
+              AND m.external_digits IS NOT NULL
+              AND NOT EXISTS (
+                SELECT 1 FROM calls AS again INDEXED BY calls_number
+                WHERE again.external_digits = m.external_digits AND again.status = 'missed'
+                  AND again.started_us > m.started_us AND again.direction = 'in'
+                  AND {" AND ".join(again or ["1"])})
+              AND NOT EXISTS (
+                SELECT 1 FROM calls AS next
+                WHERE next.external_digits = m.external_digits AND next.status = 'answered'
+                  AND next.started_us > m.started_us)
+        """
+        both = [*params, *again_params]
+        # Counted by grouping, which is quicker for all of them than two seeks a missed call.
+        counted, counted_params = query.where()
+        found = await self._rows(
+            f"""
+            WITH missed AS (
+                SELECT external_digits AS number, max(started_us) AS last_us FROM calls
+                WHERE {" AND ".join([*counted, "direction = 'in'", "status = 'missed'"])}
+                  AND external_digits IS NOT NULL
+                GROUP BY external_digits
+            )
+            SELECT count(*) FROM missed WHERE NOT EXISTS (
+                SELECT 1 FROM calls AS next
+                WHERE next.external_digits = missed.number AND next.status = 'answered'
+                  AND next.started_us > missed.last_us)
+            """,
+            counted_params,
+        )
+        numbers = await self._rows(
+            f"SELECT m.external_digits {waiting} ORDER BY m.started_us DESC LIMIT ?", [*both, limit]
+        )
+        if not numbers:
+            return [], found[0][0]
+        marks = ", ".join("?" * len(numbers))
+        rows = await self._missed_rows(
+            query, f"external_digits IN ({marks})", [number for (number,) in numbers]
+        )
+        return [row for row in rows if not row["handled"]][:limit], found[0][0]
+
+    async def _missed_rows(
+        self, query: CallQuery, also: str = "1", also_params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
         where, params = query.where()
+        where.append(also)
+        params += also_params
         # The first answered call with the number after the last missed one, found by one seek
         # in calls_number per number. DIDs repeat here; they are made distinct below.
         sql = f"""
@@ -694,6 +754,9 @@ class Store:
         """How many calls of each status started in each day or hour of `place`: rows of the
         period's start (µs, UTC), the status and the count, by period."""
         where, params = query.where()
+        quick = await self._calls_by_period_counted(query, by, place, where)
+        if quick is not None:
+            return quick
         bucket, bucket_params, _ = self._bucket_sql(query, by, place, "calls.started_us")
         sql = (
             f"SELECT {bucket} AS bucket, {query.status_sql()} AS now_status, count(*) "
@@ -704,6 +767,54 @@ class Store:
         return [
             {"period_us": local_start(place, bucket_start), "status": status, "calls": count}
             for bucket_start, status, count in rows
+        ]
+
+    async def _calls_by_period_counted(
+        self, query: CallQuery, by: str, place: tzinfo, where: list[str]
+    ) -> list[dict[str, Any]] | None:
+        """calls_by_period of a bounded time range and no other filter (the dashboard's) from
+        counts of calls_status_started ranges, one a status and period: a GROUP BY of a day's
+        calls sorts them all (200k calls: 180 ms, this 15 ms). None when it cannot answer: a
+        filter, an unbounded range, or a status not known here (the general query counts it)."""
+        since, until = query.since_us, query.until_us
+        period_us = {"day": DAY_US, "hour": HOUR_US}.get(by, 0)
+        if since is None or until is None or len(where) != 2 or not period_us:
+            return None
+        if since < 0 or until > LAST_DAY_US or until <= since:
+            return None
+        ranges = local_periods(place, since, until, period_us)
+        if not ranges or len(ranges) > PERIODS_COUNTED:
+            return None
+        statuses = [s.value for s in CallStatus if s is not CallStatus.IN_PROGRESS]
+        count = "SELECT count(*) FROM calls INDEXED BY calls_status_started WHERE status = ? "
+        window = "AND started_us >= ? AND started_us < ?"
+        parts, params = [], []
+        for _, low, high in ranges:
+            parts += [f"({count}{window})" for _ in statuses]
+            for status in statuses:
+                params += [status, low, high]
+            parts.append(f"({count}{window} AND last_event_us >= ?)")  # still in progress
+            parts.append(f"({count}{window} AND last_event_us < ?)")  # unknown_end by now
+            cutoff = query.unknown_before_us()
+            params += ["in_progress", low, high, cutoff, "in_progress", low, high, cutoff]
+            parts.append("(SELECT count(*) FROM calls WHERE started_us >= ? AND started_us < ?)")
+            params += [low, high]
+        row = (await self._rows(f"SELECT {', '.join(parts)}", params))[0]
+        names = [*statuses, "in_progress", "unknown_end"]
+        width = len(names) + 1
+        totals: dict[int, dict[str, int]] = {}
+        for index, (period, _, _) in enumerate(ranges):
+            counts = row[index * width : (index + 1) * width]
+            if sum(counts[:-1]) != counts[-1]:
+                return None  # a status this receiver does not know
+            bucket = totals.setdefault(period, dict.fromkeys(names, 0))
+            for name, found in zip(names, counts[:-1], strict=True):
+                bucket[name] += found
+        return [
+            {"period_us": local_start(place, period), "status": status, "calls": found}
+            for period, bucket in totals.items()
+            for status, found in sorted(bucket.items())
+            if found
         ]
 
     # The live feed (web/stream.py): what is new since an event id.

@@ -41,6 +41,7 @@ def translated(sql: str) -> tuple[str, bool]:
 def statement(sql: str, params: Sequence[Any] = ()) -> tuple[str, Any]:
     """A statement and its parameters, SQLite's, as psycopg takes them."""
     text, numbered = translated(sql)
+    params = params_without_nul(params)
     if numbered:
         return text, {f"p{at}": value for at, value in enumerate(params, start=1)}
     return text, list(params)
@@ -56,3 +57,26 @@ class SqliteLike:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         text, values = statement(sql, params)
         return self.connection.execute(text, values)
+
+
+# PostgreSQL's text cannot hold the character NUL, which SQLite's can (a delivery's field may
+# carry one: `CallerIDName=a%00b`). On PostgreSQL it is kept as U+FFFD, the replacement
+# character; the raw request, a bytea, keeps the byte itself. A search for a value with a NUL
+# finds what was stored for it.
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+
+
+def without_nul(value: Any) -> Any:
+    """A value as PostgreSQL can keep it: NUL in text (or in a list's texts) replaced."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT) if NUL in value else value
+    if isinstance(value, list | tuple) and any(
+        isinstance(item, str) and NUL in item for item in value
+    ):
+        return type(value)(without_nul(item) for item in value)
+    return value
+
+
+def params_without_nul(params: Sequence[Any]) -> list[Any]:
+    return [without_nul(value) for value in params]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, Call, build_call, call_json
 from receiver.event import (
@@ -38,9 +38,10 @@ from receiver.event import (
     seconds,
 )
 from receiver.history import call_from_history
+from receiver.store.backend import StorageUnavailable
 from receiver.store.backup import BackedUp
 from receiver.store.database import CALL_STARTED, StoreClosed, gc_paused, read_ahead
-from receiver.store.pg_dialect import SqliteLike, statement
+from receiver.store.pg_dialect import SqliteLike, statement, without_nul
 from receiver.store.pg_schema import (
     CALLS_LOCK,
     ID_LOCK,
@@ -103,8 +104,14 @@ from receiver.store.upkeep import (
 from receiver.zones import DAY_US, HOUR_US, local_start, offsets
 
 log = logging.getLogger("receiver.store")
+# The pool's own warnings repeat each reconnection attempt over several lines; the receiver
+# says once per failed request (and at most every 10 s in the background) what failed.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 CONNECT_TIMEOUT = 10  # seconds to reach the server, at start and after it went away
+# Seconds a request waits for a pooled connection: with the server gone, its 503 (trying
+# again at once would only wait as long again).
+POOL_WAIT = 5
 POOL_SIZE = 8  # connections an instance keeps at most: a group commit or two, reads, upkeep
 # Call building never reads the raw request: empty, neither sent nor unpacked.
 EVENT_COLUMNS_BUT_RAW = ", ".join(
@@ -142,8 +149,13 @@ NEWEST_BY_MYID = f"""
 """
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(StorageUnavailable):
     """The PostgreSQL server cannot be reached or used: the message says what to check."""
+
+
+class NoConnection(DatabaseUnavailable):
+    """No pooled connection came within POOL_WAIT: the server is gone, or every connection
+    busy."""
 
 
 def shown_url(url: str) -> str:
@@ -209,7 +221,6 @@ class PostgresStore:
         self._task: asyncio.Task[None] | None = None
         self._groups_storing = 0
         self._closing = False
-        self._reachable = True  # whether the last write reached the database
         self.commits = 0
         self._last_commit = 0.0
 
@@ -233,7 +244,7 @@ class PostgresStore:
             min_size=1,
             max_size=self.pool_size,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
-            timeout=CONNECT_TIMEOUT,
+            timeout=POOL_WAIT,
             reconnect_timeout=0,  # never give up: the server may come back after hours
             open=False,
             name="receiver",
@@ -261,10 +272,17 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; the server gone (or no connection free in time) raises
+        DatabaseUnavailable, one line (a 503 for the request)."""
         if self._pool is None:
             raise StoreClosed("the store is closed")
-        async with self._pool.connection() as connection:
-            yield connection
+        try:
+            async with self._pool.connection() as connection:
+                yield connection
+        except PoolTimeout as error:
+            raise NoConnection(str(unavailable(self.url, error))) from None
+        except psycopg.OperationalError as error:
+            raise unavailable(self.url, error) from None
 
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of a read (SQL in SQLite's dialect, as the shared queries are), tried
@@ -275,8 +293,8 @@ class PostgresStore:
                 async with self._connection() as connection:
                     cursor = await connection.execute(text, values)
                     return await cursor.fetchall()
-            except psycopg.OperationalError:
-                if attempt:
+            except DatabaseUnavailable as failure:
+                if attempt or isinstance(failure, NoConnection):
                     raise
         raise AssertionError("unreachable")
 
@@ -335,9 +353,7 @@ class PostgresStore:
         try:
             results = await self._write_group(items)
         except Exception as error:
-            if isinstance(error, psycopg.OperationalError):
-                self._reachable = False
-            if len(group) > 1 and not isinstance(error, psycopg.OperationalError):
+            if len(group) > 1 and not isinstance(error, DatabaseUnavailable):
                 for item in group:  # one by one: only what cannot be stored fails
                     await self._commit([item])
                 return
@@ -345,7 +361,6 @@ class PostgresStore:
                 if not future.done():
                     future.set_exception(error)
             return
-        self._reachable = True
         self.commits += 1
         if self.on_commit is not None:
             self.on_commit(len(group))
@@ -371,7 +386,7 @@ class PostgresStore:
         stored: dict[bytes, tuple[int, bool]] = {}
         if rows:
             params: list[Any] = [list(times), list(times.values())]
-            params += [[row[at] for row in rows] for at in STORED_AT]
+            params += [without_nul([row[at] for row in rows]) for at in STORED_AT]
             assert len(params) == len(STORED_COLUMNS) + 2
             for attempt in range(2):
                 try:
@@ -379,8 +394,8 @@ class PostgresStore:
                         cursor = await connection.execute(STORE_EVENTS, params)
                         found = await cursor.fetchall()
                     break
-                except psycopg.OperationalError:
-                    if attempt:
+                except DatabaseUnavailable as failure:
+                    if attempt or isinstance(failure, NoConnection):
                         raise
             stored = {bytes(key): (event_id, known) for key, event_id, known in found}
         rejects = [reject_row(item) for item in items if isinstance(item, Reject)]
@@ -403,7 +418,8 @@ class PostgresStore:
         async with self._connection() as connection, connection.transaction():
             async with connection.cursor() as cursor:
                 await cursor.executemany(
-                    f"INSERT INTO rejects ({columns}) VALUES ({marks})", [row[1:] for row in rows]
+                    f"INSERT INTO rejects ({columns}) VALUES ({marks})",
+                    [without_nul(row[1:]) for row in rows],
                 )
             await connection.execute(
                 "DELETE FROM rejects WHERE id <= (SELECT max(id) FROM rejects) - %s",
@@ -577,11 +593,11 @@ class PostgresStore:
         """The calls' rows in place of what was built before, with their legs."""
         if not rows:
             return
-        ids = [row[0] for row, _ in rows]
+        ids = without_nul([row[0] for row, _ in rows])
         await connection.execute("DELETE FROM legs WHERE call_id = ANY(%s)", (ids,))
         async with connection.cursor() as cursor:
-            await cursor.executemany(UPSERT_CALL, [row for row, _ in rows])
-            legs = [leg for _, legs in rows for leg in legs]
+            await cursor.executemany(UPSERT_CALL, [without_nul(row) for row, _ in rows])
+            legs = [without_nul(leg) for _, legs in rows for leg in legs]
             if legs:
                 await cursor.executemany(INSERT_LEG, legs)
 
@@ -634,8 +650,8 @@ class PostgresStore:
             try:
                 async with self._connection() as connection:
                     return await schema_version(connection)
-            except psycopg.OperationalError:
-                if attempt:
+            except DatabaseUnavailable as failure:
+                if attempt or isinstance(failure, NoConnection):
                     raise
         raise AssertionError("unreachable")
 
@@ -704,10 +720,11 @@ class PostgresStore:
             raise DatabaseUnavailable(
                 f"{shown_url(self.url)} is read-only (a standby?): point --db at the primary"
             )
-        self._reachable = True
 
     def writer_state(self) -> WriterState:
-        alive = self._task is not None and not self._task.done() and self._reachable
+        # The loop runs; whether the server answers is check_writable's to say (/readyz
+        # asks it each time, so an instance the balancer left is ready again once it is back).
+        alive = self._task is not None and not self._task.done()
         return WriterState(alive, self._queue.qsize(), self._groups_storing)
 
     async def sizes(self) -> Sizes:
@@ -935,6 +952,15 @@ class PostgresStore:
                     }
                 )
         return report
+
+    async def waiting_numbers(
+        self, query: CallQuery, *, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The missed report's numbers not handled yet, the most recently missed first: the
+        first `limit` of them, and how many there are (the dashboard's). From the whole
+        report, in its order, which puts them first (SQLite's seeks per number are its own)."""
+        waiting = [row for row in await self.missed_report(query) if not row["handled"]]
+        return waiting[:limit], len(waiting)
 
     def _bucket_sql(
         self, query: CallQuery, by: str | None, place: tzinfo, column: str

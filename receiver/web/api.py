@@ -18,7 +18,7 @@ from receiver.record_lines import RecordLines
 from receiver.settings import Settings
 from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, parse_cursor
 from receiver.web.openapi import EXPORT_MAX, PAGE_MAX, query_names
-from receiver.zones import in_zone, zone
+from receiver.zones import report_in_zone, zone
 
 CHUNK_LINES = 500
 FORMATS = ("json", "ndjson", "csv")
@@ -245,18 +245,12 @@ async def get_call(request: Request) -> Response:
     return JSONResponse(call_json(call))
 
 
-REPORT_TIMES = ("period", "first_missed_at", "last_missed_at", "handled_at")
-
-
 async def report(
     request: Request, rows: list[dict[str, Any]], key: str, place: tzinfo | None
 ) -> Response:
     """A report's rows as asked: JSON or streamed; its times in the zone of tz=, if given."""
     if place is not None:
-        for row in rows:
-            for name in REPORT_TIMES:
-                if name in row:
-                    row[name] = in_zone(row[name], place)
+        report_in_zone(rows, place)
     fmt = output_format(request)
     if fmt == "json":
         return JSONResponse({key: rows})

@@ -23,7 +23,7 @@ from receiver.logs import Repeated
 from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.store import SCHEMA_VERSION, Storage, open_storage
-from receiver.store.backend import is_postgresql
+from receiver.store.backend import StorageUnavailable, is_postgresql
 from receiver.web import api as api_routes
 from receiver.web.background import Background, reconcile_periodically
 from receiver.web.errors import error
@@ -154,6 +154,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, exc.detail, exc.headers)
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """A read that met a database gone away (PostgreSQL restarting): 503, one line logged."""
+    log.warning("%s %s: 503, %s", request.method, request.url.path, exc)
+    return error(503, str(exc))
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error(500, f"internal error: {type(exc).__name__}")
@@ -223,6 +229,7 @@ def create_app(settings: Settings) -> Webhook:
     )
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         HTTPException: http_error,
+        StorageUnavailable: storage_unavailable,
         Exception: server_error,
     }
     rest = Starlette(

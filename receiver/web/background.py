@@ -21,6 +21,7 @@ from receiver.pbx.reconcile import Rounds
 from receiver.settings import Settings
 from receiver.silence import Change, Watch
 from receiver.store import Storage
+from receiver.store.backend import StorageUnavailable
 
 log = logging.getLogger("receiver")
 
@@ -61,7 +62,7 @@ class Background:
         self.on_calls_built = on_calls_built  # told when calls were built (the live stream)
         self.repeated = repeated
         silence = settings.silence_seconds
-        self.watch = Watch(silence) if silence is not None else None
+        self.watch = Watch(silence, settings.working_hours) if silence is not None else None
         # Quick enough to notice within a tenth of the window, rare enough to cost nothing.
         self.watch_every = min(WATCH_SECONDS, silence / 10) if silence else WATCH_SECONDS
         retention = settings.retention_seconds
@@ -94,6 +95,14 @@ class Background:
         full disk fails the calls five times a second."""
         try:
             await work
+        except StorageUnavailable as failure:  # the server went away: one line, no traceback
+            self.repeated.log(
+                logging.ERROR,
+                f"background {kind}",
+                "background work on the database (%s) failed; trying again: %s",
+                kind,
+                failure,
+            )
         except Exception as failure:
             self.repeated.log(
                 logging.ERROR,

@@ -6,8 +6,10 @@ static/live.js updates them from /api/stream without a reload.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, tzinfo
 from typing import Any
 
@@ -27,7 +29,7 @@ from receiver.store import CallQuery, EventQuery, Storage, parse_call_cursor, pa
 from receiver.web import charts, present
 from receiver.web.openapi import spec
 from receiver.web.present import NONE, query_string
-from receiver.web.session import PageSession, safe_next, signed_in, signed_out
+from receiver.web.session import PageSession, SignInLimit, safe_next, signed_in, signed_out
 from receiver.zones import DAY_US, HOUR_US, day_start, zone
 
 PAGE = 50  # rows of a table page
@@ -179,8 +181,7 @@ async def dashboard(request: Request) -> Response:
             break
         hours.append((label.strftime("%H"), bar_counts(dict(by_hour.get(start, {})))))
         start += HOUR_US
-    waiting = [row for row in await view.store.missed_report(query) if not row["handled"]]
-    missed = waiting[:WAITING_SHOWN]  # the most recent; /missed has them all
+    missed, waiting = await view.store.waiting_numbers(query, limit=WAITING_SHOWN)
     for row in missed:
         row["waiting"] = (view.now - parse_time(row["last_missed_at"])) / 1e6
     live = await view.store.list_calls(
@@ -210,7 +211,7 @@ async def dashboard(request: Request) -> Response:
             {"since": view.local_input(today), "until": view.local_input(tomorrow)}
         ),
         missed=missed,
-        more_waiting=len(waiting) - len(missed),
+        more_waiting=waiting - len(missed),  # the most recent shown; /missed has them all
         live=live.items,
     )
 
@@ -365,14 +366,22 @@ async def rejects_page(request: Request) -> Response:
     )
 
 
-async def login(request: Request) -> Response:
-    """/login: the API token, asked once; a cookie keeps the session."""
+async def login(limit: SignInLimit, request: Request) -> Response:
+    """/login: the API token, asked once; a cookie keeps the session. A client that gives
+    wrong tokens too often is refused for a while (429, Retry-After)."""
     settings: Settings = request.app.state.settings
     view = View(request)
     target = safe_next(request.query_params.get("next"))
     if settings.api_token is None:
         return RedirectResponse(target, status_code=303)  # the pages are open
     if request.method == "POST":
+        client = request.client.host if request.client else "unknown"
+        wait = limit.retry_after(client)
+        if wait:
+            view.errors.append(f"Too many wrong tokens from this address: try again in {wait} s.")
+            refused = view.render("login.html", "login", status=429, target=target)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
         declared = request.headers.get("content-length", "")
         if not declared.isdigit() or int(declared) > LOGIN_BODY_MAX:
             view.errors.append("Send the sign-in form as it is (a short form body).")
@@ -381,7 +390,9 @@ async def login(request: Request) -> Response:
         given = str(form.get("token", ""))
         target = safe_next(str(form.get("next", "/")))
         if hmac.compare_digest(given.encode(), settings.api_token.encode()):
+            limit.succeeded(client)
             return signed_in(request, settings.api_token, target)
+        limit.failed(client)
         view.errors.append("That is not this server's API token.")
         return view.render("login.html", "login", status=401, target=target)
     return view.render("login.html", "login", target=target)
@@ -403,7 +414,7 @@ def page_routes(settings: Settings) -> list[BaseRoute]:
     Routes of their own, not a catch-all mount: a method a path does not take stays a 405.
     """
     session = [Middleware(PageSession, settings.api_token)]
-    pages = [
+    pages: list[tuple[str, Callable[..., Any], list[str]]] = [
         ("/", dashboard, ["GET"]),
         ("/calls", calls_page, ["GET"]),
         ("/calls/{call_id}", call_page, ["GET"]),
@@ -412,7 +423,7 @@ def page_routes(settings: Settings) -> list[BaseRoute]:
         ("/events", events_page, ["GET"]),
         ("/rejects", rejects_page, ["GET"]),
         ("/docs", api_docs, ["GET"]),
-        ("/login", login, ["GET", "POST"]),
+        ("/login", functools.partial(login, SignInLimit()), ["GET", "POST"]),
         ("/logout", logout, ["POST"]),
     ]
     routes: list[BaseRoute] = [

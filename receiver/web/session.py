@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
@@ -15,6 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 COOKIE = "receiver_session"
 SESSION_SECONDS = 30 * 86400
 OPEN_PATHS = ("/login",)  # what a browser needs before it has signed in (assets are open)
+SIGN_IN_TRIES = 5  # wrong tokens a client may give within SIGN_IN_WINDOW seconds
+SIGN_IN_WINDOW = 300.0
+SIGN_IN_CLIENTS = 10_000  # clients remembered at most (the oldest forgotten first)
+
+log = logging.getLogger("receiver")
 
 
 def session_value(api_token: str) -> str:
@@ -35,6 +45,58 @@ def has_session(headers: list[tuple[bytes, bytes]], api_token: str) -> bool:
             if morsel is not None:
                 return hmac.compare_digest(morsel.value, session_value(api_token))
     return False
+
+
+class SignInLimit:
+    """Wrong tokens per client: after `tries` within `window` seconds, that client's sign-ins
+    are refused (429) until the oldest of them is `window` old, so a token cannot be guessed
+    at the speed of the server. A right token clears the client's count."""
+
+    def __init__(
+        self,
+        tries: int = SIGN_IN_TRIES,
+        window: float = SIGN_IN_WINDOW,
+        clients: int = SIGN_IN_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tries = tries
+        self.window = window
+        self.clients = clients
+        self.clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str) -> int:
+        """Seconds before `client` may try again (0: now)."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return 0
+        now = self.clock()
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0
+        if len(failures) < self.tries:
+            return 0
+        return max(1, math.ceil(failures[0] + self.window - now))
+
+    def failed(self, client: str) -> None:
+        failures = self._failures.pop(client, None) or deque(maxlen=self.tries)
+        failures.append(self.clock())
+        self._failures[client] = failures  # the most recent last
+        while len(self._failures) > self.clients:
+            self._failures.popitem(last=False)
+        if len(failures) == self.tries:
+            log.warning(
+                "sign-in: %d wrong tokens from %s within %d s: its sign-ins are refused for %d s",
+                self.tries,
+                client,
+                self.window,
+                self.retry_after(client),
+            )
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
 
 
 def safe_next(target: str | None) -> str:
