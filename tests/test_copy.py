@@ -245,3 +245,30 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "secret" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_nul_in_a_field_is_copied_as_postgresql_keeps_one(
+    tmp_path: Path, postgresql_url: str
+) -> None:
+    """SQLite keeps a NUL in a field; PostgreSQL's text cannot: the copy keeps it as U+FFFD,
+    as the PostgreSQL backend stores such a delivery, and the raw request keeps the byte."""
+    db = tmp_path / "receiver.db"
+    events, _ = simulated_events(2, seed=9)
+    query = b"myid=7&EventType=incoming&EventTime=1764547200000000&CallID=nul1&CallerIDName=a%00b"
+    with_nul = parse_request(RawRequest("GET", query), received_at_us=NOW, source="webhook")[0]
+    assert with_nul.caller_id_name == "a\x00b"
+    run(fill(db, [*events, with_nul], []))
+
+    for _ in range(2):  # and again: the same event found there, no clash
+        done = copy_command(db, postgresql_url)
+        assert done.returncode == 0, done.stderr
+
+    async def copied_one() -> Event | None:
+        async with open_storage(postgresql_url) as store:
+            return await store.get_event(len(events) + 1)
+
+    event = run(copied_one())
+    assert event is not None and event.caller_id_name == "a\ufffdb"
+    assert event.raw.query == query
+    assert f"going on after event {len(events) + 1}" in done.stdout
+    assert "events               0 copied" in done.stdout

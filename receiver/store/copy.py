@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from receiver.event import STORED_FIELDS
+from receiver.store.pg_dialect import without_nul
 from receiver.store.pg_schema import ID_LOCK, LOCKS
 from receiver.store.schema import BUSY_TIMEOUT, EVENT_COLUMNS, REJECT_COLUMNS
 
@@ -67,8 +68,9 @@ def as_bytes(value: Any) -> bytes:
 
 
 def event_values(row: Sequence[Any]) -> list[Any]:
-    """An SQLite events row (EVENT_COPY_COLUMNS) as PostgreSQL's columns take it."""
-    values = list(row)
+    """An SQLite events row (EVENT_COPY_COLUMNS) as PostgreSQL's columns take it: a NUL in a
+    field kept as U+FFFD, as the PostgreSQL backend stores one (docs/storage.md)."""
+    values: list[Any] = without_nul(list(row))
     for at in BOOLEAN_EVENT_FIELDS:
         if values[at] is not None:
             values[at] = bool(values[at])
@@ -78,7 +80,7 @@ def event_values(row: Sequence[Any]) -> list[Any]:
 
 
 def reject_values(row: Sequence[Any]) -> list[Any]:
-    values = list(row)
+    values: list[Any] = without_nul(list(row))
     for at in BYTES_REJECT_FIELDS:
         values[at] = as_bytes(values[at])
     return values
@@ -272,7 +274,11 @@ class Copier:
                     "INSERT INTO history_calls (call_id, record, fetched_at_us) "
                     "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
                     "ON CONFLICT (call_id) DO NOTHING RETURNING call_id",
-                    ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+                    (
+                        without_nul([r[0] for r in rows]),
+                        without_nul([r[1] for r in rows]),
+                        [r[2] for r in rows],
+                    ),
                 ).fetchall()
             self.copied.history += len(inserted)
             self.copied.history_there += len(rows) - len(inserted)
