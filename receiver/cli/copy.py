@@ -77,18 +77,26 @@ def copy(source: Path, target: str, quiet: bool) -> None:
         text = f"{copied.events_read:,} of {copied.events_to_read:,}"
         bar.update(copied.events_read - bar.pos, text)
 
+    def close_bar() -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.__exit__(None, None, None)
+            bar = None
+
     started = time.monotonic()
     try:
         with progress_bar("building calls", quiet) as calls_progress:
+
+            def building(done: int, total: int) -> None:
+                close_bar()  # the events' bar stays on its line, the calls' goes below it
+                calls_progress(done, total)
+
             try:
                 done = asyncio.run(
-                    copy_into_postgresql(
-                        source, target, progress=progress, calls_progress=calls_progress
-                    )
+                    copy_into_postgresql(source, target, progress=progress, calls_progress=building)
                 )
             finally:
-                if bar is not None:
-                    bar.__exit__(None, None, None)
+                close_bar()
     except CopyConflict as error:
         raise click.ClickException(str(error)) from None
     except DatabaseUnavailable as error:  # it names the setting of `serve`: here it is --to
