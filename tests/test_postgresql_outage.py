@@ -29,6 +29,10 @@ POSTGRES_BIN = next(
 )  # fmt: skip
 
 
+class ClusterFailed(RuntimeError):
+    """initdb or pg_ctl failed; what it said."""
+
+
 class PrivateCluster:
     """A PostgreSQL cluster in `folder`, on a free port, trust auth for `postgres`."""
 
@@ -47,10 +51,8 @@ class PrivateCluster:
         assert POSTGRES_BIN is not None
         command = [*self.user, str(POSTGRES_BIN / tool), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if done.returncode:
-            raise subprocess.CalledProcessError(
-                done.returncode, command, done.stdout, f"{done.stdout}{done.stderr}"
-            )
+        if done.returncode:  # its words in the failure, not only its exit code
+            raise ClusterFailed(f"{' '.join(command)}: {done.stdout}{done.stderr}")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
@@ -91,7 +93,7 @@ def private_cluster() -> Iterator[PrivateCluster]:
         cluster.start()
         yield cluster
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):  # stopped already
+        with contextlib.suppress(ClusterFailed):  # stopped already
             cluster.stop()
         shutil.rmtree(top, ignore_errors=True)
 
