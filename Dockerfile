@@ -1,4 +1,5 @@
-# receiver: one uvicorn worker, the database on a volume.
+# receiver: one uvicorn worker; the database an SQLite file on a volume, or a PostgreSQL server
+# (RECEIVER_DB=postgresql://...: docker-compose.yml runs three of these on one).
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,6 +12,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY receiver ./receiver
 COPY pbx_emulator ./pbx_emulator
+# pyproject.toml's dependencies, PostgreSQL's driver among them: psycopg's binary wheel brings
+# its own libpq, so the slim image needs no system package for it.
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --home-dir /data receiver \
     && mkdir -p /data && chown receiver /data

@@ -1,6 +1,6 @@
 """The `receiver` command: a thin layer over the package's functions, one module a command
 (serve, replay, query, rebuild, upgrade, backup, prune, subscribe, reconcile, recordings,
-forward), with options.py and server.py shared."""
+forward, copy), with options.py and server.py shared."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def main() -> None:
 def register() -> None:
     """The commands, each in its own module."""
     from receiver.cli.backup import backup
+    from receiver.cli.copy import copy
     from receiver.cli.forward import forward
     from receiver.cli.prune import prune
     from receiver.cli.query import calls, events, report
@@ -49,7 +50,7 @@ def register() -> None:
     from receiver.cli.upgrade import upgrade
 
     commands: list[click.Command] = [serve, replay, events, calls, report, rebuild, upgrade]
-    commands += [backup, prune, subscribe, reconcile, recordings, forward]
+    commands += [backup, prune, subscribe, reconcile, recordings, forward, copy]
     for command in commands:
         main.add_command(command)
 

@@ -232,6 +232,13 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # 2: the group insert's plans made for each call. PL/pgSQL otherwise keeps the plan it made
+    # while events was nearly empty, which finds a group's repeats with a hash join over the
+    # whole table instead of its unique index, so a group cost more as the table grew
+    # (docs/performance.md).
+    """
+    ALTER FUNCTION receiver_store_events SET plan_cache_mode = force_custom_plan;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
