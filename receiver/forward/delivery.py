@@ -3,12 +3,16 @@ attempt's outcome there.
 
 Per destination, one loop: it records the outcomes of the attempts that have finished and
 claims more due messages in one writer turn (the first not yet delivered of each call, leased
-to this server), then sends them, at most `concurrency` at a time. 2xx is delivered; 410
-disables the destination (until `receiver forward retry`); anything else (an error status, no
-answer within the timeout, a refused connection) is tried again after the next delay of the
-schedule (--forward-retries, with jitter), or after the destination's Retry-After on 429 and
-503, and once the schedule is spent the message is dead. A call's next message waits until
-its last one is delivered or dead, so each destination gets a call's messages in order.
+to this server; up to CLAIM_AHEAD times `concurrency` claimed and not yet finished), then sends
+them, at most `concurrency` at a time. A claimed message whose lease would end before its
+attempt could (it waited behind attempts that got no answer) is not sent but left to be claimed
+again: an attempt never outlives its lease, so no other server takes a message being sent.
+2xx is delivered; 410 disables the destination (until `receiver forward retry`); anything else
+(an error status, no answer within the timeout, a refused connection) is tried again after the
+next delay of the schedule (--forward-retries, with jitter), or after the destination's
+Retry-After on 429 and 503, and once the schedule is spent the message is dead. A call's next
+message waits until its last one is delivered or dead, so each destination gets a call's
+messages in order.
 
 It runs in the server's event loop and costs ingest little: the HTTP requests themselves are
 made by a process of their own (sender.py), and its writer turns are short and unsynced (an
@@ -42,7 +46,8 @@ log = logging.getLogger("receiver.forward")
 IDLE_SECONDS = 1.0  # how often an idle destination looks for due messages (retries, ends)
 BATCH_SECONDS = 0.005  # after a send ends, how long to wait for others to record together
 TRIM_SECONDS = 10.0  # how often the outbox's size is checked against --forward-outbox-max
-CLAIM_AHEAD = 4  # messages claimed per destination: this many times its concurrency
+CLAIM_AHEAD = 32  # messages claimed (in flight or waiting their turn): this times concurrency
+LEASE_ROUNDS = 4  # a lease lasts this many attempts in turn that get no answer, and more
 MOST_RETRY_AFTER = 86400.0  # a Retry-After longer than a day is taken as a day
 SENDER_MARGIN = 5.0  # seconds past a destination's timeout before the sender is given up on
 
@@ -155,15 +160,18 @@ class Deliverer:
         url = destination.url
         wake = self._wakes[url]
         tally = self.tallies[url]
-        lease = destination.timeout * (CLAIM_AHEAD + 1) + 5
+        lease = destination.timeout * (LEASE_ROUNDS + 1) + 5
+        longest = destination.timeout + SENDER_MARGIN  # an attempt, at most
         sending = asyncio.Semaphore(destination.concurrency)
         done: list[Outcome] = []
         in_flight: set[asyncio.Task[None]] = set()
         finished = asyncio.Event()
 
-        async def send(delivery: Delivery) -> None:
+        async def send(delivery: Delivery, start_by: float) -> None:
             try:
                 async with sending:
+                    if time.monotonic() > start_by:
+                        return  # its lease would end first: claimed again by the next step
                     outcome = await self.attempt(destination, delivery)
                 done.append(outcome)
             finally:
@@ -172,6 +180,7 @@ class Deliverer:
         while True:
             outcomes, done = done, []
             room = destination.concurrency * CLAIM_AHEAD - len(in_flight)
+            start_by = time.monotonic() + lease - longest
             try:
                 claimed = await self.store.forward_step(
                     url, self.holder, outcomes, limit=room, lease_seconds=lease
@@ -188,7 +197,7 @@ class Deliverer:
                 await asyncio.sleep(IDLE_SECONDS)
                 continue
             for delivery in claimed:
-                task = asyncio.create_task(send(delivery))
+                task = asyncio.create_task(send(delivery, start_by))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
             tally.in_flight = len(in_flight)

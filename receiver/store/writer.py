@@ -726,9 +726,14 @@ def frame(value: Any) -> bytes:
 def write_frame(fd: int, value: Any) -> None:
     """One frame, written straight to the file descriptor: nothing is left in a buffer to fail
     again at exit if the server has gone."""
-    data = memoryview(frame(value))
-    while data:
-        data = data[os.write(fd, data) :]
+    write_all(fd, frame(value))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data`, straight to the file descriptor."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def serve(argv: list[str]) -> None:
