@@ -192,11 +192,7 @@ class Settings:
                 raise ValueError(f"--silence-hours {problem}") from None
         self.token_table  # noqa: B018 -- parse now: fail at start-up, not on the first delivery
         self.retry_schedule  # noqa: B018 -- the same
-        if self.destinations and str(self.db).lower().startswith(("postgresql:", "postgres:")):
-            raise ValueError(
-                "--forward keeps its outbox in SQLite only for now: give an SQLite --db to "
-                "forward (PostgreSQL does not forward yet)"
-            )
+        self.destinations  # noqa: B018 -- the same
         if self.reconcile_every is not None:
             self.reconcile_seconds  # noqa: B018 -- the same
             if not (self.pbx_client_id and self.pbx_client_secret):

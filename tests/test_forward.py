@@ -13,10 +13,14 @@ import pytest
 import standardwebhooks
 
 from receiver.settings import Settings
-from tests.conftest import sample, scenario
+from tests.conftest import BACKENDS, ServerProcess, both_backends, sample, scenario
 from tests.sink import Sink
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+# The tests through the app run on SQLite and on PostgreSQL (those opening the SQLite file:
+# SQLite only).
+backend = pytest.fixture(params=BACKENDS)(both_backends)
 
 
 @pytest.fixture
@@ -186,7 +190,6 @@ def test_rules_pick_myids_types_and_the_original_form(make_client, tmp_path: Pat
         (["--forward-rules", "/nonexistent/forward.toml"], "cannot read it"),
         (["--forward", "http://a/x", "--forward", "http://a/x"], "given twice"),
         (["--forward-retries", "5s soon"], "is not a duration"),
-        (["--db", "postgresql://u@127.0.0.1/x", "--forward", "http://a/x"], "in SQLite only"),
     ],
 )
 def test_bad_forwarding_settings_stop_the_server_at_start(args: list[str], says: str) -> None:
@@ -266,3 +269,37 @@ def test_a_server_killed_mid_stream_forwards_every_event_it_answered(server, sin
     sink.wait(lambda: answered <= forwarded(), seconds=150)
     for received in sink.of_type("event.received")[:200]:
         verify(received)
+
+
+@pytest.mark.slow
+def test_a_server_on_postgresql_killed_mid_stream_forwards_every_event_it_answered(
+    postgresql_db: str, tmp_path: Path, sink: Sink
+) -> None:
+    """`receiver serve --db postgresql://... --forward`: the messages are in the commits of
+    their events, so what was answered 200 reaches the sink after a SIGKILL and a restart."""
+    import signal
+
+    from tests.test_e2e import run_load_then
+
+    # Retries enough that a busy machine's slow answers (timeouts) never make a dead letter.
+    args = ("--forward", sink.url, "--forward-secret", SECRET, "--forward-timeout", "3",
+            "--forward-retries", " ".join(["1s"] * 12), "--forward-settle", "1")  # fmt: skip
+    started: list[ServerProcess] = []
+    try:
+        first = ServerProcess(postgresql_db, *args, log_dir=tmp_path).start()  # type: ignore[arg-type]
+        started.append(first)
+        answered = run_load_then(first.url, lambda: first.stop(signal.SIGKILL))
+        assert len(answered) > 50
+        started.append(ServerProcess(postgresql_db, *args, log_dir=tmp_path).start())  # type: ignore[arg-type]
+
+        def forwarded() -> set[str]:
+            received = sink.of_type("event.received", ok_only=True)
+            return {r.message["data"]["call_id"] for r in received}
+
+        sink.wait(lambda: answered <= forwarded(), seconds=150)
+        for received in sink.of_type("event.received")[:200]:
+            verify(received)
+        sink.wait(lambda: bool(sink.of_type("call.completed") or sink.of_type("call.missed")))
+    finally:
+        for process in started:
+            process.stop(signal.SIGKILL)

@@ -155,3 +155,40 @@ async def test_a_nul_in_a_field_is_stored_and_its_call_built(postgresql_db: str)
     assert record is not None and record["raw"]["query"] == query.decode()
     assert call is not None and len(call.events) == 1
     assert [e.id for e in found.items] == [stored.id]
+
+
+async def test_two_instances_forwarding_never_claim_the_same_message(postgresql_db: str) -> None:
+    """The outbox on one database: each event's message written once (with the event, by
+    whichever instance stored it), and claimed by one instance at a time (FOR UPDATE SKIP
+    LOCKED), however the two race."""
+    from receiver.event import now_us
+    from receiver.forward.rules import Route
+    from receiver.store.outbox import Forwarding, Outcome
+
+    url = "http://crm.example.com/hook"
+    forwarding = Forwarding((Route(url, types=frozenset({"event.received"})),))
+    events = [event(n) for n in range(300)]
+    one = PostgresStore(postgresql_db, forwarding=forwarding)
+    two = PostgresStore(postgresql_db, forwarding=forwarding)
+    async with one, two:
+        await asyncio.gather(
+            asyncio.gather(*(one.add_event(e) for e in events)),
+            asyncio.gather(*(two.add_event(e) for e in reversed(events))),
+        )
+        claimed: dict[str, list[int]] = {"one": [], "two": []}
+
+        async def deliver(instance: PostgresStore, holder: str) -> None:
+            outcomes: list[Outcome] = []
+            while True:
+                got = await instance.forward_step(url, holder, outcomes, limit=7, lease_seconds=30)
+                if not got:
+                    return
+                claimed[holder] += [d.id for d in got]
+                outcomes = [Outcome(d.id, "delivered", now_us(), 200, None) for d in got]
+
+        await asyncio.gather(*(deliver(s, h) for s, h in ((one, "one"), (two, "two")) * 2))
+        [counts] = await one.forward_counts()
+    every = claimed["one"] + claimed["two"]
+    assert len(every) == len(set(every)) == 300  # each message once, none twice
+    assert claimed["one"] and claimed["two"]  # both took part
+    assert counts["pending"] == 0 and counts["dead"] == 0

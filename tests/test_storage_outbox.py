@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import pytest
-
 from receiver.event import now_us
 from receiver.forward.rules import Route
 from receiver.store import Storage
@@ -16,13 +14,6 @@ from receiver.store.outbox import DeliveryQuery, Forwarding, Outcome
 from tests.test_storage import event, numbered
 
 OpenStorage = Callable[..., Storage]
-
-
-@pytest.fixture(autouse=True)
-def not_on_postgresql(request: pytest.FixtureRequest) -> None:
-    callspec = getattr(request.node, "callspec", None)
-    if callspec is not None and callspec.params.get("storage") == "postgresql":
-        pytest.skip("the outbox is not on PostgreSQL yet (postgresql.py refuses forwarding)")
 
 
 URL = "http://crm.example.com/hook"

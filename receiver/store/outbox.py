@@ -10,8 +10,10 @@ another process storing events on the file writes their messages too) and whethe
 destination was disabled (it answered 410).
 
 The claim is one write transaction: SQLite's write lock makes it one process's at a time, so
-two servers on one file never take the same message (on PostgreSQL, the same query takes its
-rows FOR UPDATE SKIP LOCKED).
+two servers on one file never take the same message. On PostgreSQL (postgresql.py runs these
+functions through pg_dialect) the same query takes its rows FOR UPDATE SKIP LOCKED: a row
+another instance is claiming is skipped, and one it has claimed fails the lease test once
+that commits.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ DELIVERY_COLUMNS = (
     "due_us, last_try_us, last_status, last_error, delivered_us"
 )
 INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO outbox (destination, message_id, type, myid, order_key, event_id, "
-    "call_id, content_type, body, created_us, due_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (destination, message_id, type, myid, order_key, event_id, "
+    "call_id, content_type, body, created_us, due_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (destination, message_id) DO NOTHING"
 )
 # An end of a call not sent yet (nor being sent) is replaced by the newer one, written after
 # the call's other messages so that it stays their last.
@@ -177,7 +180,20 @@ def enabled_routes(db: sqlite3.Connection) -> list[Route]:
 
 
 def insert_messages(db: sqlite3.Connection, messages: Iterable[Message], now_us: int) -> None:
-    rows, ends = [], []
+    ends, rows = message_rows(messages, now_us)
+    if ends:
+        db.executemany(DROP_UNSENT, ends)
+    if rows:
+        db.executemany(INSERT_MESSAGE, rows)
+
+
+def message_rows(
+    messages: Iterable[Message], now_us: int
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The parameters of DROP_UNSENT (a call's newer end replaces one not sent) and of
+    INSERT_MESSAGE for `messages`."""
+    rows: list[tuple[Any, ...]] = []
+    ends: list[tuple[Any, ...]] = []
     for m in messages:
         if m.message_id.endswith("_ended"):
             ends.append((m.destination, m.message_id, now_us))
@@ -185,10 +201,7 @@ def insert_messages(db: sqlite3.Connection, messages: Iterable[Message], now_us:
             (m.destination, m.message_id, m.type, m.myid, m.order_key, m.event_id, m.call_id,
              m.content_type, m.body, now_us, m.due_us)
         )  # fmt: skip
-    if ends:
-        db.executemany(DROP_UNSENT, ends)
-    if rows:
-        db.executemany(INSERT_MESSAGE, rows)
+    return ends, rows
 
 
 def finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], holder: str) -> None:
@@ -215,9 +228,16 @@ def finish(db: sqlite3.Connection, outcomes: Sequence[Outcome], holder: str) -> 
 
 
 def claim(
-    db: sqlite3.Connection, destination: str, holder: str, now_us: int, until_us: int, limit: int
+    db: sqlite3.Connection,
+    destination: str,
+    holder: str,
+    now_us: int,
+    until_us: int,
+    limit: int,
+    locking: str = "",
 ) -> list[Delivery]:
-    """Lease up to `limit` messages of a destination that are due, the first of each call."""
+    """Lease up to `limit` messages of a destination that are due, the first of each call.
+    `locking` ends the choice of rows: PostgreSQL's claims them FOR UPDATE SKIP LOCKED."""
     if limit <= 0:
         return []
     disabled = db.execute(
@@ -226,7 +246,7 @@ def claim(
     ).fetchone()
     if disabled:
         return []
-    ids = [row[0] for row in db.execute(CLAIMABLE, (destination, now_us, limit))]
+    ids = [row[0] for row in db.execute(CLAIMABLE + locking, (destination, now_us, limit))]
     if not ids:
         return []
     marks = ", ".join("?" * len(ids))

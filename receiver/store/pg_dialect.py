@@ -24,6 +24,7 @@ FUNCTIONS = (
         "json_each(filled.myids) AS mine",
         "json_array_elements_text(filled.myids::json) AS mine(value)",
     ),
+    ("SELECT value FROM json_each(?)", "SELECT value FROM json_array_elements_text(?::json)"),
 )
 
 
@@ -49,7 +50,8 @@ def statement(sql: str, params: Sequence[Any] = ()) -> tuple[str, Any]:
 
 class SqliteLike:
     """A psycopg connection (in a transaction of the caller's) as sqlite3's, for the shared
-    statements: `execute()` returns a cursor with fetchone, fetchall, rowcount and iteration."""
+    statements: `execute()` returns a cursor with fetchone, fetchall, rowcount and iteration;
+    `executemany()` as sqlite3's."""
 
     def __init__(self, connection: psycopg.Connection[Any]) -> None:
         self.connection = connection
@@ -57,6 +59,13 @@ class SqliteLike:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         text, values = statement(sql, params)
         return self.connection.execute(text, values)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        text, _ = translated(sql)
+        with self.connection.cursor() as cursor:
+            cursor.executemany(text, [statement(sql, row)[1] for row in rows])
 
 
 # PostgreSQL's text cannot hold the character NUL, which SQLite's can (a delivery's field may

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, Call, build_call, call_json
 from receiver.event import (
@@ -37,16 +37,37 @@ from receiver.event import (
     now_us,
     seconds,
 )
+from receiver.forward.messages import CallBefore, Message, call_messages, event_messages
+from receiver.forward.rules import Route
 from receiver.history import call_from_history
+from receiver.store import outbox
 from receiver.store.backend import StorageUnavailable
 from receiver.store.backup import BackedUp
-from receiver.store.database import CALL_STARTED, StoreClosed, gc_paused, read_ahead
-from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
-from receiver.store.pg_dialect import SqliteLike, statement, without_nul
+from receiver.store.database import (
+    CALL_STARTED,
+    REPLAY_AT_ONCE,
+    TRIM_AT_ONCE,
+    StoreClosed,
+    gc_paused,
+    read_ahead,
+)
+from receiver.store.outbox import (
+    DEFAULT_SETTLE_US,
+    DELIVERY_COLUMNS,
+    OUTBOX_COUNTS,
+    Delivery,
+    DeliveryQuery,
+    Forwarding,
+    Outcome,
+    Trimmed,
+    delivery_record,
+)
+from receiver.store.pg_dialect import SqliteLike, statement, translated, without_nul
 from receiver.store.pg_schema import (
     CALLS_LOCK,
     ID_LOCK,
     LOCKS,
+    ROUTES_LOCK,
     STORE_EVENTS,
     STORED_AT,
     STORED_COLUMNS,
@@ -102,6 +123,7 @@ from receiver.store.upkeep import (
     calls_ended_before,
     prune_step,
 )
+from receiver.store.writer import with_bodies
 from receiver.zones import DAY_US, HOUR_US, local_start, offsets
 
 log = logging.getLogger("receiver.store")
@@ -114,6 +136,7 @@ CONNECT_TIMEOUT = 10  # seconds to reach the server, at start and after it went 
 # again at once would only wait as long again).
 POOL_WAIT = 5
 POOL_SIZE = 8  # connections an instance keeps at most: a group commit or two, reads, upkeep
+OUTBOX_POOL_SIZE = 4  # the delivery worker's connections (one a destination's step at a time)
 # Call building never reads the raw request: empty, neither sent nor unpacked.
 EVENT_COLUMNS_BUT_RAW = ", ".join(
     f"''::bytea AS {name}" if name in ("raw_query", "raw_body") else name
@@ -198,12 +221,6 @@ def check_reachable(url: str) -> None:
         raise DatabaseUnavailable(str(error)) from None
 
 
-FORWARDING_NOT_YET = (
-    "forwarding (--forward, --forward-rules) keeps its outbox in SQLite only for now: give an "
-    "SQLite --db to forward"
-)
-
-
 class PostgresStore:
     """The database of receivers sharing one PostgreSQL database."""
 
@@ -217,9 +234,12 @@ class PostgresStore:
         pool_size: int = POOL_SIZE,
         forwarding: Forwarding | None = None,
     ) -> None:
-        if forwarding is not None and forwarding.routes:
-            raise ValueError(FORWARDING_NOT_YET)
         self.url = url
+        self.forwarding = forwarding  # a server's routes (outbox.py); None: the database's
+        self.settle_us = DEFAULT_SETTLE_US if forwarding is None else forwarding.settle_us
+        self.routes: list[Route] = []  # those messages are written for (enabled_routes)
+        self.call_routes: list[Route] = []
+        self._outbox_pool: ConnectionPool | None = None
         self.on_commit = on_commit
         self.rejects_max = rejects_max
         self.rejects_max_bytes = rejects_max_bytes
@@ -260,8 +280,35 @@ class PostgresStore:
             name="receiver",
         )
         await self._pool.open()
+        self._outbox_pool = ConnectionPool(
+            self.url,
+            min_size=0,
+            max_size=OUTBOX_POOL_SIZE,
+            kwargs={"connect_timeout": CONNECT_TIMEOUT},
+            timeout=POOL_WAIT,
+            open=False,
+            name="receiver-outbox",
+        )
+        self._outbox_pool.open()
+        try:
+            await self._in_outbox(self._set_routes)
+        except DatabaseUnavailable:
+            await self.close()
+            raise
         self._task = asyncio.create_task(self._write_loop(), name="receiver-writer")
         return self
+
+    def _set_routes(self, db: Any) -> None:
+        """A server's routes become the database's (a destination kept stays disabled if it
+        was); then the routes messages are written for are read."""
+        if self.forwarding is not None and outbox.routes_differ(db, self.forwarding.routes):
+            db.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCKS, ROUTES_LOCK))
+            outbox.set_routes(db, self.forwarding.routes)
+        self._load_routes(db)
+
+    def _load_routes(self, db: Any) -> None:
+        self.routes = outbox.enabled_routes(db)
+        self.call_routes = [route for route in self.routes if route.wants_calls]
 
     async def close(self) -> None:
         """Commit everything queued, then close the pool."""
@@ -273,6 +320,9 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        if self._outbox_pool is not None:
+            await asyncio.to_thread(self._outbox_pool.close)
+            self._outbox_pool = None
 
     async def __aenter__(self) -> PostgresStore:
         return await self.open()
@@ -398,11 +448,17 @@ class PostgresStore:
             params: list[Any] = [list(times), list(times.values())]
             params += [without_nul([row[at] for row in rows]) for at in STORED_AT]
             assert len(params) == len(STORED_COLUMNS) + 2
+            routes, moment = self.routes, now_us()
             for attempt in range(2):
                 try:
-                    async with self._connection() as connection:
+                    async with self._connection() as connection, connection.transaction():
                         cursor = await connection.execute(STORE_EVENTS, params)
                         found = await cursor.fetchall()
+                        if routes:  # forwarded: the messages are in the commit of the events
+                            await self._insert_messages(
+                                connection, self._event_messages(items, keys, found, moment),
+                                moment,
+                            )  # fmt: skip
                     break
                 except DatabaseUnavailable as failure:
                     if attempt or isinstance(failure, NoConnection):
@@ -421,6 +477,29 @@ class PostgresStore:
             results.append(Stored(event_id, known or key in seen))
             seen.add(key)
         return results
+
+    def _event_messages(
+        self, items: list[Event | Reject], keys: list[bytes], found: list[Any], moment: int
+    ) -> list[Message]:
+        """The `event.received` messages of the events a group stored new (not repeats)."""
+        new = {bytes(key): event_id for key, event_id, known in found if not known}
+        messages: list[Message] = []
+        for item, key in zip(items, keys, strict=True):
+            if isinstance(item, Event) and key in new:
+                messages += event_messages(item, new.pop(key), self.routes, moment)
+        return messages
+
+    async def _insert_messages(
+        self, connection: psycopg.AsyncConnection[Any], messages: list[Message], moment: int
+    ) -> None:
+        """outbox.insert_messages, in the caller's transaction."""
+        ends, rows = outbox.message_rows(messages, moment)
+        async with connection.cursor() as cursor:
+            for sql, values in ((outbox.DROP_UNSENT, ends), (outbox.INSERT_MESSAGE, rows)):
+                if values:
+                    await cursor.executemany(
+                        translated(sql)[0], [statement(sql, row)[1] for row in values]
+                    )
 
     async def _store_rejects(self, rows: list[tuple[Any, ...]]) -> None:
         columns = REJECT_COLUMNS.replace("id, ", "", 1)
@@ -571,6 +650,21 @@ class PostgresStore:
             by_call.setdefault(event.call_id or "", []).append(event)
         calls = [build_call(e, now_us=0, unknown_after_us=None) for e in by_call.values()]
         rows = [(call_row(call), leg_rows(call)) for call in calls]
+        if self.call_routes:  # their messages in the transaction that changes the calls
+            cursor = await connection.execute(
+                "SELECT call_id, status, answered_us, ended_us FROM calls WHERE call_id = ANY(%s)",
+                (ids,),
+            )
+            was = {row[0]: CallBefore(*row[1:]) for row in await cursor.fetchall()}
+            moment = now_us()
+            messages = [
+                message
+                for call in calls
+                for message in call_messages(
+                    was.get(call.call_id), call, self.call_routes, moment, self.settle_us
+                )
+            ]
+            await self._insert_messages(connection, messages, moment)
         changed = 0
         if compare:
             before: dict[str, list[tuple[Any, ...]]] = {}
@@ -1047,8 +1141,23 @@ class PostgresStore:
         rows = await self._rows(sql, [query.unknown_before_us(), after_event, through_event])
         return [call_json(call_from_row(row), with_details=False) for row in rows]
 
-    # The outbox of forwarded messages: not on PostgreSQL yet (receiver serve refuses --forward
-    # with a postgresql:// --db at start). An empty outbox, that nothing can be written to.
+    # The outbox of forwarded messages (outbox.py's functions, through pg_dialect, on a
+    # connection of their own pool, in a thread: the worker's few statements a step).
+
+    async def _in_outbox(self, work: Callable[..., Any], *args: Any) -> Any:
+        """`work(db, *args)` in one transaction, db a pg_dialect.SqliteLike."""
+        return await asyncio.to_thread(self._outbox_transaction, work, *args)
+
+    def _outbox_transaction(self, work: Callable[..., Any], *args: Any) -> Any:
+        if self._outbox_pool is None:
+            raise StoreClosed("the store is closed")
+        try:
+            with self._outbox_pool.connection() as connection, connection.transaction():
+                return work(SqliteLike(connection), *args)
+        except PoolTimeout as error:
+            raise NoConnection(str(unavailable(self.url, error))) from None
+        except psycopg.OperationalError as error:
+            raise unavailable(self.url, error) from None
 
     async def forward_step(
         self,
@@ -1059,21 +1168,85 @@ class PostgresStore:
         limit: int,
         lease_seconds: float,
     ) -> list[Delivery]:
-        raise RuntimeError(FORWARDING_NOT_YET)
+        """Record attempts' outcomes, then lease up to `limit` due messages of `destination`
+        for `lease_seconds`, the first not yet delivered of each call, FOR UPDATE SKIP LOCKED:
+        two instances never claim the same message."""
+        now = now_us()
+        until = now + int(lease_seconds * 1_000_000)
+
+        def step(db: Any) -> list[Delivery]:
+            outbox.finish(db, outcomes, holder)
+            claimed = outbox.claim(
+                db, destination, holder, now, until, limit, " FOR UPDATE SKIP LOCKED"
+            )
+            claimed = with_bodies(db, claimed, now, legs_order="seq")
+            # A destination disabled (a 410), or enabled again (`receiver forward retry`).
+            self._load_routes(db)
+            return claimed
+
+        claimed: list[Delivery] = await self._in_outbox(step)
+        return claimed
 
     async def forward_release(self, holder: str) -> int:
-        return 0
+        """Give back every lease `holder` has; how many."""
+
+        def release(db: Any) -> int:
+            return int(
+                db.execute(
+                    "UPDATE outbox SET lease_holder = NULL, lease_until_us = 0 "
+                    "WHERE lease_holder = ?",
+                    (holder,),
+                ).rowcount
+            )
+
+        count: int = await self._in_outbox(release)
+        return count
 
     async def forward_counts(self) -> list[dict[str, Any]]:
-        return []
+        """Per destination: pending and dead messages, the oldest pending one's creation, and
+        whether it is disabled."""
+        rows = await self._rows(OUTBOX_COUNTS, [])
+        return [
+            {
+                "destination": destination,
+                "pending": pending,
+                "dead": dead,
+                "oldest_pending_at": iso_time(oldest),
+                "disabled_at": iso_time(disabled_us),
+                "disabled_why": why,
+            }
+            for destination, disabled_us, why, pending, dead, oldest in rows
+        ]
 
     async def forward_trim(self, max_rows: int) -> Trimmed:
-        return Trimmed()
+        """Bring the outbox down to `max_rows` (outbox.trim), a batch a transaction."""
+        [(count,)] = await self._rows("SELECT count(*) FROM outbox", [])
+        total = Trimmed()
+        excess = count - max_rows
+        while excess > 0:
+            step: Trimmed = await self._in_outbox(outbox.trim, min(excess, TRIM_AT_ONCE))
+            gone = step.delivered + step.dead + step.pending
+            total.delivered += step.delivered
+            total.dead += step.dead
+            total.pending += step.pending
+            if not gone:
+                break
+            excess -= gone
+        return total
 
     async def retry_deliveries(
         self, destination: str | None = None, since_us: int | None = None
     ) -> int:
-        return 0
+        """Make the dead messages (of one destination, created since a time) due again, each
+        with a new round of attempts, and enable their destinations again; how many."""
+
+        def again(db: Any) -> int:
+            count = outbox.retry(db, destination, since_us, now_us())
+            self._load_routes(db)
+            return int(count)
+
+        count: int = await self._in_outbox(again)
+        return count
 
     async def replay_deliveries(
         self,
@@ -1082,15 +1255,60 @@ class PostgresStore:
         destination: str | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        raise RuntimeError(FORWARDING_NOT_YET)
+        """Write `event.received` again, due now, for every event received from `since_us` to
+        `until_us`, to each destination (or the one) that takes it; how many messages."""
+        [(up_to,)] = await self._rows("SELECT coalesce(max(id), 0) FROM events", [])
+        await self._in_outbox(self._load_routes)
+        routes = [r for r in self.routes if destination is None or r.url == destination]
+
+        def batch(db: Any, after: int) -> tuple[int, int]:
+            found = db.execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after, REPLAY_AT_ONCE),
+            ).fetchall()
+            moment = now_us()
+            messages = []
+            for row in found:
+                event = event_from_row(row)
+                if since_us <= event.received_at_us < until_us and event.id is not None:
+                    messages += event_messages(event, event.id, routes, moment)
+            outbox.again(db, messages, moment)
+            return (found[-1][0] if found else after), len(messages)
+
+        after, total = 0, 0
+        while after < up_to:
+            last, written = await self._in_outbox(batch, after)
+            total += written
+            if progress is not None:
+                progress(last, up_to)
+            if last == after:
+                break
+            after = last
+        return total
 
     async def list_deliveries(
         self, query: DeliveryQuery, *, limit: int = 100, before: int | None = None
     ) -> Page:
-        return Page([], None)
+        """Outbox rows, newest first, as JSON records; `next` is the id to pass as `before`."""
+        where, params = query.where()
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = (
+            f"SELECT {DELIVERY_COLUMNS} FROM outbox WHERE {' AND '.join(where) or 'true'} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._rows(sql, [*params, limit + 1])
+        moment = now_us()
+        items = [delivery_record(row, moment) for row in rows[:limit]]
+        return Page(items, str(items[-1]["id"]) if len(rows) > limit else None)
 
     async def get_delivery_body(self, row_id: int) -> tuple[str, bytes] | None:
-        return None
+        """A message's content type and body, as sent."""
+        if not 0 < row_id < 2**63:
+            return None
+        rows = await self._rows("SELECT content_type, body FROM outbox WHERE id = ?", [row_id])
+        return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     async def list_rejects(self, *, limit: int = 100, before: int | None = None) -> Page:
         clause = "WHERE id < ?" if before is not None else ""

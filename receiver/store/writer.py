@@ -403,53 +403,7 @@ class Writer:
         return claimed
 
     def _with_bodies(self, claimed: list[Delivery], now: int) -> list[Delivery]:
-        """The messages with their bodies, made from their events and calls as stored now
-        (messages.py); one whose event or call is gone (pruned) is dead, saying so."""
-        db = self.db
-        events = sorted({d.event_id for d in claimed if not d.body and d.event_id is not None})
-        calls = sorted(
-            {d.call_id for d in claimed if not d.body and d.event_id is None and d.call_id}
-        )
-        event_rows: dict[int, Any] = {}
-        if events:
-            marks = ", ".join("?" * len(events))
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})"
-            event_rows = {row[0]: row for row in db.execute(sql, events)}
-        found_calls: dict[str, Call] = {}
-        if calls:
-            query = CallQuery(now_us=now)
-            marks = ", ".join("?" * len(calls))
-            fields = call_fields_sql(query.status_sql())
-            sql = f"SELECT {fields} FROM calls WHERE call_id IN ({marks})"
-            legs: dict[str, list[Any]] = {}
-            legs_sql = (
-                f"SELECT call_id, {LEG_FIELD_COLUMNS} FROM legs WHERE call_id IN ({marks}) "
-                "ORDER BY rowid"
-            )
-            for row in db.execute(legs_sql, calls):
-                legs.setdefault(row[0], []).append(row[1:])
-            for row in db.execute(sql, [query.unknown_before_us(), *calls]):
-                found_calls[row[0]] = call_from_row(row, legs.get(row[0], ()))
-        out, gone = [], []
-        for d in claimed:
-            if d.body:
-                out.append(d)
-            elif d.event_id is not None and d.event_id in event_rows:
-                row = event_rows[d.event_id]
-                kind, body = event_body(event_from_row(row), row, d.content_type, d.created_us)
-                out.append(dataclasses.replace(d, content_type=kind, body=body))
-            elif d.event_id is None and d.call_id in found_calls:
-                body = call_body(found_calls[d.call_id], d.type, d.created_us)
-                out.append(dataclasses.replace(d, content_type=JSON, body=body))
-            else:
-                gone.append(d.id)
-        if gone:
-            db.executemany(
-                "UPDATE outbox SET status = 'dead', last_error = ?, lease_holder = NULL, "
-                "lease_until_us = 0 WHERE id = ?",
-                [("its event or call was deleted (a prune) before it was sent", i) for i in gone],
-            )
-        return out
+        return with_bodies(self.db, claimed, now)
 
     def forward_release(self, holder: str) -> int:
         """Give back the leases `holder` has (a server starting again where it ran before)."""
@@ -697,6 +651,56 @@ class ProcessHost:
         if self._reader is not None:
             await self._reader
         self._process = None
+
+
+def with_bodies(
+    db: Any, claimed: list[Delivery], now: int, legs_order: str = "rowid"
+) -> list[Delivery]:
+    """The messages with their bodies, made from their events and calls as stored now
+    (messages.py); one whose event or call is gone (pruned) is dead, saying so. `db` is a
+    sqlite3 connection or pg_dialect.SqliteLike; `legs_order` keeps the legs as stored."""
+    events = sorted({d.event_id for d in claimed if not d.body and d.event_id is not None})
+    calls = sorted({d.call_id for d in claimed if not d.body and d.event_id is None and d.call_id})
+    event_rows: dict[int, Any] = {}
+    if events:
+        marks = ", ".join("?" * len(events))
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id IN ({marks})"
+        event_rows = {row[0]: row for row in db.execute(sql, events)}
+    found_calls: dict[str, Call] = {}
+    if calls:
+        query = CallQuery(now_us=now)
+        marks = ", ".join("?" * len(calls))
+        fields = call_fields_sql(query.status_sql())
+        sql = f"SELECT {fields} FROM calls WHERE call_id IN ({marks})"
+        legs: dict[str, list[Any]] = {}
+        legs_sql = (
+            f"SELECT call_id, {LEG_FIELD_COLUMNS} FROM legs WHERE call_id IN ({marks}) "
+            f"ORDER BY {legs_order}"
+        )
+        for row in db.execute(legs_sql, calls):
+            legs.setdefault(row[0], []).append(row[1:])
+        for row in db.execute(sql, [query.unknown_before_us(), *calls]):
+            found_calls[row[0]] = call_from_row(row, legs.get(row[0], ()))
+    out, gone = [], []
+    for d in claimed:
+        if d.body:
+            out.append(d)
+        elif d.event_id is not None and d.event_id in event_rows:
+            row = event_rows[d.event_id]
+            kind, body = event_body(event_from_row(row), row, d.content_type, d.created_us)
+            out.append(dataclasses.replace(d, content_type=kind, body=body))
+        elif d.event_id is None and d.call_id in found_calls:
+            body = call_body(found_calls[d.call_id], d.type, d.created_us)
+            out.append(dataclasses.replace(d, content_type=JSON, body=body))
+        else:
+            gone.append(d.id)
+    if gone:
+        db.executemany(
+            "UPDATE outbox SET status = 'dead', last_error = ?, lease_holder = NULL, "
+            "lease_until_us = 0 WHERE id = ?",
+            [("its event or call was deleted (a prune) before it was sent", i) for i in gone],
+        )
+    return out
 
 
 def writer_command(
