@@ -95,6 +95,20 @@ async def test_three_instances_migrating_together(postgresql_databases) -> None:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+async def test_the_events_stored_before_version_4_are_counted_once(postgresql_db: str) -> None:
+    async with store(postgresql_db) as opened:
+        await asyncio.gather(*(opened.add_event(event(n)) for n in range(7)))
+    with psycopg.connect(postgresql_db, autocommit=True) as old:  # as version 3 left it
+        old.execute("DROP TABLE event_count")
+        old.execute("DROP FUNCTION receiver_count_added, receiver_count_removed CASCADE")
+        old.execute("UPDATE receiver_schema SET version = 3")
+    async with store(postgresql_db) as opened:
+        assert (await opened.sizes()).events == 7
+        await opened.add_event(event(7))
+        await opened.add_event(event(7))  # a repeat
+        assert (await opened.sizes()).events == 8
+
+
 async def test_two_instances_building_calls_build_each_once(postgresql_db: str) -> None:
     events = [event(n, kind) for n in range(300) for kind in ("dial-in", "hangup")]
     async with store(postgresql_db) as one, store(postgresql_db) as two:

@@ -54,6 +54,19 @@ async def test_any_older_database_migrates_to_the_current_version(
         assert await store.check() == SCHEMA_VERSION
 
 
+async def test_the_events_of_a_database_before_version_16_are_counted_once(
+    db_path: Path,
+) -> None:
+    stored_by_version(db_path, 15, [numbered(n) for n in range(1, 6)])
+    async with Store(db_path) as store:
+        assert (await store.sizes()).events == 5
+        await store.add_event(numbered(6))
+        await store.add_event(numbered(6))  # a repeat
+        assert (await store.sizes()).events == 6
+    with sqlite3.connect(db_path) as check:
+        assert check.execute("SELECT count(*) FROM events").fetchone() == (6,)
+
+
 async def test_calls_of_a_database_before_version_9_are_all_built_again(db_path: Path) -> None:
     # Version 8 kept each call's JSON; 9 keeps its fields as columns and builds every call again.
     stored_by_version(db_path, 8, [numbered(n) for n in range(1, 5)])

@@ -833,7 +833,7 @@ class PostgresStore:
 
     async def sizes(self) -> Sizes:
         [(events, size)] = await self._rows(
-            "SELECT (SELECT count(*) FROM events), pg_database_size(current_database())"
+            "SELECT (SELECT events FROM event_count), pg_database_size(current_database())"
         )
         return Sizes(int(events), int(size), 0, None)
 

@@ -258,6 +258,22 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 15: the outbox of forwarded messages, and the destinations they go to (outbox.py).
     OUTBOX_MIGRATION,
+    # 16: how many events are stored, kept by triggers whatever inserts or deletes them, so that
+    # /metrics and /readyz need not count a table of millions of rows (10.9 s for 1M events,
+    # from a cold cache). The migration holds the write lock: no event falls between the count
+    # and the triggers.
+    """
+    CREATE TABLE event_count (events INTEGER NOT NULL);
+    INSERT INTO event_count SELECT count(*) FROM events;
+    CREATE TRIGGER events_counted_in AFTER INSERT ON events
+    BEGIN
+        UPDATE event_count SET events = events + 1;
+    END;
+    CREATE TRIGGER events_counted_out AFTER DELETE ON events
+    BEGIN
+        UPDATE event_count SET events = events - 1;
+    END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys

@@ -177,7 +177,7 @@ NEWEST_BY_MYID = f"""
 """
 
 SIZES = (
-    "SELECT (SELECT count(*) FROM events), "
+    "SELECT (SELECT events FROM event_count), "
     "(SELECT page_count FROM pragma_page_count()) * (SELECT page_size FROM pragma_page_size()), "
     "(SELECT freelist_count FROM pragma_freelist_count()) * "
     "(SELECT page_size FROM pragma_page_size())"
