@@ -13,7 +13,9 @@ import httpx2 as httpx
 import jsonschema
 import pytest
 
+from receiver.web import stream
 from receiver.web.openapi import spec
+from receiver.web.stream import Feed, Listener, Position, Published
 from tests.conftest import ServerProcess, scenario, wait_for_calls
 
 
@@ -195,3 +197,30 @@ def test_keep_alive_then_ends_when_the_server_stops(running: ServerProcess) -> N
     assert code in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal once it has stopped
     assert time.monotonic() - started < 5  # the stream did not hold the shutdown
     stream.next("ended")
+
+
+def test_a_step_is_handed_to_each_listener_as_what_it_wants() -> None:
+    feed = Feed(unknown_after_us=0)
+    everyone = feed.listen([])
+    only_2 = feed.listen(["2"])
+    returning = feed.listen([], since=Position(2, 1))  # had events 1-2 and the calls of 1
+    steps = [Published.of("event", {"id": n}, [str(n)], Position(n, 0)) for n in (1, 2, 3)] + [
+        Published.of("call", {"call": "c"}, ["1", "2"], Position(3, 3))
+    ]
+    feed.publish(steps)
+    assert everyone.take() == b"".join(step.encoded for step in steps)
+    assert only_2.take() == steps[1].encoded + steps[3].encoded
+    assert returning.take() == steps[2].encoded + steps[3].encoded
+    assert everyone.take() == b"" and not everyone.ready.is_set()
+
+
+def test_a_listener_too_far_behind_gets_what_waited_then_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stream, "QUEUE_MAX", 3)
+    listener = Listener([])
+    listener.offer(b"a", 2)
+    listener.offer(b"b", 2)  # over the limit: let go, it comes back with Last-Event-ID
+    listener.offer(b"c", 1)
+    assert listener.ended and listener.ready.is_set()
+    assert listener.take() == b"a"

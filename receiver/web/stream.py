@@ -77,13 +77,31 @@ def message(kind: str, data: Any, position: Position) -> bytes:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One message of a step, encoded once, with what says who gets it."""
+
+    kind: str
+    encoded: bytes
+    myids: tuple[str, ...]
+    position: Position
+
+    @classmethod
+    def of(
+        cls, kind: str, data: dict[str, Any], myids: Iterable[str], position: Position
+    ) -> Published:
+        return cls(kind, message(kind, data, position), tuple(myids), position)
+
+
 class Listener:
     """One open stream: the myids it wants (none: all) and the messages waiting for it."""
 
     def __init__(self, myids: Iterable[str], since: Position | None = None) -> None:
         self.myids = frozenset(myids)
         self.since = since or Position(0, 0)  # it has had everything up to here already
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.waiting: list[bytes] = []  # chunks of messages, in order
+        self.messages = 0  # how many messages they hold
+        self.ready = asyncio.Event()  # set when there is something to take, or it ended
         self.ended = False
 
     def wants(self, myids: Iterable[str]) -> bool:
@@ -95,13 +113,37 @@ class Listener:
             return position.events > self.since.events
         return position.calls > self.since.calls
 
-    def offer(self, item: bytes | None) -> None:
+    def wants_all(self, first_event: Position | None, first_call: Position | None) -> bool:
+        """Whether every message of a step is for it: the step's first event and first call
+        message are news to it (the others come after them), and it takes every myid."""
+        return (
+            not self.myids
+            and (first_event is None or self.lacks("event", first_event))
+            and (first_call is None or self.lacks("call", first_call))
+        )
+
+    def offer(self, chunk: bytes, messages: int = 1) -> None:
         if self.ended:
             return
-        if item is None or self.queue.qsize() >= QUEUE_MAX:
-            self.ended = True  # too far behind: it reconnects with Last-Event-ID
-            item = None
-        self.queue.put_nowait(item)
+        if self.messages + messages > QUEUE_MAX:
+            self.end()  # too far behind: it reconnects with Last-Event-ID
+            return
+        self.waiting.append(chunk)
+        self.messages += messages
+        self.ready.set()
+
+    def end(self) -> None:
+        """What waits is still sent, then the stream ends."""
+        self.ended = True
+        self.ready.set()
+
+    def take(self) -> bytes:
+        """Everything waiting, as one write."""
+        chunk = b"".join(self.waiting)
+        self.waiting.clear()
+        self.messages = 0
+        self.ready.clear()
+        return chunk
 
 
 class Feed:
@@ -122,7 +164,7 @@ class Feed:
     def listen(self, myids: Iterable[str], since: Position | None = None) -> Listener:
         listener = Listener(myids, since)
         if self.closed:
-            listener.offer(None)
+            listener.end()
         self.listeners.add(listener)
         return listener
 
@@ -133,14 +175,29 @@ class Feed:
         """End every stream (the server is stopping: it would wait for them otherwise)."""
         self.closed = True
         for listener in self.listeners:
-            listener.offer(None)
+            listener.end()
 
-    def publish(self, kind: str, data: dict[str, Any], myids: Iterable[str]) -> None:
-        myids = tuple(myids)
-        encoded = message(kind, data, self.position)
+    def publish(self, batch: list[Published]) -> None:
+        """Hand a step's messages to the listeners: to those that want all of them as one
+        chunk, joined once (at 1,000 deliveries a second and 50 listeners, handing each
+        message to each listener took a tenth of the server's time); to the others, theirs."""
+        if not batch:
+            return
+        first_event = next((item.position for item in batch if item.kind == "event"), None)
+        first_call = next((item.position for item in batch if item.kind == "call"), None)
+        everything: bytes | None = None
         for listener in self.listeners:
-            if listener.wants(myids) and listener.lacks(kind, self.position):
-                listener.offer(encoded)
+            if listener.wants_all(first_event, first_call):
+                everything = everything or b"".join(item.encoded for item in batch)
+                listener.offer(everything, len(batch))
+                continue
+            chosen = [
+                item.encoded
+                for item in batch
+                if listener.wants(item.myids) and listener.lacks(item.kind, item.position)
+            ]
+            if chosen:
+                listener.offer(b"".join(chosen), len(chosen))
 
     async def run(self, store: Storage, repeated: Repeated) -> None:
         """The feed's loop, for the app's lifetime."""
@@ -169,11 +226,12 @@ class Feed:
             self.position = Position(state.events, min(state.built_to_event, state.events))
             return False
         more = False
+        batch: list[Published] = []
         if state.events > self.position.events:
             records = await store.events_after(self.position.events, limit=READ_AT_ONCE)
             for record in records:
                 self.position = Position(record["id"], self.position.calls)
-                self.publish("event", record, (record["myid"],))
+                batch.append(Published.of("event", record, (record["myid"],), self.position))
             more = len(records) == READ_AT_ONCE
         built = min(state.built_to_event, self.position.events)
         through = min(built, self.position.calls + READ_AT_ONCE)
@@ -185,9 +243,9 @@ class Feed:
                 unknown_after_us=self.unknown_after_us,
             )
             self.position = Position(self.position.events, through)
-            for call in calls:
-                self.publish("call", call, call["myids"])
+            batch += [Published.of("call", call, call["myids"], self.position) for call in calls]
             more = more or through < built
+        self.publish(batch)
         return more
 
     async def missed(
@@ -240,21 +298,14 @@ async def stream_events(request: Request) -> Response:
             while True:
                 try:
                     async with asyncio.timeout(KEEP_ALIVE_SECONDS):
-                        item = await listener.queue.get()
+                        await listener.ready.wait()
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if item is None:
-                    return
-                chunk, ended = [item], False
-                while not listener.queue.empty():  # what else waits goes in the same write
-                    more = listener.queue.get_nowait()
-                    if more is None:
-                        ended = True
-                        break
-                    chunk.append(more)
-                yield b"".join(chunk)
-                if ended:
+                chunk = listener.take()  # all that waits goes in one write
+                if chunk:
+                    yield chunk
+                if listener.ended:
                     return
         finally:
             feed.forget(listener)
