@@ -9,10 +9,11 @@ Needs wrk (Debian: apt-get install wrk); the deliveries are bench/ingest.py's.
    a no-op and never scraped; the two take turns, --rounds times, and the medians' ratio is
    printed (target: at least 0.95).
 2. Backup: a database of --events events (made by bench/query.py's fill, the calls built),
-   served by the receiver; wrk runs alone, then again while `receiver backup` copies the
-   database over and over (each copy removed once done), taking turns --rounds times. Prints
-   the ratio of the medians (target: at least 0.8) and how long one copy took. --keep DIR
-   backs up DIR/query.db when it exists (bench/query.py --keep DIR fills one).
+   served by the receiver; `receiver backup` copies it while wrk runs, in slices of 2 s, until
+   the backup (copy, integrity check, rename) is done; then wrk runs alone as long. --rounds
+   times. Prints the ratio of the medians (target: at least 0.8) and how long a backup took.
+   --keep DIR backs up DIR/query.db when it exists (bench/query.py --keep DIR fills one); the
+   deliveries stored meanwhile stay in it.
 """
 
 from __future__ import annotations
@@ -103,6 +104,19 @@ def metrics_cost(args: argparse.Namespace, work: Path) -> None:
           f"{with_ / without:.3f}x (target >= 0.95)", flush=True)  # fmt: skip
 
 
+def slices(port: int, seconds: float, connections: int, until: Callable[[], bool]) -> dict:
+    """wrk in slices of `seconds` until `until()` says stop; the requests a second over them
+    all, and the worst slice's p99."""
+    requests, took, p99 = 0.0, 0.0, 0.0
+    while True:
+        stats = wrk(port, "GET", seconds, connections)
+        requests += stats["requests"]
+        took += stats["seconds"]
+        p99 = max(p99, stats["p99_ms"])
+        if until():
+            return {"rps": requests / took, "p99_ms": p99, "seconds": took}
+
+
 def backup_cost(args: argparse.Namespace, work: Path) -> None:
     db = work / "big.db"
     if args.keep is not None and (args.keep / "query.db").exists():
@@ -113,37 +127,37 @@ def backup_cost(args: argparse.Namespace, work: Path) -> None:
     size = db.stat().st_size
     port = free_port()
     process = serve(db, port)
-    copies = iter(range(10**6))
-
-    def backup() -> None:
-        copy = work / f"copy-{next(copies)}.db"
-        subprocess.run([python(), "-m", "receiver", "backup", "--quiet", "--db", str(db),
-                        str(copy)], check=True, capture_output=True)  # fmt: skip
-        copy.unlink()
-
     runs: dict[str, list[float]] = {"alone": [], "backup": []}
     took: list[float] = []
     try:
         wrk(port, "GET", 1, args.connections)
-        for _ in range(args.rounds):
-            for kind in runs:
-                if kind == "backup":
-                    with Repeating(backup) as copying:
-                        stats = wrk(port, "GET", args.seconds, args.connections)
-                    took += copying.took
-                else:
-                    stats = wrk(port, "GET", args.seconds, args.connections)
+        for round_ in range(args.rounds):
+            copy = work / f"copy-{round_}.db"
+            began = time.monotonic()
+            backing_up = subprocess.Popen(
+                [python(), "-m", "receiver", "backup", "--quiet", "--db", str(db), str(copy),
+                 *args.backup_options.split()],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            beside = slices(port, 2, args.connections, lambda b=backing_up: b.poll() is not None)
+            output = backing_up.communicate()[0].decode()
+            assert backing_up.returncode == 0, output
+            took.append(time.monotonic() - began)
+            copy.unlink()
+            alone = wrk(port, "GET", beside["seconds"], args.connections)
+            for kind, stats in (("backup", beside), ("alone", alone)):
                 runs[kind].append(stats["rps"])
                 print(f"backup: {kind:6} {stats['rps']:8.0f} req/s  p99 {stats['p99_ms']:6.2f} "
-                      f"ms", flush=True)  # fmt: skip
+                      f"ms  over {stats['seconds']:.0f} s", flush=True)  # fmt: skip
     finally:
         process.terminate()
         process.wait()
-    alone, beside = statistics.median(runs["alone"]), statistics.median(runs["backup"])
-    one = f"{statistics.median(took):.1f} s" if took else "longer than a run"
-    print(f"backup: a {size / 1e6:,.0f} MB database copied in {one} (median); ingest "
-          f"{beside:.0f} req/s beside it, {alone:.0f} alone: {beside / alone:.2f}x "
-          "(target >= 0.8)", flush=True)  # fmt: skip
+    alone_median = statistics.median(runs["alone"])
+    beside_median = statistics.median(runs["backup"])
+    print(f"backup: a {size / 1e6:,.0f} MB database copied in {statistics.median(took):.1f} s "
+          f"(median, `receiver backup {args.backup_options}`); ingest {beside_median:.0f} req/s "
+          f"over the whole backup, {alone_median:.0f} alone just after: "
+          f"{beside_median / alone_median:.2f}x (target >= 0.8)", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -156,6 +170,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000,
                         help="events in the backed-up database (0: no backup part)")  # fmt: skip
     parser.add_argument("--skip-metrics", action="store_true", help="only the backup part")
+    parser.add_argument("--backup-options", default="",
+                        help="options for receiver backup, e.g. '--max-rate 0'")  # fmt: skip
     parser.add_argument(
         "--keep", type=Path, help="back up DIR/query.db if it exists (bench/query.py --keep DIR)"
     )

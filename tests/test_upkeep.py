@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from receiver.cli import main
 from receiver.silence import Watch
+from receiver.store import backup
 from tests.conftest import ServerProcess
 from tests.test_metrics import live, scrape
 
@@ -139,6 +140,26 @@ def test_a_backup_under_load_holds_every_event_answered_before_it(tmp_path: Path
         again.stop()
     with sqlite3.connect(restored) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_backup_is_written_at_its_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backup, "FLUSH_EVERY_BYTES", 256 * 1024)  # flushed a few times too
+    db = tmp_path / "r.db"
+    fill(db, 3000, time.time_ns() // 1000)
+    size = db.stat().st_size
+    assert size > 4 * backup.BACKUP_PAGES_AT_ONCE * 4096  # pages enough for a few steps
+    rate = size / 1.0  # about a second's worth
+    began = time.monotonic()
+    paced = backup.backup_file(db, tmp_path / "paced.db", rate=rate)
+    took = time.monotonic() - began
+    unpaced = backup.backup_file(db, tmp_path / "unpaced.db", rate=None)
+    assert paced.integrity == unpaced.integrity == "ok"
+    assert paced.events == unpaced.events == 3000
+    assert (tmp_path / "paced.db").read_bytes() == (tmp_path / "unpaced.db").read_bytes()
+    copied = paced.bytes - 4096  # the last page's wait is not needed: it is done
+    assert took >= copied / rate * 0.95  # never faster than its rate (sleeps are no shorter)
+    result = CliRunner().invoke(main, ["backup", "--max-rate", "-1", str(tmp_path / "x.db")])
+    assert result.exit_code == 2 and "-1" in result.output
 
 
 def test_a_backup_never_overwrites(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call
 from receiver.event import Event, Reject
-from receiver.store.backup import BackedUp
+from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
 from receiver.store.upkeep import Pruned, Sizes, WriterState
@@ -200,10 +200,14 @@ class Storage(Protocol):
         ...
 
     async def backup(
-        self, dest: Path, progress: Callable[[int, int], None] | None = None
+        self,
+        dest: Path,
+        progress: Callable[[int, int], None] | None = None,
+        rate: float | None = DEFAULT_RATE,
     ) -> BackedUp:
-        """A consistent, checked copy of the whole database as the new file `dest` (SQLite;
-        a server database is backed up with its own tools, see docs/deploy.md)."""
+        """A consistent, checked copy of the whole database as the new file `dest`, written at
+        most `rate` bytes a second (None: as fast as it goes). SQLite's: a server database is
+        backed up with its own tools (docs/deploy.md)."""
         ...
 
     # Reading: never writes.

@@ -23,7 +23,7 @@ import aiosqlite
 
 from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, CallStatus, call_json, digits
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, now_us, seconds
-from receiver.store.backup import BackedUp, backup_file
+from receiver.store.backup import DEFAULT_RATE, BackedUp, backup_file
 from receiver.store.export import Exporter
 from receiver.store.outbox import (
     DELIVERY_COLUMNS,
@@ -406,10 +406,14 @@ class Store:
         return total
 
     async def backup(
-        self, dest: Path, progress: Callable[[int, int], None] | None = None
+        self,
+        dest: Path,
+        progress: Callable[[int, int], None] | None = None,
+        rate: float | None = DEFAULT_RATE,
     ) -> BackedUp:
-        """A consistent copy of the database as a new file, checked (backup.backup_file)."""
-        return await asyncio.to_thread(backup_file, self.path, dest, progress)
+        """A consistent copy of the database as a new file, checked, written at most `rate`
+        bytes a second (backup.backup_file)."""
+        return await asyncio.to_thread(backup_file, self.path, dest, progress, rate)
 
     # The outbox (outbox.py).
 

@@ -42,7 +42,7 @@ from receiver.forward.rules import Route
 from receiver.history import call_from_history
 from receiver.store import outbox
 from receiver.store.backend import StorageUnavailable
-from receiver.store.backup import BackedUp
+from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.database import (
     CALL_STARTED,
     REPLAY_AT_ONCE,
@@ -884,7 +884,10 @@ class PostgresStore:
             return calls_ended_before(db, before_us)
 
     async def backup(
-        self, dest: Path, progress: Callable[[int, int], None] | None = None
+        self,
+        dest: Path,
+        progress: Callable[[int, int], None] | None = None,
+        rate: float | None = DEFAULT_RATE,
     ) -> BackedUp:
         raise DatabaseUnavailable(
             "receiver backup copies SQLite files: back a PostgreSQL database up with pg_dump "

@@ -314,6 +314,7 @@ LOCK_FREE_SHARE = 0.25  # after each, the lock is left free this share of the ti
 ROWS_AT_ONCE = 32  # events in one INSERT: 32 x 36 parameters, far below SQLite's limit
 
 
+WAL_KEPT_BYTES = 64 * 1024 * 1024  # the most the WAL keeps on disk once emptied
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another process's lock before it fails
 
 
@@ -322,11 +323,13 @@ def connect_pragmas() -> str:
 
     synchronous=FULL syncs the WAL at every commit, so a committed event survives a killed
     process and a power loss alike; group commit pays for it. The busy timeout comes first: it
-    is what makes the others wait for another process's lock rather than fail.
+    is what makes the others wait for another process's lock rather than fail. The WAL, which
+    grows while a long read (a backup) holds its pages back, is cut back to WAL_KEPT_BYTES
+    when it is next emptied, rather than keeping its largest size on disk.
     """
     return (
         f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}; PRAGMA synchronous=FULL; "
-        "PRAGMA cache_size=-32768;"
+        f"PRAGMA cache_size=-32768; PRAGMA journal_size_limit={WAL_KEPT_BYTES};"
     )
 
 
