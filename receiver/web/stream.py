@@ -39,7 +39,7 @@ POLL_SECONDS = 0.5  # how soon what another process wrote is seen
 # Once woken, what else is stored this soon after is read and sent with it: one read and one
 # write a listener for a few deliveries, not for each (at 500 deliveries/s and 50 listeners,
 # waking for each took a fifth of the server's time and half its ingest; 20 ms here left ingest
-# 0.88x beside 50 streams, 50 ms 0.89-0.96x with the 200 to each client p95 53 ms).
+# 0.88x beside 50 streams, 50 ms 0.88-0.96x with the 200 to each client p95 53 ms).
 GATHER_SECONDS = 0.05
 KEEP_ALIVE_SECONDS = 10.0  # a comment this often keeps proxies from closing a quiet stream
 READ_AT_ONCE = 500  # events (and the calls of as many events) read in one go
