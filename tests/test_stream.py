@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import jsonschema
 import pytest
 
+from receiver.event import Event, RawRequest
+from receiver.parse import parse_request
+from receiver.store import Store
+from receiver.store.backend import StorageUnavailable
 from receiver.web import stream
 from receiver.web.openapi import spec
 from receiver.web.stream import Feed, Listener, Position, Published
@@ -224,3 +230,69 @@ def test_a_listener_too_far_behind_gets_what_waited_then_ends(
     listener.offer(b"c", 1)
     assert listener.ended and listener.ready.is_set()
     assert listener.take() == b"a"
+
+
+def numbered(n: int) -> Event:
+    query = f"myid=1&EventType=dial-in&EventTime={1000 + n}&CallID=c{n}&SubCallID=s{n}"
+    parsed, _ = parse_request(RawRequest("GET", query.encode()), received_at_us=1, source="t")
+    return parsed
+
+
+class Paused:
+    """A real store whose reads of calls wait until let go (or fail), so that a client can
+    arrive, or the database go away, while the feed is in the middle of a step."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.reading = asyncio.Event()
+        self.go_on = asyncio.Event()
+        self.fail = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def calls_of_events(self, *args: Any, **kwargs: Any) -> Any:
+        self.reading.set()
+        await self.go_on.wait()
+        if self.fail:
+            raise StorageUnavailable("gone")
+        return await self.store.calls_of_events(*args, **kwargs)
+
+
+async def test_a_client_arriving_mid_step_gets_each_event_once(db_path: Path) -> None:
+    async with Store(db_path) as real:
+        for n in (1, 2, 3):
+            await real.add_event(numbered(n))
+        await real.refresh_calls()
+        store = Paused(real)
+        feed = Feed(unknown_after_us=0)
+        first = feed.listen([])
+        feed.position = Position(1, 1)  # event 1 and its call were sent before
+        stepping = asyncio.create_task(feed.step(store))  # type: ignore[arg-type]
+        await store.reading.wait()  # it has read events 2 and 3, not their calls yet
+        late = feed.listen([], since=Position(1, 1))  # a client coming back meanwhile
+        missed = [m async for m in feed.missed(store, Position(1, 1), late)]  # type: ignore[arg-type]
+        store.go_on.set()
+        await stepping
+        ids = [line for line in late.take().split(b"\n") if line.startswith(b"id: ")]
+        assert missed == []  # nothing was the feed's yet: the step brings it
+        assert [line.split(b" ")[1].split(b":")[0] for line in ids].count(b"2") == 1
+        assert first.take().count(b"event: event") == 2
+
+
+async def test_a_step_that_fails_loses_nothing(db_path: Path) -> None:
+    async with Store(db_path) as real:
+        for n in (1, 2):
+            await real.add_event(numbered(n))
+        await real.refresh_calls()
+        store = Paused(real)
+        store.fail = True
+        store.go_on.set()
+        feed = Feed(unknown_after_us=0)
+        listener = feed.listen([])
+        with pytest.raises(StorageUnavailable):
+            await feed.step(store)  # type: ignore[arg-type]
+        assert feed.position == Position(0, 0) and listener.take() == b""
+        store.fail = False
+        await feed.step(store)  # type: ignore[arg-type]
+        assert listener.take().count(b"event: event") == 2

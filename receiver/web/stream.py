@@ -226,26 +226,28 @@ class Feed:
         if not self.listeners:  # nothing to send: only keep up
             self.position = Position(state.events, min(state.built_to_event, state.events))
             return False
+        # The step's position is the feed's only once its messages are handed out, with no
+        # wait between: a client arriving meanwhile has what came before from missed(), and
+        # the step's messages from the feed; a read that fails leaves the feed where it was.
         more = False
         batch: list[Published] = []
-        if state.events > self.position.events:
-            records = await store.events_after(self.position.events, limit=READ_AT_ONCE)
+        position = self.position
+        if state.events > position.events:
+            records = await store.events_after(position.events, limit=READ_AT_ONCE)
             for record in records:
-                self.position = Position(record["id"], self.position.calls)
-                batch.append(Published.of("event", record, (record["myid"],), self.position))
+                position = Position(record["id"], position.calls)
+                batch.append(Published.of("event", record, (record["myid"],), position))
             more = len(records) == READ_AT_ONCE
-        built = min(state.built_to_event, self.position.events)
-        through = min(built, self.position.calls + READ_AT_ONCE)
-        if through > self.position.calls:
+        built = min(state.built_to_event, position.events)
+        through = min(built, position.calls + READ_AT_ONCE)
+        if through > position.calls:
             calls = await store.calls_of_events(
-                self.position.calls,
-                through,
-                now_us=now_us(),
-                unknown_after_us=self.unknown_after_us,
+                position.calls, through, now_us=now_us(), unknown_after_us=self.unknown_after_us
             )
-            self.position = Position(self.position.events, through)
-            batch += [Published.of("call", call, call["myids"], self.position) for call in calls]
+            position = Position(position.events, through)
+            batch += [Published.of("call", call, call["myids"], position) for call in calls]
             more = more or through < built
+        self.position = position
         self.publish(batch)
         return more
 
