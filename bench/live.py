@@ -99,6 +99,9 @@ async def listen(url: str, clients: int) -> None:
                 now = time.monotonic()
                 data = left + data
                 cut = data.rfind(b"\n\n") + 2  # a message cut by the read waits for its end
+                if cut == 1:  # no message ends in it yet
+                    left = data
+                    continue
                 last = data.rfind(b"\nid: ", 0, cut)
                 if last >= 0:
                     newest = data[last + 5 : data.index(b"\n", last + 5)].split(b":")[0]

@@ -65,9 +65,9 @@ def backup_file(
         reader.executescript(connect_pragmas())
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot, now
-        copy = sqlite3.connect(part, isolation_level=None)
         page_bytes: int = reader.execute("PRAGMA page_size").fetchone()[0]
         pace = Pace(part, page_bytes, rate)
+        copy = sqlite3.connect(part, isolation_level=None)
         try:
 
             def step(status: int, remaining: int, total: int) -> None:
@@ -79,14 +79,17 @@ def backup_file(
             reader.execute("COMMIT")
             # The WAL grew while the snapshot held its pages back: copy it into the database
             # here, not in the server's next commit (a second without a commit, with ingest
-            # flat out). A passive checkpoint lets the writer go on beside it.
-            reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            # flat out). A passive checkpoint lets the writer go on beside it; one that fails
+            # (no room for the database to grow?) is the server's to make later, and the copy
+            # is as good.
+            with contextlib.suppress(sqlite3.OperationalError):
+                reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             copy.execute("PRAGMA journal_mode=DELETE").fetchone()
             if rate:  # the check, a core's work for seconds, takes turns with the server's
                 copy.set_progress_handler(Duty(CHECK_SHARE), CHECK_STEPS)
             integrity = "; ".join(row[0] for row in copy.execute("PRAGMA integrity_check"))
             copy.set_progress_handler(None, 0)
-            events: int = copy.execute("SELECT events FROM event_count").fetchone()[0]
+            events = counted_events(copy)
         finally:
             pace.close()
             copy.close()
@@ -116,6 +119,15 @@ class Duty:
             time.sleep((now - self.since) * self.rest)
             self.since = time.monotonic()
         return 0  # go on
+
+
+def counted_events(copy: sqlite3.Connection) -> int:
+    """The events in the copy: its event_count (schema 16 on), else counted."""
+    try:
+        row = copy.execute("SELECT events FROM event_count").fetchone()
+    except sqlite3.OperationalError:  # a database of an older schema
+        row = copy.execute("SELECT count(*) FROM events").fetchone()
+    return int(row[0])
 
 
 def check_destination(dest: Path) -> None:
