@@ -121,9 +121,10 @@ async def listen(url: str, clients: int) -> None:
     print(json.dumps({"reads": reads, "counted": counted}))
 
 
-def arrival(reads: list[tuple[float, int]], event: int) -> float | None:
-    """When a stream had `event`: its first read whose newest id is at least it."""
-    at = bisect.bisect_left([newest for _, newest in reads], event)
+def arrival(reads: list[tuple[float, int]], newest: list[int], event: int) -> float | None:
+    """When a stream had `event`: its first read whose newest id (`newest`, of each read) is
+    at least it."""
+    at = bisect.bisect_left(newest, event)
     return reads[at][0] if at < len(reads) else None
 
 
@@ -177,11 +178,12 @@ async def main(clients: int, rate: float, seconds: float, count: int, rounds: in
             await asyncio.sleep(1)
             out, _ = listeners.communicate("", timeout=60)
             heard = json.loads(out)
+            streams = [(reads, [newest for _, newest in reads]) for reads in heard["reads"]]
             delays = sorted(
                 max(0.0, at - answered_at) * 1000
-                for reads in heard["reads"]
+                for reads, newest in streams
                 for event, answered_at in answered.items()
-                if (at := arrival(reads, event)) is not None
+                if (at := arrival(reads, newest, event)) is not None
             )
             sent = count + len(answered)  # the events stored after the last streams opened
             missing = sum(max(0, sent - counted) for counted in heard["counted"])

@@ -37,11 +37,10 @@ def backup(dest: Path, db: Path, max_rate: float, quiet: bool) -> None:
     Safe while `receiver serve` runs on the file and takes deliveries: SQLite's online backup
     copies one snapshot (every event answered 200 before it began is in it) while the server
     goes on writing beside it. The copy is checked with SQLite's integrity check before it is
-    given its name; it is one self-contained file. It is written at --max-rate, so that
-    deliveries arriving meanwhile are stored at the pace they come, at a lower CPU priority
-    (nice 10) than the server's. To restore it, stop the
-    server, remove the database's -wal and -shm files, put the copy in its place and start
-    the server (see docs/deploy.md).
+    given its name; it is one self-contained file. It is written at --max-rate, at a lower CPU
+    priority (nice 10) than the server's, so that deliveries arriving meanwhile are stored at
+    the pace they come. To restore it, stop the server, remove the database's -wal and -shm
+    files, put the copy in its place and start the server (see docs/deploy.md).
 
     \b
     Examples:

@@ -91,7 +91,8 @@ def backup_file(
                 copy.set_progress_handler(Duty(CHECK_SHARE), CHECK_STEPS)
             integrity = "; ".join(row[0] for row in copy.execute("PRAGMA integrity_check"))
             copy.set_progress_handler(None, 0)
-            events = counted_events(copy)
+            # Every store migrates its file when it opens it (Store.backup): the count is there.
+            events: int = copy.execute("SELECT events FROM event_count").fetchone()[0]
         finally:
             pace.close()
             copy.close()
@@ -121,15 +122,6 @@ class Duty:
             time.sleep((now - self.since) * self.rest)
             self.since = time.monotonic()
         return 0  # go on
-
-
-def counted_events(copy: sqlite3.Connection) -> int:
-    """The events in the copy: its event_count (schema 16 on), else counted."""
-    try:
-        row = copy.execute("SELECT events FROM event_count").fetchone()
-    except sqlite3.OperationalError:  # a database of an older schema
-        row = copy.execute("SELECT count(*) FROM events").fetchone()
-    return int(row[0])
 
 
 def check_destination(dest: Path) -> None:
