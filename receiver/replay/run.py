@@ -31,7 +31,11 @@ from receiver.retry import pauses, transient
 from receiver.store import Storage, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
-CHUNK = 1000  # events handed to the store at a time; bounds memory whatever the file size
+CHUNK = 4000  # events handed to the store at a time; bounds memory whatever the file size
+# How often parsing lets the event loop run: a writer process gets a chunk through a pipe, and
+# what did not fit the pipe at once is sent only when the loop runs, so a loop kept busy
+# parsing the next chunk would leave the writer waiting for the rest of this one.
+YIELD_EVERY = 50
 EXAMPLES = 10  # malformed lines shown with file and line number
 FORM = "application/x-www-form-urlencoded"
 
@@ -273,7 +277,7 @@ async def into_store(
 ) -> None:
     """Parse each delivery and store it; store=None parses only (--dry-run).
 
-    While the writer thread commits one chunk, this parses the next.
+    While the writer commits one chunk, this parses the next.
     """
     chunk: list[Event] = []
     pending: list[asyncio.Future[Stored]] = []
@@ -286,6 +290,8 @@ async def into_store(
                 raise StrictStop from None
             continue
         summary.events += 1
+        if summary.events % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         if store is None:
             chunk.clear()
         elif len(chunk) >= CHUNK:

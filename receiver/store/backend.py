@@ -21,6 +21,7 @@ from receiver.event import Event, Reject
 from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
+from receiver.store.schema import MAX_GROUP
 from receiver.store.upkeep import Pruned, Sizes, WriterState
 
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
@@ -279,6 +280,7 @@ def open_storage(
     rejects_max: int = 10_000,
     rejects_max_bytes: int = 64 << 20,
     own_process: bool = False,
+    max_group: int = MAX_GROUP,
     on_commit: Callable[[int], None] | None = None,
     forwarding: Forwarding | None = None,
 ) -> Storage:
@@ -297,6 +299,7 @@ def open_storage(
             str(db),
             rejects_max,
             rejects_max_bytes=rejects_max_bytes,
+            max_group=max_group,
             on_commit=on_commit,
             forwarding=forwarding,
         )
@@ -305,6 +308,7 @@ def open_storage(
         rejects_max,
         rejects_max_bytes=rejects_max_bytes,
         own_process=own_process,
+        max_group=max_group,
         on_commit=on_commit,
         forwarding=forwarding,
     )

@@ -144,10 +144,12 @@ class Store:
         *,
         rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
+        max_group: int = MAX_GROUP,
         on_commit: Callable[[int], None] | None = None,
         forwarding: Forwarding | None = None,
     ) -> None:
         self.path = path
+        self.max_group = max_group  # events in one commit at most
         self.forwarding = forwarding  # a server's routes (outbox.py); None: the file's
         self.on_commit = on_commit  # called with each group commit's size
         self.rejects_max = rejects_max
@@ -254,7 +256,7 @@ class Store:
                 break
             await in_flight.acquire()
             group = [first]
-            while len(group) < MAX_GROUP and not self._queue.empty():
+            while len(group) < self.max_group and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     closing = True

@@ -230,11 +230,13 @@ class PostgresStore:
         rejects_max: int = 10_000,
         *,
         rejects_max_bytes: int = 64 << 20,
+        max_group: int = MAX_GROUP,
         on_commit: Callable[[int], None] | None = None,
         pool_size: int = POOL_SIZE,
         forwarding: Forwarding | None = None,
     ) -> None:
         self.url = url
+        self.max_group = max_group  # events in one commit at most
         self.forwarding = forwarding  # a server's routes (outbox.py); None: the database's
         self.settle_us = DEFAULT_SETTLE_US if forwarding is None else forwarding.settle_us
         self.routes: list[Route] = []  # those messages are written for (enabled_routes)
@@ -396,7 +398,7 @@ class PostgresStore:
                 break
             await in_flight.acquire()
             group = [first]
-            while len(group) < MAX_GROUP and not self._queue.empty():
+            while len(group) < self.max_group and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     closing = True

@@ -309,6 +309,10 @@ TRIM_REJECTS_BY_BYTES = (
 # Only these make calls (pbx-events §2); messages and voicemail stay events.
 CALL_EVENTS_SQL = "event_type IN ('dial-in', 'dial-out', 'answer', 'hangup')"
 MAX_GROUP = 500  # events in one commit
+# The same for a command storing many (replay): each commit writes every page it changed of the
+# indexes keyed by random values (the de-dup key, CallID, SubCallID) once, so four times the
+# events a commit write each such page about once instead of four times.
+MAX_GROUP_COMMAND = 2000
 GROUPS_IN_FLIGHT = 3  # groups sent to the writer before the first is answered: it never waits idle
 KEYS_AT_ONCE = 2000  # old events given their new de-dup key per transaction of an upgrade
 LOCK_FREE_SHARE = 0.25  # after each, the lock is left free this share of the time it was held
