@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from receiver.packing import AS_RECEIVED, DEFLATED, pack, unpack
+from receiver.packing import AS_RECEIVED, ZSTD, pack, unpack
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
@@ -271,10 +271,10 @@ STORED_FIELDS = (
 
 def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> tuple[Any, ...]:
     """The event's values in STORED_FIELDS order, with `event_id` as its id; its raw query and
-    body deflated (`packed`, as they are stored) or as received."""
+    body packed (`packed`, as they are stored) or as received."""
     raw = event.raw
     if packed:
-        query, body, packing = pack(raw.query), pack(raw.body), DEFLATED
+        query, body, packing = pack(raw.query), pack(raw.body), ZSTD
     else:
         query, body, packing = raw.query, raw.body, AS_RECEIVED
     return (

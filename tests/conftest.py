@@ -20,6 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from receiver.event import STORED_FIELDS, Event, stored_row
+from receiver.packing import DEFLATED, deflate
 from receiver.settings import Settings
 from receiver.store import Storage, migrate, open_storage
 from receiver.store.schema import event_row, insert_events
@@ -52,6 +53,15 @@ def insert_as_before_packing(
     )
 
 
+def deflated_row(event: Event, event_id: int, key: bytes) -> tuple[Any, ...]:
+    """The row a receiver of schema versions 12 to 16 stored: its raw request deflated."""
+    row = dict(zip([*STORED_FIELDS, "dedup_key"], event_row(event, event_id, key), strict=True))
+    row.update(
+        raw_query=deflate(event.raw.query), raw_body=deflate(event.raw.body), raw_packing=DEFLATED
+    )
+    return tuple(row.values())
+
+
 def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
     """A database of schema `version` holding `events` (ids from 1) as that version stored
     them, with none of their calls built yet."""
@@ -63,6 +73,8 @@ def stored_by_version(db_path: Path, version: int, events: list[Event]) -> None:
                 key = key[8:]
             if version < 12:
                 insert_as_before_packing(old, stored, event_id, key)
+            elif version < 17:
+                old.execute(insert_events(1), deflated_row(stored, event_id, key))
             else:
                 old.execute(insert_events(1), event_row(stored, event_id, key))
         if 2 <= version < 7:

@@ -15,10 +15,10 @@ import pytest
 from receiver.event import RawRequest
 from receiver.parse import parse_request
 from receiver.store import EventQuery, Store
-from receiver.store.queries import EXPORT_PAGE
+from receiver.store.export import WORKER_PAGE
 from tests.conftest import sample
 
-EVENTS = 2 * EXPORT_PAGE + 500  # pages a worker makes, and a part page
+EVENTS = 2 * WORKER_PAGE + 500  # pages a worker makes, and a part page
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ CASES = [
     (EventQuery(descending=True), None, None),
     (EventQuery(myids=("1",)), None, None),
     (EventQuery(), None, 1),
-    (EventQuery(), None, EXPORT_PAGE),
-    (EventQuery(), None, EXPORT_PAGE + 1),
+    (EventQuery(), None, WORKER_PAGE),
+    (EventQuery(), None, WORKER_PAGE + 1),
     (EventQuery(), 777, None),
     (EventQuery(descending=True), 1500, 600),
     (EventQuery(myids=("nobody",)), None, None),
@@ -106,15 +106,15 @@ async def test_a_page_holds_what_is_stored_into_it_after_its_end_was_found(fille
     async with Store(filled, own_process=True) as server:
         exporter = server._exporter
         assert exporter is not None
-        end = await exporter.page_end(EventQuery(), None, EXPORT_PAGE)
+        end = await exporter.page_end(EventQuery(), None, WORKER_PAGE)
         assert end is not None
         line = sample("outbound-hangup").replace("CallID=", "CallID=late")
         line = re.sub(r"EventTime=\d+", "EventTime=1000", line)  # before every stored event
         raw = RawRequest("GET", f"myid=1&{line}".encode())
         late, _ = parse_request(raw, received_at_us=1_700_000_000_000_000, source="t")
         assert not (await server.add_event(late)).duplicate
-        sql, params = page_select(EventQuery(), None, end, EXPORT_PAGE)
+        sql, params = page_select(EventQuery(), None, end, WORKER_PAGE)
         pool = exporter.workers()
         lines = await asyncio.get_running_loop().run_in_executor(pool, page_lines, sql, params)
-    assert lines.count(b"\n") == EXPORT_PAGE + 1  # every event through its end, and the late one
+    assert lines.count(b"\n") == WORKER_PAGE + 1  # every event through its end, and the late one
     assert b"CallID=late" in lines

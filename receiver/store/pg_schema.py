@@ -303,6 +303,12 @@ MIGRATIONS: tuple[str, ...] = (
         FOR EACH STATEMENT EXECUTE FUNCTION receiver_count_removed();
     INSERT INTO event_count SELECT count(*) FROM events;
     """,
+    # 5: raw requests packed with zstandard (raw_packing 2, SQLite's migration 17): the version
+    # keeps a receiver that cannot read them from opening the database.
+    """
+    COMMENT ON COLUMN events.raw_packing IS
+        'how raw_query and raw_body are kept: 0 as received, 1 deflated, 2 zstandard';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

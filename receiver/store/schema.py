@@ -274,6 +274,10 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE event_count SET events = events - 1;
     END;
     """,
+    # 17: raw requests packed with zstandard (raw_packing 2, receiver/packing.py), smaller than
+    # deflated and packed in a sixth of the time. Nothing changes in the tables: the version
+    # only keeps a receiver that cannot read such rows from opening the database.
+    "",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 KEYS_REWRITTEN = 10  # the version before which migrate() rewrites the old de-dup keys
