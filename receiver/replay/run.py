@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import dataclasses
 import gzip
 import io
@@ -31,7 +32,8 @@ from receiver.retry import pauses, transient
 from receiver.store import Storage, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
-CHUNK = 4000  # events handed to the store at a time; bounds memory whatever the file size
+CHUNK = 4000  # events handed to the store at a time
+CHUNKS_AHEAD = 2  # chunks handed to the store and not yet stored: bounds memory, whatever the file
 # How often parsing lets the event loop run: a writer process gets a chunk through a pipe, and
 # what did not fit the pipe at once is sent only when the loop runs, so a loop kept busy
 # parsing the next chunk would leave the writer waiting for the rest of this one.
@@ -277,10 +279,11 @@ async def into_store(
 ) -> None:
     """Parse each delivery and store it; store=None parses only (--dry-run).
 
-    While the writer commits one chunk, this parses the next.
+    While the writer commits the chunks handed to it (CHUNKS_AHEAD at most), this parses the
+    next: the writer always has one waiting, whichever of the two is faster at the moment.
     """
     chunk: list[Event] = []
-    pending: list[asyncio.Future[Stored]] = []
+    pending: collections.deque[list[asyncio.Future[Stored]]] = collections.deque()
     for delivery in deliveries:
         try:
             chunk.append(parse_delivery(delivery, options))
@@ -295,12 +298,16 @@ async def into_store(
         if store is None:
             chunk.clear()
         elif len(chunk) >= CHUNK:
-            count_stored(await asyncio.gather(*pending, return_exceptions=True), summary)
-            pending, chunk = store.submit_events(chunk), []
+            pending.append(store.submit_events(chunk))
+            chunk = []
             await asyncio.sleep(0)  # let the writer take the chunk before parsing goes on
+            if len(pending) > CHUNKS_AHEAD:
+                oldest = pending.popleft()
+                count_stored(await asyncio.gather(*oldest, return_exceptions=True), summary)
     if store is not None:
-        pending += store.submit_events(chunk)
-        count_stored(await asyncio.gather(*pending, return_exceptions=True), summary)
+        pending.append(store.submit_events(chunk))
+        for futures in pending:
+            count_stored(await asyncio.gather(*futures, return_exceptions=True), summary)
 
 
 @dataclasses.dataclass(frozen=True)
