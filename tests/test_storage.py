@@ -31,6 +31,22 @@ def numbered(n: int) -> Event:
     return event(f"myid=1&EventType=dial-in&EventTime={1000 + n}&CallID=c{n}&SubCallID=s{n}")
 
 
+async def test_a_bulk_store_keeps_and_de_duplicates_every_event_the_same(
+    storage: OpenStorage,
+) -> None:
+    """In bulk (a command storing many: `receiver replay`), on SQLite each row is made before
+    the writer process gets it; what is stored and read back is the same."""
+    original = event("myid=175&" + sample("outbound-hangup") + "&Odd=%FF&Transfered=yes", 77)
+    async with storage(bulk=True) as store:
+        stored = await store.add_event(original)
+        again = await store.add_event(original)
+        others = await asyncio.gather(*(store.add_event(numbered(n)) for n in range(5)))
+        back = await store.get_event(stored.id)
+    assert again.duplicate and again.id == stored.id
+    assert back == dataclasses.replace(original, id=stored.id, duplicates=1)
+    assert sorted(o.id for o in others) == list(range(stored.id + 1, stored.id + 6))
+
+
 async def test_round_trip_keeps_every_field(storage: OpenStorage) -> None:
     original = event("myid=175&" + sample("outbound-hangup") + "&Odd=%FF&Transfered=yes", 77)
     async with storage() as store:

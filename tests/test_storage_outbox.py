@@ -120,3 +120,19 @@ async def test_a_replay_writes_a_period_s_events_again(storage: OpenStorage) -> 
         assert await store.replay_deliveries(2_000, 10_000) == 1
         [again] = await store.forward_step(URL, "a", [], limit=10, lease_seconds=30)
     assert b'"call_id":"b"' in again.body
+
+
+async def test_a_command_s_events_get_their_messages_as_a_server_s(storage: OpenStorage) -> None:
+    """`receiver replay` stores in bulk (on SQLite its rows made before the writer process gets
+    them) into a database whose destinations a server set: each event gets its messages all
+    the same, each destination's own."""
+    original = Route(URL, types=frozenset({"event.received"}), original=True)
+    elsewhere = Route("http://other.example.com/hook", myids=frozenset({"nobody"}))
+    async with storage(forwarding=Forwarding((original, elsewhere))):
+        pass  # the server's destinations become the database's
+    async with storage(bulk=True) as command:
+        stored = await command.add_event(numbered(1))
+        [message] = await command.forward_step(URL, "a", [], limit=10, lease_seconds=30)
+        assert await command.forward_step(elsewhere.url, "a", [], limit=9, lease_seconds=30) == []
+    assert message.message_id == f"msg_event_{stored.id}"
+    assert message.body == numbered(1).raw.query  # the PBX's own form, from the stored row

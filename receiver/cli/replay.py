@@ -97,7 +97,6 @@ def replay(
     from receiver.replay.run import Options, ReplayError, Target
     from receiver.replay.run import replay as run_replay
     from receiver.store import open_storage
-    from receiver.store.schema import MAX_GROUP_COMMAND
 
     options = Options(fmt, log_format, path, myid, strict)
     target = Target(to_url, concurrency, rate, retries) if to_url and not dry_run else None
@@ -107,9 +106,9 @@ def replay(
     async def run() -> Summary:
         if dry_run or target is not None:
             return await run_replay(list(paths), options, target=target, progress=bar.update_from)
-        # The writer in a process of its own: storing a chunk and parsing the next take a core
-        # each, where on a thread they would take turns with one GIL.
-        async with open_storage(db, own_process=True, max_group=MAX_GROUP_COMMAND) as store:
+        # bulk: the writer in a process of its own, so storing a chunk and parsing the next take
+        # a core each, where on a thread they would take turns with one GIL.
+        async with open_storage(db, bulk=True) as store:
             summary = await run_replay(list(paths), options, store=store, progress=bar.update_from)
             await store.refresh_calls()  # the calls of what it stored: reads do not build them
             return summary

@@ -281,33 +281,44 @@ async def into_store(
 
     While the writer commits the chunks handed to it (CHUNKS_AHEAD at most), this parses the
     next: the writer always has one waiting, whichever of the two is faster at the moment.
+    Between the chunks, the writer builds the calls of what it has stored (reads do not build
+    them), which it would else do alone at the end while nothing is parsed.
     """
     chunk: list[Event] = []
     pending: collections.deque[list[asyncio.Future[Stored]]] = collections.deque()
-    for delivery in deliveries:
-        try:
-            chunk.append(parse_delivery(delivery, options))
-        except Rejected as rejected:
-            summary.problem(delivery.where, rejected.reason)
-            if options.strict:
-                raise StrictStop from None
-            continue
-        summary.events += 1
-        if summary.events % YIELD_EVERY == 0:
-            await asyncio.sleep(0)
-        if store is None:
-            chunk.clear()
-        elif len(chunk) >= CHUNK:
+    calls: asyncio.Task[int] | None = None
+    try:
+        for delivery in deliveries:
+            try:
+                chunk.append(parse_delivery(delivery, options))
+            except Rejected as rejected:
+                summary.problem(delivery.where, rejected.reason)
+                if options.strict:
+                    raise StrictStop from None
+                continue
+            summary.events += 1
+            if summary.events % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            if store is None:
+                chunk.clear()
+            elif len(chunk) >= CHUNK:
+                pending.append(store.submit_events(chunk))
+                chunk = []
+                await asyncio.sleep(0)  # let the writer take the chunk before parsing goes on
+                if len(pending) > CHUNKS_AHEAD:
+                    oldest = pending.popleft()
+                    count_stored(await asyncio.gather(*oldest, return_exceptions=True), summary)
+                if calls is None or calls.done():
+                    if calls is not None:
+                        calls.result()  # raises what building them raised
+                    calls = asyncio.create_task(store.refresh_calls())
+        if store is not None:
             pending.append(store.submit_events(chunk))
-            chunk = []
-            await asyncio.sleep(0)  # let the writer take the chunk before parsing goes on
-            if len(pending) > CHUNKS_AHEAD:
-                oldest = pending.popleft()
-                count_stored(await asyncio.gather(*oldest, return_exceptions=True), summary)
-    if store is not None:
-        pending.append(store.submit_events(chunk))
-        for futures in pending:
-            count_stored(await asyncio.gather(*futures, return_exceptions=True), summary)
+            for futures in pending:
+                count_stored(await asyncio.gather(*futures, return_exceptions=True), summary)
+    finally:
+        if calls is not None:
+            await calls  # what it raised, raised here
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,6 @@ from receiver.event import Event, Reject
 from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.outbox import Delivery, DeliveryQuery, Forwarding, Outcome, Trimmed
 from receiver.store.queries import CallQuery, CallsState, EventQuery, Page, Reparsed, Stored
-from receiver.store.schema import MAX_GROUP
 from receiver.store.upkeep import Pruned, Sizes, WriterState
 
 # A --db that names a server by URL rather than a file: `postgresql://user@host/db`. (Read from
@@ -280,13 +279,15 @@ def open_storage(
     rejects_max: int = 10_000,
     rejects_max_bytes: int = 64 << 20,
     own_process: bool = False,
-    max_group: int = MAX_GROUP,
+    bulk: bool = False,
     on_commit: Callable[[int], None] | None = None,
     forwarding: Forwarding | None = None,
 ) -> Storage:
     """The storage `db` names (not opened yet: `async with` it): an SQLite file, or a
     PostgreSQL database by its URL (given as text: a Path would have made its `//` one `/`).
-    Raises ValueError for a backend this receiver does not have."""
+    `bulk`: for a command storing many events (replay), bigger commits and, on SQLite, a
+    writer process of its own fed with rows made in this one. Raises ValueError for a backend
+    this receiver does not have."""
     from receiver.store.database import Store
 
     problem = unsupported(db)
@@ -299,7 +300,7 @@ def open_storage(
             str(db),
             rejects_max,
             rejects_max_bytes=rejects_max_bytes,
-            max_group=max_group,
+            bulk=bulk,
             on_commit=on_commit,
             forwarding=forwarding,
         )
@@ -308,7 +309,7 @@ def open_storage(
         rejects_max,
         rejects_max_bytes=rejects_max_bytes,
         own_process=own_process,
-        max_group=max_group,
+        bulk=bulk,
         on_commit=on_commit,
         forwarding=forwarding,
     )

@@ -61,7 +61,9 @@ from receiver.store.schema import (
     IDLE_AFTER,
     LEG_FIELD_COLUMNS,
     MAX_GROUP,
+    MAX_GROUP_COMMAND,
     REJECT_COLUMNS,
+    PreparedEvent,
     call_fields_sql,
     call_from_row,
     connect_pragmas,
@@ -144,12 +146,16 @@ class Store:
         *,
         rejects_max_bytes: int = 64 << 20,
         own_process: bool = False,
-        max_group: int = MAX_GROUP,
+        bulk: bool = False,
         on_commit: Callable[[int], None] | None = None,
         forwarding: Forwarding | None = None,
     ) -> None:
+        own_process = own_process or bulk
         self.path = path
-        self.max_group = max_group  # events in one commit at most
+        # A command storing many (replay): bigger commits, and the rows made here, beside the
+        # writer process (PreparedEvent), which has the more to do; a server sends Events.
+        self.max_group = MAX_GROUP_COMMAND if bulk else MAX_GROUP  # events in one commit
+        self.prepare_rows = bulk
         self.forwarding = forwarding  # a server's routes (outbox.py); None: the file's
         self.on_commit = on_commit  # called with each group commit's size
         self.rejects_max = rejects_max
@@ -270,7 +276,10 @@ class Store:
 
     async def _commit(self, group: list[tuple[Event | Reject, asyncio.Future[Any]]]) -> None:
         try:
-            results = await self._writer.call("write_group", [item for item, _ in group])
+            items: list[Event | Reject | PreparedEvent] = [item for item, _ in group]
+            if self.prepare_rows:
+                items = [PreparedEvent.of(i) if isinstance(i, Event) else i for i in items]
+            results = await self._writer.call("write_group", items)
         except Exception as error:
             if len(group) > 1:  # one by one, so only the deliveries that cannot be stored fail
                 for item in group:

@@ -103,6 +103,7 @@ from receiver.store.schema import (
     LEG_COLUMNS,
     LEG_FIELD_COLUMNS,
     MAX_GROUP,
+    MAX_GROUP_COMMAND,
     REJECT_COLUMNS,
     call_fields_sql,
     call_from_row,
@@ -230,13 +231,14 @@ class PostgresStore:
         rejects_max: int = 10_000,
         *,
         rejects_max_bytes: int = 64 << 20,
-        max_group: int = MAX_GROUP,
+        bulk: bool = False,
         on_commit: Callable[[int], None] | None = None,
         pool_size: int = POOL_SIZE,
         forwarding: Forwarding | None = None,
     ) -> None:
         self.url = url
-        self.max_group = max_group  # events in one commit at most
+        # A command storing many (replay): bigger commits.
+        self.max_group = MAX_GROUP_COMMAND if bulk else MAX_GROUP  # events in one commit
         self.forwarding = forwarding  # a server's routes (outbox.py); None: the database's
         self.settle_us = DEFAULT_SETTLE_US if forwarding is None else forwarding.settle_us
         self.routes: list[Route] = []  # those messages are written for (enabled_routes)

@@ -10,7 +10,7 @@ import sqlite3
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from receiver.calls import Call, CallLeg, digits
 from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, key_prefix, stored_row
@@ -493,6 +493,23 @@ def event_row(event: Event, event_id: int, key: bytes) -> tuple[Any, ...]:
     """The events-table row of an Event as it is stored (its raw request packed), in
     EVENT_COLUMNS order then dedup_key."""
     return (*stored_row(event, event_id, packed=True), key)
+
+
+class PreparedEvent(NamedTuple):
+    """An event's row made before it goes to the writer process, all but its id, and its de-dup
+    key. A command storing many (replay) makes them in its own process, beside the writer,
+    which then has neither the packing nor the Event to unpickle (a sixth of its work); the
+    server sends Events, as its own process has the more to do."""
+
+    values: tuple[Any, ...]  # event_row's but the id
+    key: bytes
+
+    @classmethod
+    def of(cls, event: Event) -> PreparedEvent:
+        return cls(stored_row(event, None, packed=True)[1:], event.dedup_key())
+
+    def row(self, event_id: int) -> tuple[Any, ...]:
+        return (event_id, *self.values, self.key)
 
 
 def event_from_row(row: Sequence[Any]) -> Event:

@@ -59,6 +59,7 @@ from receiver.store.schema import (
     REJECT_COLUMNS,
     ROWS_AT_ONCE,
     TRIM_REJECTS_BY_BYTES,
+    PreparedEvent,
     call_fields_sql,
     call_from_row,
     call_row,
@@ -152,7 +153,7 @@ class Writer:
     def close(self) -> None:
         self.db.close()
 
-    def write_group(self, items: list[Event | Reject]) -> list[Stored | None]:
+    def write_group(self, items: list[Event | Reject | PreparedEvent]) -> list[Stored | None]:
         """Store a group in one transaction; all of it or, raising, none of it.
 
         A commit that fails for want of space is tried once more after a checkpoint; after
@@ -191,9 +192,9 @@ class Writer:
         self.short_of_space = bool(busy)
         return not busy
 
-    def _insert_group(self, items: list[Event | Reject]) -> list[Stored | None]:
+    def _insert_group(self, items: list[Event | Reject | PreparedEvent]) -> list[Stored | None]:
         db = self.db
-        keys = [item.dedup_key() if isinstance(item, Event) else b"" for item in items]
+        keys = [dedup_key_of(item) for item in items]
         known: dict[bytes, int] = {}
         lookup = [key for key in keys if key]
         if lookup:
@@ -207,7 +208,7 @@ class Writer:
         moment = now_us() if self.routes else 0
         results: list[Stored | None] = []
         for item, key in zip(items, keys, strict=True):
-            if not isinstance(item, Event):
+            if isinstance(item, Reject):
                 results.append(None)
                 continue
             if key in known:
@@ -216,10 +217,15 @@ class Writer:
                 continue
             event_id = known[key] = next_id
             next_id += 1
-            rows.append(event_row(item, event_id, key))
+            if isinstance(item, PreparedEvent):
+                row = item.row(event_id)
+                event = event_from_row(row[:-1]) if self.routes else None
+            else:
+                row, event = event_row(item, event_id, key), item
+            rows.append(row)
             results.append(Stored(event_id, False))
-            if self.routes:  # forwarded: its messages are in the commit that stores it
-                messages += event_messages(item, event_id, self.routes, moment)
+            if event is not None and self.routes:  # its messages are in the commit storing it
+                messages += event_messages(event, event_id, self.routes, moment)
         # Few statements, each one step: SQLite's work goes in a few calls, not one per row.
         for start in range(0, len(rows), ROWS_AT_ONCE):
             chunk = rows[start : start + ROWS_AT_ONCE]
@@ -653,6 +659,13 @@ class ProcessHost:
         if self._reader is not None:
             await self._reader
         self._process = None
+
+
+def dedup_key_of(item: Event | Reject | PreparedEvent) -> bytes:
+    """The de-dup key of an item of a group; a reject has none."""
+    if isinstance(item, Reject):
+        return b""
+    return item.key if isinstance(item, PreparedEvent) else item.dedup_key()
 
 
 def with_bodies(
