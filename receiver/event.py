@@ -303,8 +303,9 @@ def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> t
         event.bridged,
         event.diversion,
         event.remote_number,
-        json.dumps(event.extra, ensure_ascii=False),
-        json.dumps(event.flags),
+        # Most events have neither: json.dumps() with an argument makes an encoder each time.
+        json.dumps(event.extra, ensure_ascii=False) if event.extra else "{}",
+        json.dumps(event.flags) if event.flags else "[]",
         event.received_at_us,
         event.source,
         raw.method,
