@@ -4,12 +4,12 @@
 with a plain sqlite3 connection. The Store calls it through a host, one call at a time:
 
 - `ThreadHost` runs it on a thread: no start-up cost (commands, tests).
-- `ProcessHost` runs it in a child process (`serve()`), for the server. The writer's Python
-  work (rows, JSON, SQLite's own calls) then has a GIL and a core of its own instead of taking
-  turns with the event loop that parses requests; under load those turns cost more CPU than the
-  work itself. Calls and results go over the child's stdin and stdout as pickled frames. The
-  child ignores SIGINT and SIGTERM (the server drains, then closes it) and exits when its stdin
-  closes, so a killed server never leaves it behind.
+- `ProcessHost` runs it in a child process (`serve()`), for the server and for a replay. The
+  writer's Python work (rows, JSON, SQLite's own calls) then has a GIL and a core of its own
+  instead of taking turns with the event loop that parses requests; under load those turns
+  cost more CPU than the work itself. Calls and results go over the child's stdin and stdout
+  as pickled frames. The child ignores SIGINT and SIGTERM (the server drains, then closes it)
+  and exits when its stdin closes, so a killed server never leaves it behind.
 """
 
 from __future__ import annotations
