@@ -199,6 +199,25 @@ def test_malformed_lines_are_counted_and_shown(tmp_path: Path) -> None:
     assert len(rows(strict_db)) <= 1  # stopped at line 2
 
 
+def test_a_strict_stop_counts_and_builds_every_chunk_already_stored(tmp_path: Path) -> None:
+    """Chunks are stored while the next is parsed: those handed over before the malformed line
+    are stored, counted in the summary, and their calls built."""
+    from receiver.replay.run import CHUNK
+
+    calls = CHUNK * 2 + 500  # more than two chunks, one event each
+    lines = [f"EventType=hangup&EventTime={1000 + n}&CallID=c{n}&CallStatus=ANSWER"
+             for n in range(calls)]  # fmt: skip
+    log = tmp_path / "lines.txt"
+    log.write_text("\n".join([*lines, "garbage", *lines[:10], ""]))
+    db = tmp_path / "r.db"
+    code, output = replay("--db", str(db), "--myid", "1", "--strict", str(log))
+    assert code == 1 and "malformed  1" in output
+    stored = len(rows(db))
+    assert stored >= 2 * CHUNK  # the chunks handed over before the line
+    assert f"stored  {stored:,}" in output or f"stored  {stored}" in output
+    assert len(rows(db, "SELECT call_id FROM calls")) == stored
+
+
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     db = tmp_path / "r.db"
     code, output = replay("--db", str(db), "--myid", "1", "--dry-run", str(QUEUE))

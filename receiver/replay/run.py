@@ -33,7 +33,7 @@ from receiver.store import Storage, Stored
 
 FORMATS = ("access-log", "query-lines", "ndjson")
 CHUNK = 4000  # events handed to the store at a time
-CHUNKS_AHEAD = 2  # chunks handed to the store and not yet stored: bounds memory, whatever the file
+CHUNKS_AHEAD = 2  # chunks stored while the next is parsed (and one more handed over): bounds memory
 # How often parsing lets the event loop run: a writer process gets a chunk through a pipe, and
 # what did not fit the pipe at once is sent only when the loop runs, so a loop kept busy
 # parsing the next chunk would leave the writer waiting for the rest of this one.
@@ -314,11 +314,18 @@ async def into_store(
                     calls = asyncio.create_task(store.refresh_calls())
         if store is not None:
             pending.append(store.submit_events(chunk))
-            for futures in pending:
-                count_stored(await asyncio.gather(*futures, return_exceptions=True), summary)
-    finally:
+            while pending:
+                count_stored(
+                    await asyncio.gather(*pending.popleft(), return_exceptions=True), summary
+                )
+    except BaseException:  # --strict, Ctrl-C: count what was handed over, stop building calls
         if calls is not None:
-            await calls  # what it raised, raised here
+            calls.cancel()
+        while pending:
+            count_stored(await asyncio.gather(*pending.popleft(), return_exceptions=True), summary)
+        raise
+    if calls is not None:
+        await calls  # what it raised, raised here
 
 
 @dataclasses.dataclass(frozen=True)

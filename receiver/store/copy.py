@@ -1,5 +1,5 @@
 """Copying an SQLite database into PostgreSQL, keeping everything: each event with its id, raw
-request (as stored, deflated or not) and repeat count, the refused deliveries with theirs, and
+request (as stored, packed or not) and repeat count, the refused deliveries with theirs, and
 the PBX's call-history records. The calls are derived: they are built again once the events
 are in (rebuild_calls), not copied.
 

@@ -732,11 +732,14 @@ PIPE_BYTES = 1 << 20  # Linux's largest pipe for a process without privileges
 
 
 def widen(pipe: Any) -> None:
-    """Make the pipe to the writer hold a whole group (one of 1,000 events is about 800 KB).
+    """Make the pipe to the writer hold most of a group (a replay's 2,000 events pickle to about
+    1.6 MB, a server's 500 to 400 KB).
 
-    What does not fit in the pipe at once stays in the server's buffer until its event loop runs
-    again: with Linux's 64 KB, a group went over a piece at a time, the writer waiting between
-    the pieces while the server parsed. Where the system allows no more, it stays as it is.
+    What does not fit in the pipe at once stays in this process's buffer until its event loop
+    runs again: with Linux's 64 KB, a replay's group went over a piece at a time, the writer
+    waiting between the pieces while the replay parsed. Under uvloop (the server's loop) the
+    channel is a socket pair, not a pipe, and stays as it is; so where the system allows no
+    more.
     """
     with contextlib.suppress(ImportError, AttributeError, OSError):  # not Linux, or a lower limit
         import fcntl
