@@ -79,8 +79,9 @@ def deflate(data: bytes) -> bytes:
 
 
 # zstandard's dictionary, which never changes either: `zstandard.train_dictionary(2048, ...)`
-# over 20,000 deliveries made by pbx_emulator/simulate.py (tests/test_packing.py says which and
-# makes it again). Trained, it holds the deliveries' common strings and its entropy tables.
+# over 20,000 deliveries made by pbx_emulator/simulate.py (tests/test_packing.py says which,
+# checks its hash, and makes it again with the zstd release it was trained with). Trained, it
+# holds the deliveries' common strings and its entropy tables.
 ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(
     (Path(__file__).parent / "packing.zdict").read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
 )

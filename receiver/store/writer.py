@@ -741,7 +741,8 @@ def widen(pipe: Any) -> None:
     channel is a socket pair, not a pipe, and stays as it is; so where the system allows no
     more.
     """
-    with contextlib.suppress(ImportError, AttributeError, OSError):  # not Linux, or a lower limit
+    # No fcntl or F_SETPIPE_SZ (not Linux), no pipe (uvloop), or a lower limit: left as it is.
+    with contextlib.suppress(ImportError, AttributeError, OSError):
         import fcntl
 
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
