@@ -61,6 +61,9 @@ class Flag(enum.StrEnum):
     REPEATED_FIELD = "repeated_field"  # one field was sent twice; the last value won
     PLUS_RESTORED = "plus_restored"  # a raw '+' decoded to a space and was put back
     BAD_VALUE = "bad_value"  # a typed field did not parse; its text is kept in extra
+    # Not of a delivery: a stored value this receiver could not have written (the file edited
+    # or damaged), shown as `damaged_value:<column>`, the value replaced (readable_row).
+    DAMAGED_VALUE = "damaged_value"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -319,10 +322,165 @@ def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> t
     )
 
 
+# What a stored value of each kind of column may be, as this receiver writes it. SQLite keeps
+# whatever a statement stores, whatever the column's declared type: a file edited by hand or
+# damaged may hold text in an integer column, a blob in a text one, JSON that does not parse.
+TEXT = ("myid", "event_type", "source", "raw_method")
+OPTIONAL_TEXT = (
+    "call_id", "sub_call_id", "call_api_id", "callback_id", "caller_id_num", "caller_id_name",
+    "called_did", "called_number", "caller_extension", "called_extension", "call_status",
+    "call_flow", "rec_id", "diversion", "remote_number", "raw_content_type",
+)  # fmt: skip
+COUNTS = ("received_at_us", "duplicates")  # 0 in their place where damaged
+OPTIONAL_INTEGERS = (
+    "id",  # none: an event not stored yet (event_json)
+    "event_time_us", "caller_extension_id", "called_extension_id", "duration_us",
+)  # fmt: skip
+COLUMN = {name: index for index, name in enumerate(STORED_FIELDS)}
+# What making a record of values not of their columns' kinds raises.
+READ_FAILURES = (TypeError, ValueError, AttributeError, OverflowError, LookupError)
+WHOLE = frozenset({int, type(None)})  # the types of an optional integer column's value
+TRUTH = {None: None, 0: False, 1: True}  # a flag column's values (PostgreSQL's booleans too)
+YES_OR_NO = {0: False, 1: True}  # transferred's, never none
+NONE = type(None)
+# The types each column's value may have; its value is checked where the record is made.
+COLUMN_TYPES: dict[str, set[type]] = {
+    **{name: {str} for name in TEXT},
+    **{name: {str, NONE} for name in OPTIONAL_TEXT},
+    **{name: {int} for name in (*COUNTS, "raw_packing")},
+    **{name: {int, NONE} for name in OPTIONAL_INTEGERS},
+    "transferred": {int, bool},
+    "bridged": {int, bool, NONE},
+    "extra": {str},
+    "flags": {str},
+    "raw_query": {bytes},
+    "raw_body": {bytes},
+    "order_us": {int, float, str, bytes, NONE},  # not shown; it orders the events
+}
+assert set(COLUMN_TYPES) == set(STORED_FIELDS)
+
+
+def kinds_fit(row: Sequence[Any]) -> bool:
+    """Whether each of the row's values has a type its column may hold."""
+    return types_fit(tuple(map(type, row)))
+
+
+@functools.lru_cache(maxsize=4096)  # a few dozen sets of types occur
+def types_fit(types: tuple[type, ...]) -> bool:
+    return len(types) == len(STORED_FIELDS) and all(
+        kind in COLUMN_TYPES[name] for name, kind in zip(STORED_FIELDS, types, strict=True)
+    )
+
+
+def readable_row(row: Sequence[Any]) -> tuple[list[Any], list[str]]:
+    """The row with each value that is not of its column's kind replaced by none, an empty
+    value or 0, and the names of the columns replaced. The raw query and body come unpacked
+    (raw_packing AS_RECEIVED); where they do not unpack, as stored, and named."""
+    values = list(row)
+    damaged: list[str] = []
+
+    def replace(name: str, value: Any) -> None:
+        values[COLUMN[name]] = value
+        damaged.append(name)
+
+    for name in TEXT:
+        if not isinstance(values[COLUMN[name]], str):
+            replace(name, as_text(values[COLUMN[name]]) or "")
+    for name in OPTIONAL_TEXT:
+        if not isinstance(values[COLUMN[name]], str | None):
+            replace(name, as_text(values[COLUMN[name]]))
+    for name in COUNTS:
+        if not isinstance(values[COLUMN[name]], int):
+            replace(name, 0)
+    for name in OPTIONAL_INTEGERS:
+        if not isinstance(values[COLUMN[name]], int | None):
+            replace(name, None)
+    if values[COLUMN["transferred"]] not in (0, 1):
+        replace("transferred", 0)
+    if values[COLUMN["bridged"]] not in (None, 0, 1):
+        replace("bridged", None)
+    extra, flags = values[COLUMN["extra"]], values[COLUMN["flags"]]
+    if extra != "{}" and not isinstance(json_value(extra), dict):  # most events have "{}"
+        replace("extra", "{}")
+    if flags != "[]" and not is_list_of_text(json_value(flags)):
+        replace("flags", "[]")
+    packing = values[COLUMN["raw_packing"]]
+    for name in ("raw_query", "raw_body"):
+        stored = values[COLUMN[name]]
+        try:
+            values[COLUMN[name]] = unpack(stored, packing)
+        except READ_FAILURES:  # kept as stored: all there is to see of it
+            replace(name, as_bytes(stored))
+    values[COLUMN["raw_packing"]] = AS_RECEIVED
+    return values, damaged
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """A stored JSON object (extra). Raises TypeError or ValueError where it is none."""
+    value = orjson.loads(text)  # strict JSON: no NaN, which the JSON pages could not write
+    if type(value) is not dict:
+        raise TypeError("not a JSON object")
+    return value
+
+
+def json_texts(text: str) -> list[str]:
+    """A stored JSON list of text (flags). Raises TypeError or ValueError where it is none."""
+    value = orjson.loads(text)
+    if not is_list_of_text(value):
+        raise TypeError("not a JSON list of text")
+    return value  # type: ignore[no-any-return]
+
+
+def json_value(text: Any) -> Any:
+    """The value of stored JSON text (strict: no NaN), or None where it is not JSON."""
+    try:
+        return orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def is_list_of_text(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def as_text(value: Any) -> str | None:
+    """Bytes where text belongs, as text (each byte that is not UTF-8 as U+FFFD); else none."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def as_bytes(value: Any) -> bytes:
+    """A stored value as bytes: blobs as they are, anything else as its text in UTF-8."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return b"" if value is None else str(value).encode()
+
+
 def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any]:
     """The event's public JSON form (field names fixed by the API contract), from its stored
     row (STORED_FIELDS). Every output of events is made here: JSON pages, the NDJSON export
     (event_lines), CSV and the command line, so they cannot disagree.
+
+    Any row makes a record: a value this receiver could not have stored is replaced and
+    flagged. The row's types are looked up first (kinds_fit); only a row that fails that or
+    its record is checked value by value (readable_row), which costs about as much again.
+    """
+    if kinds_fit(row):
+        try:
+            return trusted_record(row, with_raw=with_raw)
+        except READ_FAILURES:
+            pass
+    values, damaged = readable_row(row)
+    out = trusted_record(values, with_raw=with_raw)
+    if damaged:
+        out["flags"] = [*out["flags"], *(f"{Flag.DAMAGED_VALUE}:{name}" for name in damaged)]
+    return out
+
+
+def trusted_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any]:
+    """event_record() of a row whose values are of their columns' kinds, unchecked; it may
+    raise (READ_FAILURES) or make a record orjson cannot write, where they are not.
 
     It reads the row's values as they are, without making an Event first: an export makes
     millions, and an Event costs more than its record.
@@ -335,6 +493,13 @@ def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any
         received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, raw_packing,
         duplicates,
     ) = row  # fmt: skip
+    if not (
+        type(caller_extension_id) in WHOLE
+        and type(called_extension_id) in WHOLE
+        and type(duration_us) in WHOLE
+        and type(duplicates) is int
+    ):  # what the record passes on as it is (the times and text fail where they are used)
+        raise TypeError("a value is not of its column's kind")
     out: dict[str, Any] = {
         "id": event_id,
         "myid": myid,
@@ -356,20 +521,20 @@ def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any
         "call_flow": call_flow,
         "duration": seconds(duration_us),
         "rec_id": rec_id,
-        "transferred": bool(transferred),
-        "bridged": None if bridged is None else bool(bridged),
+        "transferred": YES_OR_NO[transferred],
+        "bridged": TRUTH[bridged],
         "diversion": diversion,
         "remote_number": remote_number,
-        "extra": json.loads(extra) if extra != "{}" else {},  # most events: skip the parser
-        "flags": json.loads(flags) if flags != "[]" else [],
+        "extra": json_object(extra) if extra != "{}" else {},  # most events: skip the parser
+        "flags": json_texts(flags) if flags != "[]" else [],
         "received_at": iso_time(received_at_us),
         "source": source,
         "event_time_us": event_time_us,
         "duplicates": duplicates,
     }
+    if raw_packing:  # also for a record without it: one that does not unpack is flagged
+        raw_query, raw_body = unpack(raw_query, raw_packing), unpack(raw_body, raw_packing)
     if with_raw:
-        if raw_packing:
-            raw_query, raw_body = unpack(raw_query, raw_packing), unpack(raw_body, raw_packing)
         try:  # raw_dict(), written out for the common case: exports make millions
             out["raw"] = {
                 "method": raw_method,
@@ -392,7 +557,10 @@ def event_lines(rows: Iterable[Sequence[Any]]) -> bytes:
     """
     out = bytearray()
     for row in rows:
-        out += orjson.dumps(event_record(row, with_raw=True))
+        try:  # as stored, unchecked: looking up its types would cost a fifth of its record
+            out += orjson.dumps(trusted_record(row, with_raw=True))
+        except READ_FAILURES:  # a damaged value fails its record or orjson (a TypeError)
+            out += orjson.dumps(event_record(row, with_raw=True))
         out += b"\n"
     return bytes(out)
 

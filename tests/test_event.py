@@ -1,13 +1,29 @@
-"""An event's values as its JSON record shows them."""
+"""An event's values as its JSON record shows them, whatever the database holds."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.event import LAST_TIME_US, iso_time
+from receiver.event import (
+    LAST_TIME_US,
+    STORED_FIELDS,
+    RawRequest,
+    event_lines,
+    event_record,
+    iso_time,
+    stored_row,
+    trusted_record,
+)
+from receiver.parse import parse_request
+from receiver.store.schema import event_from_row
+from tests.conftest import sample
 
 
 @given(st.integers(min_value=0, max_value=LAST_TIME_US))
@@ -19,3 +35,65 @@ def test_a_time_is_shown_to_the_microsecond_as_datetime_shows_it(us: int) -> Non
 @given(st.one_of(st.integers(max_value=-1), st.integers(min_value=LAST_TIME_US + 1)))
 def test_a_time_outside_the_years_1970_to_9999_is_shown_as_none(us: int) -> None:
     assert iso_time(us) is None
+
+
+def stored(name: str = "outbound-hangup") -> list[Any]:
+    """A real delivery's row as the database keeps it (packed)."""
+    raw = RawRequest("GET", f"myid=175&{sample(name)}".encode())
+    event, _ = parse_request(raw, received_at_us=1_700_000_000_000_000, source="t")
+    return list(stored_row(event, 7, packed=True))
+
+
+# A value this receiver could not have stored, and the column its record flags.
+DAMAGES = [
+    ("duration_us", "abc", "duration_us"),
+    ("event_time_us", 1.5, "event_time_us"),
+    ("received_at_us", 1.5, "received_at_us"),
+    ("caller_extension_id", "85219", "caller_extension_id"),
+    ("transferred", "yes", "transferred"),
+    ("transferred", 2, "transferred"),
+    ("bridged", "yes", "bridged"),
+    ("duplicates", 1.5, "duplicates"),
+    ("extra", "{bad", "extra"),
+    ("extra", "[1]", "extra"),
+    ("extra", '{"a": NaN}', "extra"),
+    ("flags", "[1]", "flags"),
+    ("flags", "nope", "flags"),
+    ("caller_id_name", b"\xffA", "caller_id_name"),  # read as bytes: text not UTF-8
+    ("myid", b"175", "myid"),
+    ("raw_query", b"\x00\x11 not a frame", "raw_query"),
+    ("raw_query", "text, not bytes", "raw_query"),
+    ("raw_packing", 9, "raw_query"),
+]
+
+
+@pytest.mark.parametrize(("column", "value", "flagged"), DAMAGES)
+def test_a_damaged_value_makes_a_record_that_flags_it(
+    column: str, value: Any, flagged: str
+) -> None:
+    row = stored()
+    row[STORED_FIELDS.index(column)] = value
+    record = event_record(row, with_raw=True)
+    assert record["flags"][-1] == f"damaged_value:{flagged}"
+    assert record["id"] == 7 and record["call_id"] == stored_record()["call_id"]
+    line = event_lines([row])
+    assert orjson.loads(line) == record  # the export's fast path falls back to the same record
+    assert json.loads(json.dumps(record, allow_nan=False)) == record  # as the JSON pages write it
+    assert f"damaged_value:{flagged}" in event_from_row(row).flags
+
+
+def test_a_damaged_raw_request_shows_what_is_stored() -> None:
+    row = stored()
+    row[STORED_FIELDS.index("raw_query")] = b"\x00\xff"
+    assert event_record(row, with_raw=True)["raw"]["query_base64"] == "AP8="
+
+
+def test_a_row_as_stored_makes_the_same_record_checked_or_not() -> None:
+    for name in ("outbound-hangup", "outbound-dial-out-cyrillic-name", "queue-agent-dial-in"):
+        row = stored(name)
+        assert event_record(row, with_raw=True) == trusted_record(row, with_raw=True)
+        assert not any(flag.startswith("damaged_value") for flag in event_record(row)["flags"])
+
+
+def stored_record() -> dict[str, Any]:
+    return event_record(stored())

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -68,6 +69,7 @@ from receiver.store.schema import (
     call_from_row,
     connect_pragmas,
     event_from_row,
+    read_tolerantly,
     reject_from_row,
 )
 from receiver.store.upgrade import upgrade_at_start
@@ -583,13 +585,17 @@ class Store:
         assert self._reader is not None
         if not 0 < event_id < 2**63:  # no such id, and SQLite could not even be asked
             return None
-        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"
-        async with self._reader.execute(sql, (event_id,)) as cursor:
-            row: Sequence[Any] | None = await cursor.fetchone()
-        return row
+        rows = await self._rows(f"SELECT {EVENT_COLUMNS} FROM events WHERE id = ?", [event_id])
+        return rows[0] if rows else None
 
     async def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         assert self._reader is not None
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.OperationalError as error:
+            if not read_tolerantly(self._reader, error):
+                raise
         async with self._reader.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
@@ -986,8 +992,7 @@ class Store:
         clause = "WHERE id < ?" if before is not None else ""
         params = [before] if before is not None else []
         sql = f"SELECT {REJECT_COLUMNS} FROM rejects {clause} ORDER BY id DESC LIMIT ?"
-        async with self._reader.execute(sql, [*params, limit + 1]) as cursor:
-            rows = list(await cursor.fetchall())
+        rows = await self._rows(sql, [*params, limit + 1])
         rejects = [reject_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(rejects, str(rejects[-1].id) if more else None)

@@ -29,7 +29,7 @@ import aiosqlite
 from receiver.calls import digits
 from receiver.event import event_lines
 from receiver.store.queries import EventQuery, event_cursor, event_page_sql
-from receiver.store.schema import EVENT_COLUMNS, connect_pragmas
+from receiver.store.schema import EVENT_COLUMNS, connect_pragmas, read_tolerantly
 
 EXPORT_WORKERS = 2  # processes making pages: one a core here, the server's work is small
 # Events in a worker's page: the server's work is mostly a page's (finding its end, taking it
@@ -86,7 +86,13 @@ def watch_server(server_pid: int) -> None:
 def page_lines(sql: str, params: list[Any]) -> bytes:
     """In a worker: the NDJSON lines of the events `sql` selects."""
     assert worker_connection is not None
-    return event_lines(worker_connection.execute(sql, params).fetchall())
+    try:
+        rows = worker_connection.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as error:
+        if not read_tolerantly(worker_connection, error):
+            raise
+        rows = worker_connection.execute(sql, params).fetchall()
+    return event_lines(rows)
 
 
 def page_select(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import operator
 import sqlite3
 import time
@@ -13,7 +14,22 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from receiver.calls import Call, CallLeg, digits
-from receiver.event import STORED_FIELDS, Event, RawRequest, Reject, key_prefix, stored_row
+from receiver.event import (
+    READ_FAILURES,
+    STORED_FIELDS,
+    TRUTH,
+    YES_OR_NO,
+    Event,
+    Flag,
+    RawRequest,
+    Reject,
+    json_object,
+    json_texts,
+    key_prefix,
+    kinds_fit,
+    readable_row,
+    stored_row,
+)
 from receiver.packing import unpack
 from receiver.store.outbox import OUTBOX_MIGRATION
 
@@ -327,6 +343,32 @@ WAL_KEPT_BYTES = 64 * 1024 * 1024  # the most the WAL keeps on disk once emptied
 BUSY_TIMEOUT = 5.0  # seconds a connection waits for another process's lock before it fails
 
 
+UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's error for stored text that is not UTF-8
+
+
+def tolerant_text(data: bytes) -> str | bytes:
+    """A text_factory: stored text as str, or as bytes where it is not UTF-8, for readable_row
+    (receiver/event.py) to flag. Called for every text value, so only once one needs it."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def read_tolerantly(connection: Any, error: sqlite3.OperationalError) -> bool:
+    """After `error`, whether reading again may succeed: when it was stored text that is not
+    UTF-8 (a file edited or damaged) and `connection` (sqlite3 or aiosqlite) still decoded
+    text strictly, from now on it reads such text as bytes."""
+    if UNDECODABLE not in str(error) or connection.text_factory is tolerant_text:
+        return False
+    logging.getLogger("receiver").warning(
+        "the database holds text that is not UTF-8 (edited by hand? damaged?): reading on, "
+        "each such value flagged damaged_value, more slowly"
+    )
+    connection.text_factory = tolerant_text
+    return True
+
+
 def connect_pragmas() -> str:
     """Settings for every connection.
 
@@ -513,7 +555,22 @@ class PreparedEvent(NamedTuple):
 
 
 def event_from_row(row: Sequence[Any]) -> Event:
-    """An Event from a row selected as EVENT_COLUMNS."""
+    """An Event from a row selected as EVENT_COLUMNS; a value this receiver could not have
+    stored is replaced and flagged (readable_row)."""
+    if kinds_fit(row):
+        try:
+            return trusted_event(row)
+        except READ_FAILURES:
+            pass
+    values, damaged = readable_row(row)
+    event = trusted_event(values)
+    marks = tuple(f"{Flag.DAMAGED_VALUE}:{name}" for name in damaged)
+    return dataclasses.replace(event, flags=event.flags + marks)
+
+
+def trusted_event(row: Sequence[Any]) -> Event:
+    """event_from_row() of a row whose values are of their columns' kinds; it may raise
+    (READ_FAILURES) where they are not."""
     (
         event_id, myid, event_type, event_time_us, _order_us, call_id, sub_call_id, call_api_id,
         callback_id, caller_id_num, caller_id_name, called_did, called_number, caller_extension,
@@ -522,7 +579,6 @@ def event_from_row(row: Sequence[Any]) -> Event:
         received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, raw_packing,
         duplicates,
     ) = row  # fmt: skip
-    query, body = unpack(raw_query, raw_packing), unpack(raw_body, raw_packing)
     return Event(
         id=event_id,
         myid=myid,
@@ -530,7 +586,12 @@ def event_from_row(row: Sequence[Any]) -> Event:
         event_time_us=event_time_us,
         received_at_us=received_at_us,
         source=source,
-        raw=RawRequest(raw_method, query, body, raw_content_type),
+        raw=RawRequest(
+            raw_method,
+            unpack(raw_query, raw_packing),
+            unpack(raw_body, raw_packing),
+            raw_content_type,
+        ),
         call_id=call_id,
         sub_call_id=sub_call_id,
         call_api_id=call_api_id,
@@ -547,12 +608,12 @@ def event_from_row(row: Sequence[Any]) -> Event:
         call_flow=call_flow,
         duration_us=duration_us,
         rec_id=rec_id,
-        transferred=bool(transferred),
-        bridged=None if bridged is None else bool(bridged),
+        transferred=YES_OR_NO[transferred],
+        bridged=TRUTH[bridged],
         diversion=diversion,
         remote_number=remote_number,
-        extra=json.loads(extra) if extra != "{}" else {},  # most events: skip the parser
-        flags=tuple(json.loads(flags)) if flags != "[]" else (),
+        extra=json_object(extra) if extra != "{}" else {},  # most events: skip the parser
+        flags=tuple(json_texts(flags)) if flags != "[]" else (),
         duplicates=duplicates,
     )
 

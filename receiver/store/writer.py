@@ -69,6 +69,7 @@ from receiver.store.schema import (
     insert_events,
     leg_rows,
     migrate,
+    read_tolerantly,
     reject_row,
     use_wal,
 )
@@ -144,6 +145,17 @@ class Writer:
                 with write_transaction(self.db):
                     outbox.set_routes(self.db, forwarding.routes)
         self.load_routes()
+
+    def run(self, method: str, *args: Any) -> Any:
+        """self.method(*args), as the hosts call it; once more where stored text was not
+        UTF-8 (read_tolerantly): what it wrote before the error was rolled back, and calls
+        are built again from the events as they are."""
+        try:
+            return getattr(self, method)(*args)
+        except sqlite3.OperationalError as error:
+            if not read_tolerantly(self.db, error):
+                raise
+        return getattr(self, method)(*args)
 
     def load_routes(self) -> None:
         """The routes the outbox is written for (outbox.py): those of the file, not disabled."""
@@ -540,7 +552,8 @@ class ThreadHost:
 
     async def call(self, method: str, *args: Any) -> Any:
         """Writer.method(*args), on the writer thread."""
-        return await self._run(getattr(self._writer, method), *args)
+        assert self._writer is not None
+        return await self._run(self._writer.run, method, *args)
 
     async def stop(self) -> None:
         if self._writer is not None:
@@ -795,7 +808,7 @@ def serve(argv: list[str]) -> None:
         while (call := read_frame(calls)) is not None:
             method, args = call
             try:
-                answer = (True, None if method == "ready" else getattr(writer, method)(*args))
+                answer = (True, None if method == "ready" else writer.run(method, *args))
             except Exception as error:
                 answer = (False, picklable(error))
             write_frame(results, answer)

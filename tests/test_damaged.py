@@ -1,0 +1,81 @@
+"""A database edited by hand or damaged: every read of a real server still answers, with each
+value the receiver could not have stored flagged, and calls are still built from its events."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import orjson
+
+from tests.conftest import ROOT, scenario, wait_for_calls
+
+# Values no receiver writes, each into another event: (column, SQL value).
+DAMAGES = [
+    ("duration_us", "'abc'"),
+    ("extra", "'{bad'"),
+    ("raw_query", "x'0011'"),  # not a zstandard frame
+    ("caller_id_name", "CAST(x'ff41' AS TEXT)"),  # text that is not UTF-8
+    ("transferred", "'yes'"),
+    ("flags", "'[1]'"),
+]
+
+
+def deliver(client: httpx.Client, lines: list[str]) -> None:
+    for line in lines:
+        assert client.get(f"/webhook?myid=175&{line}").status_code == 200
+
+
+def test_every_read_answers_and_flags_what_is_damaged(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    calls = [scenario(name) for name in ("inbound-answered", "queue-rounds", "outbound-busy")]
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        for lines in calls:
+            deliver(client, lines[:2])  # each call's first events, damaged below
+        with sqlite3.connect(db_path) as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM events ORDER BY id")]
+            for (column, value), event_id in zip(DAMAGES, ids, strict=False):
+                db.execute(f"UPDATE events SET {column} = {value} WHERE id = ?", [event_id])
+        damaged = dict(zip(ids, (column for column, _ in DAMAGES), strict=False))
+        for lines in calls:
+            deliver(client, lines[2:])  # their calls are built again, from damaged events
+        built = wait_for_calls(lambda path: client.get(path))
+        total = built["events"]
+
+        page = client.get("/api/events", params={"limit": 1000})
+        assert page.status_code == 200, page.text
+        records = {record["id"]: record for record in page.json()["events"]}
+        assert len(records) == total
+        for event_id, column in damaged.items():
+            assert f"damaged_value:{column}" in records[event_id]["flags"], column
+            one = client.get(f"/api/events/{event_id}")
+            assert one.status_code == 200 and one.json()["id"] == event_id
+
+        export = client.get("/api/events", params={"format": "ndjson"})
+        assert export.status_code == 200
+        lines = [orjson.loads(line) for line in export.content.splitlines()]
+        assert {line.pop("raw") and line["id"]: line for line in lines} == records
+
+        table = client.get("/api/events", params={"format": "csv"})
+        assert table.status_code == 200
+        assert len(list(csv.reader(io.StringIO(table.text)))) == total + 1
+
+        listed = client.get("/api/calls", params={"limit": 100})
+        assert listed.status_code == 200
+        assert len(listed.json()["calls"]) == len(calls)
+        for page_path in ("/events", "/calls", "/"):
+            assert client.get(page_path).status_code == 200, page_path
+    running.stop()
+
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "receiver", "rebuild", "--db", str(db_path), "--reparse", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
