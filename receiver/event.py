@@ -18,6 +18,16 @@ from typing import Any
 import orjson
 
 from receiver.packing import AS_RECEIVED, ZSTD, pack, unpack
+from receiver.stored import (
+    BRIDGED,
+    OPTIONAL_INTEGER,
+    READ_FAILURES,
+    TRANSFERRED,
+    json_object,
+    json_texts,
+    kinds_fit,
+    readable_row,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The largest values every output can show, so the largest parsing accepts (parse.LARGEST):
@@ -261,19 +271,6 @@ def text_or_base64(data: bytes, name: str) -> dict[str, str]:
         return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
 
 
-# An event as the database stores it: its values in this order (the events table's columns,
-# selected as EVENT_COLUMNS in receiver/store/schema.py). extra and flags are JSON text; the
-# raw query and body are kept as raw_packing says (receiver/packing.py).
-STORED_FIELDS = (
-    "id", "myid", "event_type", "event_time_us", "order_us", "call_id", "sub_call_id",
-    "call_api_id", "callback_id", "caller_id_num", "caller_id_name", "called_did",
-    "called_number", "caller_extension", "caller_extension_id", "called_extension",
-    "called_extension_id", "call_status", "call_flow", "duration_us", "rec_id", "transferred",
-    "bridged", "diversion", "remote_number", "extra", "flags", "received_at_us", "source",
-    "raw_method", "raw_query", "raw_body", "raw_content_type", "raw_packing", "duplicates",
-)  # fmt: skip
-
-
 def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> tuple[Any, ...]:
     """The event's values in STORED_FIELDS order, with `event_id` as its id; its raw query and
     body packed (`packed`, as they are stored) or as received."""
@@ -322,141 +319,6 @@ def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> t
     )
 
 
-# What a stored value of each kind of column may be, as this receiver writes it. SQLite keeps
-# whatever a statement stores, whatever the column's declared type: a file edited by hand or
-# damaged may hold text in an integer column, a blob in a text one, JSON that does not parse.
-TEXT = ("myid", "event_type", "source", "raw_method")
-OPTIONAL_TEXT = (
-    "call_id", "sub_call_id", "call_api_id", "callback_id", "caller_id_num", "caller_id_name",
-    "called_did", "called_number", "caller_extension", "called_extension", "call_status",
-    "call_flow", "rec_id", "diversion", "remote_number", "raw_content_type",
-)  # fmt: skip
-COUNTS = ("received_at_us", "duplicates")  # 0 in their place where damaged
-OPTIONAL_INTEGERS = (
-    "id",  # none: an event not stored yet (event_json)
-    "event_time_us", "caller_extension_id", "called_extension_id", "duration_us",
-)  # fmt: skip
-COLUMN = {name: index for index, name in enumerate(STORED_FIELDS)}
-# What making a record of values not of their columns' kinds raises.
-READ_FAILURES = (TypeError, ValueError, AttributeError, OverflowError, LookupError)
-WHOLE = frozenset({int, type(None)})  # the types of an optional integer column's value
-TRUTH = {None: None, 0: False, 1: True}  # a flag column's values (PostgreSQL's booleans too)
-YES_OR_NO = {0: False, 1: True}  # transferred's, never none
-NONE = type(None)
-# The types each column's value may have; its value is checked where the record is made.
-COLUMN_TYPES: dict[str, set[type]] = {
-    **{name: {str} for name in TEXT},
-    **{name: {str, NONE} for name in OPTIONAL_TEXT},
-    **{name: {int} for name in (*COUNTS, "raw_packing")},
-    **{name: {int, NONE} for name in OPTIONAL_INTEGERS},
-    "transferred": {int, bool},
-    "bridged": {int, bool, NONE},
-    "extra": {str},
-    "flags": {str},
-    "raw_query": {bytes},
-    "raw_body": {bytes},
-    "order_us": {int, float, str, bytes, NONE},  # not shown; it orders the events
-}
-assert set(COLUMN_TYPES) == set(STORED_FIELDS)
-
-
-def kinds_fit(row: Sequence[Any]) -> bool:
-    """Whether each of the row's values has a type its column may hold."""
-    return types_fit(tuple(map(type, row)))
-
-
-@functools.lru_cache(maxsize=4096)  # a few dozen sets of types occur
-def types_fit(types: tuple[type, ...]) -> bool:
-    return len(types) == len(STORED_FIELDS) and all(
-        kind in COLUMN_TYPES[name] for name, kind in zip(STORED_FIELDS, types, strict=True)
-    )
-
-
-def readable_row(row: Sequence[Any]) -> tuple[list[Any], list[str]]:
-    """The row with each value that is not of its column's kind replaced by none, an empty
-    value or 0, and the names of the columns replaced. The raw query and body come unpacked
-    (raw_packing AS_RECEIVED); where they do not unpack, as stored, and named."""
-    values = list(row)
-    damaged: list[str] = []
-
-    def replace(name: str, value: Any) -> None:
-        values[COLUMN[name]] = value
-        damaged.append(name)
-
-    for name in TEXT:
-        if not isinstance(values[COLUMN[name]], str):
-            replace(name, as_text(values[COLUMN[name]]) or "")
-    for name in OPTIONAL_TEXT:
-        if not isinstance(values[COLUMN[name]], str | None):
-            replace(name, as_text(values[COLUMN[name]]))
-    for name in COUNTS:
-        if not isinstance(values[COLUMN[name]], int):
-            replace(name, 0)
-    for name in OPTIONAL_INTEGERS:
-        if not isinstance(values[COLUMN[name]], int | None):
-            replace(name, None)
-    if values[COLUMN["transferred"]] not in (0, 1):
-        replace("transferred", 0)
-    if values[COLUMN["bridged"]] not in (None, 0, 1):
-        replace("bridged", None)
-    extra, flags = values[COLUMN["extra"]], values[COLUMN["flags"]]
-    if extra != "{}" and not isinstance(json_value(extra), dict):  # most events have "{}"
-        replace("extra", "{}")
-    if flags != "[]" and not is_list_of_text(json_value(flags)):
-        replace("flags", "[]")
-    packing = values[COLUMN["raw_packing"]]
-    for name in ("raw_query", "raw_body"):
-        stored = values[COLUMN[name]]
-        try:
-            values[COLUMN[name]] = unpack(stored, packing)
-        except READ_FAILURES:  # kept as stored: all there is to see of it
-            replace(name, as_bytes(stored))
-    values[COLUMN["raw_packing"]] = AS_RECEIVED
-    return values, damaged
-
-
-def json_object(text: str) -> dict[str, Any]:
-    """A stored JSON object (extra). Raises TypeError or ValueError where it is none."""
-    value = orjson.loads(text)  # strict JSON: no NaN, which the JSON pages could not write
-    if type(value) is not dict:
-        raise TypeError("not a JSON object")
-    return value
-
-
-def json_texts(text: str) -> list[str]:
-    """A stored JSON list of text (flags). Raises TypeError or ValueError where it is none."""
-    value = orjson.loads(text)
-    if not is_list_of_text(value):
-        raise TypeError("not a JSON list of text")
-    return value  # type: ignore[no-any-return]
-
-
-def json_value(text: Any) -> Any:
-    """The value of stored JSON text (strict: no NaN), or None where it is not JSON."""
-    try:
-        return orjson.loads(text)
-    except (orjson.JSONDecodeError, TypeError):
-        return None
-
-
-def is_list_of_text(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def as_text(value: Any) -> str | None:
-    """Bytes where text belongs, as text (each byte that is not UTF-8 as U+FFFD); else none."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return None
-
-
-def as_bytes(value: Any) -> bytes:
-    """A stored value as bytes: blobs as they are, anything else as its text in UTF-8."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    return b"" if value is None else str(value).encode()
-
-
 def event_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, Any]:
     """The event's public JSON form (field names fixed by the API contract), from its stored
     row (STORED_FIELDS). Every output of events is made here: JSON pages, the NDJSON export
@@ -493,12 +355,15 @@ def trusted_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, A
         received_at_us, source, raw_method, raw_query, raw_body, raw_content_type, raw_packing,
         duplicates,
     ) = row  # fmt: skip
-    if not (
-        type(caller_extension_id) in WHOLE
-        and type(called_extension_id) in WHOLE
-        and type(duration_us) in WHOLE
+    if not (  # COLUMN_TYPES of what the record passes on as it is (text fails in orjson)
+        type(event_time_us) in OPTIONAL_INTEGER
+        and type(caller_extension_id) in OPTIONAL_INTEGER
+        and type(called_extension_id) in OPTIONAL_INTEGER
+        and type(duration_us) in OPTIONAL_INTEGER
+        and type(received_at_us) is int
         and type(duplicates) is int
-    ):  # what the record passes on as it is (the times and text fail where they are used)
+        and type(raw_packing) is int
+    ):
         raise TypeError("a value is not of its column's kind")
     out: dict[str, Any] = {
         "id": event_id,
@@ -521,8 +386,8 @@ def trusted_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, A
         "call_flow": call_flow,
         "duration": seconds(duration_us),
         "rec_id": rec_id,
-        "transferred": YES_OR_NO[transferred],
-        "bridged": TRUTH[bridged],
+        "transferred": TRANSFERRED[transferred],
+        "bridged": BRIDGED[bridged],
         "diversion": diversion,
         "remote_number": remote_number,
         "extra": json_object(extra) if extra != "{}" else {},  # most events: skip the parser
@@ -532,7 +397,7 @@ def trusted_record(row: Sequence[Any], *, with_raw: bool = False) -> dict[str, A
         "event_time_us": event_time_us,
         "duplicates": duplicates,
     }
-    if raw_packing:  # also for a record without it: one that does not unpack is flagged
+    if raw_packing != AS_RECEIVED:  # also without raw: one that does not unpack is flagged
         raw_query, raw_body = unpack(raw_query, raw_packing), unpack(raw_body, raw_packing)
     if with_raw:
         try:  # raw_dict(), written out for the common case: exports make millions

@@ -85,10 +85,12 @@ def deflate(data: bytes) -> bytes:
 ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(
     (Path(__file__).parent / "packing.zdict").read_bytes(), dict_type=zstandard.DICT_TYPE_FULLDICT
 )
+MAGICLESS = zstandard.FORMAT_ZSTD1_MAGICLESS
+BLOBS = (bytes, bytearray, memoryview)  # what a stored raw request may come as
 ZSTD_LEVEL = 3  # zstandard's default: higher levels take five times as long for 4% less
 ZSTD_FRAMES = zstandard.ZstdCompressionParameters.from_level(
     ZSTD_LEVEL,
-    format=zstandard.FORMAT_ZSTD1_MAGICLESS,  # 4 bytes a row less: the column says what it is
+    format=MAGICLESS,  # 4 bytes a row less: the column says what it is
     write_checksum=0,  # a cut frame does not unpack all the same (its size is written)
     write_content_size=1,
     write_dict_id=0,
@@ -103,9 +105,7 @@ class Coders(threading.local):
         self.packer = zstandard.ZstdCompressor(
             dict_data=ZSTD_DICTIONARY, compression_params=ZSTD_FRAMES
         )
-        self.unpacker = zstandard.ZstdDecompressor(
-            dict_data=ZSTD_DICTIONARY, format=zstandard.FORMAT_ZSTD1_MAGICLESS
-        )
+        self.unpacker = zstandard.ZstdDecompressor(dict_data=ZSTD_DICTIONARY, format=MAGICLESS)
 
 
 CODERS = Coders()
@@ -119,19 +119,25 @@ def pack(data: bytes) -> bytes:
 
 
 def unpack(data: bytes, packing: int) -> bytes:
-    """Bytes as received, from a row's raw_query or raw_body and its raw_packing."""
+    """Bytes as received, from a row's raw_query or raw_body and its raw_packing. Raises
+    TypeError or ValueError where they are not what a receiver stores (a damaged file)."""
+    if not isinstance(data, BLOBS):
+        raise TypeError(f"a stored raw request is {type(data).__name__}, not bytes")
     if packing == AS_RECEIVED or not data:
         return bytes(data)
     if packing == ZSTD:
-        try:
+        try:  # a damaged frame may say it holds up to 2**64 bytes, more than memory takes
             return CODERS.unpacker.decompress(data)
-        except zstandard.ZstdError:
+        except (zstandard.ZstdError, MemoryError):
             damaged = "a stored raw request does not unpack: the database is damaged"
             raise ValueError(damaged) from None
     if packing != DEFLATED:
         raise ValueError(f"raw_packing {packing} is not known to this receiver: upgrade receiver")
     unpacker = UNPACKER.copy()
-    out = unpacker.decompress(data)
+    try:
+        out = unpacker.decompress(data)
+    except zlib.error:
+        out = b""
     if not unpacker.eof or unpacker.unused_data:
         raise ValueError("a stored raw request does not inflate: the database is damaged")
     return out

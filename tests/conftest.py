@@ -19,11 +19,12 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.event import STORED_FIELDS, Event, stored_row
+from receiver.event import Event, stored_row
 from receiver.packing import DEFLATED, deflate
 from receiver.settings import Settings
 from receiver.store import Storage, migrate, open_storage
 from receiver.store.schema import event_row, insert_events
+from receiver.stored import STORED_FIELDS
 from receiver.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

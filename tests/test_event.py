@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.event import (
     LAST_TIME_US,
-    STORED_FIELDS,
     RawRequest,
     event_lines,
     event_record,
@@ -22,7 +22,14 @@ from receiver.event import (
     trusted_record,
 )
 from receiver.parse import parse_request
-from receiver.store.schema import event_from_row
+from receiver.store.schema import (
+    EVENT_COLUMNS,
+    event_from_row,
+    insert_events,
+    migrate,
+    tolerant_text,
+)
+from receiver.stored import STORED_FIELDS
 from tests.conftest import sample
 
 
@@ -64,6 +71,12 @@ DAMAGES = [
     ("raw_query", b"\x00\x11 not a frame", "raw_query"),
     ("raw_query", "text, not bytes", "raw_query"),
     ("raw_packing", 9, "raw_query"),
+    ("raw_packing", 1, "raw_query"),  # deflated, says the row: its frame does not inflate
+    ("raw_packing", "", "raw_query"),
+    ("raw_query", 12345, "raw_query"),
+    ("event_time_us", 1e20, "event_time_us"),  # REAL: beyond what an integer column holds
+    ("event_time_us", -1.5, "event_time_us"),
+    ("received_at_us", float("inf"), "received_at_us"),
 ]
 
 
@@ -80,6 +93,34 @@ def test_a_damaged_value_makes_a_record_that_flags_it(
     assert orjson.loads(line) == record  # the export's fast path falls back to the same record
     assert json.loads(json.dumps(record, allow_nan=False)) == record  # as the JSON pages write it
     assert f"damaged_value:{flagged}" in event_from_row(row).flags
+
+
+# What SQLite may hand back from each kind of column: text columns turn numbers into text,
+# integer columns keep text, blobs and REALs they cannot hold as integers, a BLOB column takes
+# anything; NOT NULL columns no NULL. (The id is the rowid, always an integer.)
+ANY_VALUE = st.one_of(
+    st.none(), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.floats(), st.text(),
+    st.binary(max_size=64),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([name for name in STORED_FIELDS if name != "id"]), ANY_VALUE)
+def test_any_value_sqlite_holds_makes_one_record_in_every_output(column: str, value: Any) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(db)  # the events table as the receiver makes it, its columns' declared types
+    db.execute(insert_events(1), [*stored(), b"key"])
+    try:
+        db.execute(f"UPDATE events SET {column} = ?", [value])
+    except sqlite3.IntegrityError:  # NULL into a NOT NULL column
+        return
+    db.text_factory = tolerant_text  # as a reader does once text is not UTF-8
+    [row] = db.execute(f"SELECT {EVENT_COLUMNS} FROM events").fetchall()
+    record = event_record(row, with_raw=True)
+    assert orjson.loads(event_lines([row])) == record
+    assert json.loads(json.dumps(record, allow_nan=False)) == record
+    assert event_record(row) == {k: v for k, v in record.items() if k != "raw"}
+    event_from_row(row)
 
 
 def test_a_damaged_raw_request_shows_what_is_stored() -> None:

@@ -5,6 +5,7 @@ versions before 12, and a server of one)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -116,6 +117,17 @@ def test_an_unknown_packing_or_a_damaged_one_is_refused_with_what_to_do() -> Non
         unpack(FIRST_PACKED + b"more", DEFLATED)
     with pytest.raises(ValueError, match="does not unpack"):
         unpack(FIRST_ZSTD_PACKED[:-5], ZSTD)
+    with pytest.raises(ValueError, match="does not inflate"):
+        unpack(b"\xff\xff\xff\xff", DEFLATED)  # not even the start of a deflate stream
+    with pytest.raises(TypeError, match="is int, not bytes"):
+        unpack(12345, AS_RECEIVED)  # type: ignore[arg-type]  # as a damaged file may hold
+
+
+@given(st.binary(min_size=1, max_size=64))
+def test_any_stored_bytes_unpack_or_are_refused(data: bytes) -> None:
+    for packing in (ZSTD, DEFLATED):
+        with contextlib.suppress(ValueError):  # refused as damaged: any other error fails
+            assert isinstance(unpack(data, packing), bytes)
 
 
 def delivery(query: str, received: int, body: bytes = b"", method: str = "GET") -> Event:

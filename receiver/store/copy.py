@@ -26,10 +26,10 @@ from typing import Any
 
 import psycopg
 
-from receiver.event import STORED_FIELDS
 from receiver.store.pg_dialect import without_nul
 from receiver.store.pg_schema import ID_LOCK, LOCKS
 from receiver.store.schema import BUSY_TIMEOUT, EVENT_COLUMNS, REJECT_COLUMNS
+from receiver.stored import STORED_FIELDS
 
 EVENTS_AT_ONCE = 2000  # events copied in one transaction
 REJECTS_AT_ONCE = 2000

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from receiver.event import STORED_FIELDS
+from receiver.stored import STORED_FIELDS
 
 # The advisory locks of the receiver's instances on one database: (LOCKS, what) pairs.
 LOCKS = 0x72656376  # "recv"

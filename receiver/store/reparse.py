@@ -15,10 +15,11 @@ import dataclasses
 import enum
 import sqlite3
 
-from receiver.event import STORED_FIELDS, Event, stored_row
+from receiver.event import Event, stored_row
 from receiver.parse import Rejected, parse_request
 from receiver.store.queries import Reparsed
 from receiver.store.schema import CALL_EVENTS_SQL, EVENT_COLUMNS, event_from_row
+from receiver.stored import STORED_FIELDS
 
 EVENTS_AT_ONCE = 500  # events parsed again per turn at the write lock (~15 ms)
 # What a re-parse never changes: how the delivery came, and how often.

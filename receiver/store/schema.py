@@ -14,24 +14,19 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from receiver.calls import Call, CallLeg, digits
-from receiver.event import (
-    READ_FAILURES,
-    STORED_FIELDS,
-    TRUTH,
-    YES_OR_NO,
-    Event,
-    Flag,
-    RawRequest,
-    Reject,
-    json_object,
-    json_texts,
-    key_prefix,
-    kinds_fit,
-    readable_row,
-    stored_row,
-)
+from receiver.event import Event, Flag, RawRequest, Reject, key_prefix, stored_row
 from receiver.packing import unpack
 from receiver.store.outbox import OUTBOX_MIGRATION
+from receiver.stored import (
+    BRIDGED,
+    READ_FAILURES,
+    STORED_FIELDS,
+    TRANSFERRED,
+    json_object,
+    json_texts,
+    kinds_fit,
+    readable_row,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: events and rejects.
@@ -357,15 +352,16 @@ def tolerant_text(data: bytes) -> str | bytes:
 
 def read_tolerantly(connection: Any, error: sqlite3.OperationalError) -> bool:
     """After `error`, whether reading again may succeed: when it was stored text that is not
-    UTF-8 (a file edited or damaged) and `connection` (sqlite3 or aiosqlite) still decoded
-    text strictly, from now on it reads such text as bytes."""
-    if UNDECODABLE not in str(error) or connection.text_factory is tolerant_text:
+    UTF-8 (a file edited or damaged), from now on `connection` (sqlite3 or aiosqlite) reads
+    such text as bytes; a query that failed as another switched it may read again too."""
+    if UNDECODABLE not in str(error):
         return False
-    logging.getLogger("receiver").warning(
-        "the database holds text that is not UTF-8 (edited by hand? damaged?): reading on, "
-        "each such value flagged damaged_value, more slowly"
-    )
-    connection.text_factory = tolerant_text
+    if connection.text_factory is not tolerant_text:
+        logging.getLogger("receiver").warning(
+            "the database holds text that is not UTF-8 (edited by hand? damaged?): reading "
+            "on, each such value flagged damaged_value, more slowly"
+        )
+        connection.text_factory = tolerant_text
     return True
 
 
@@ -564,6 +560,8 @@ def event_from_row(row: Sequence[Any]) -> Event:
             pass
     values, damaged = readable_row(row)
     event = trusted_event(values)
+    if not damaged:  # its types did not fit, but every value read (JSON in a blob, say)
+        return event
     marks = tuple(f"{Flag.DAMAGED_VALUE}:{name}" for name in damaged)
     return dataclasses.replace(event, flags=event.flags + marks)
 
@@ -608,8 +606,8 @@ def trusted_event(row: Sequence[Any]) -> Event:
         call_flow=call_flow,
         duration_us=duration_us,
         rec_id=rec_id,
-        transferred=YES_OR_NO[transferred],
-        bridged=TRUTH[bridged],
+        transferred=TRANSFERRED[transferred],
+        bridged=BRIDGED[bridged],
         diversion=diversion,
         remote_number=remote_number,
         extra=json_object(extra) if extra != "{}" else {},  # most events: skip the parser

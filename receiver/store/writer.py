@@ -148,8 +148,8 @@ class Writer:
 
     def run(self, method: str, *args: Any) -> Any:
         """self.method(*args), as the hosts call it; once more where stored text was not
-        UTF-8 (read_tolerantly): what it wrote before the error was rolled back, and calls
-        are built again from the events as they are."""
+        UTF-8 (read_tolerantly). Each method reads within the transaction it writes in, so
+        what it wrote before the error was rolled back."""
         try:
             return getattr(self, method)(*args)
         except sqlite3.OperationalError as error:
@@ -415,9 +415,10 @@ class Writer:
             outbox.finish(self.db, outcomes, holder)
             claimed = outbox.claim(self.db, destination, holder, now, lease_until_us, limit)
             claimed = self._with_bodies(claimed, now)
-        # A destination disabled (a 410), or enabled again by another process (`receiver
-        # forward retry`): the next events' messages follow. The table is a row a destination.
-        self.load_routes()
+            # A destination disabled (a 410), or enabled again by another process (`receiver
+            # forward retry`): the next events' messages follow. Read within the transaction,
+            # so that all of it is undone if the reading fails (run() may run it again).
+            self.load_routes()
         return claimed
 
     def _with_bodies(self, claimed: list[Delivery], now: int) -> list[Delivery]:
@@ -438,7 +439,7 @@ class Writer:
     def forward_retry(self, destination: str | None, since_us: int | None) -> int:
         with write_transaction(self.db):
             count = outbox.retry(self.db, destination, since_us, now_us())
-        self.load_routes()
+            self.load_routes()  # within: all undone if the reading fails (see forward_step)
         return count
 
     def forward_replay(
