@@ -153,7 +153,7 @@ def is_list_of_text(value: Any) -> bool:
 
 
 def as_text(value: Any) -> str | None:
-    """Bytes where text belongs, as text (each byte that is not UTF-8 as U+FFFD); else none."""
+    """Bytes where text belongs, as text (U+FFFD for each run that is not UTF-8); else none."""
     if isinstance(value, BLOBS):
         return bytes(value).decode("utf-8", "replace")
     return None
