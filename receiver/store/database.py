@@ -52,12 +52,12 @@ from receiver.store.queries import (
 )
 from receiver.store.reparse import EVENTS_AT_ONCE as REPARSE_AT_ONCE
 from receiver.store.schema import (
-    CALL_EVENTS_SQL,
     CALL_FIELDS,
     CALLS_AT_ONCE,
     CALLS_AT_ONCE_COMMAND,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
+    EVENTS_OF_CALL,
     GROUPS_IN_FLIGHT,
     IDLE_AFTER,
     LEG_FIELD_COLUMNS,
@@ -65,11 +65,14 @@ from receiver.store.schema import (
     MAX_GROUP_COMMAND,
     REJECT_COLUMNS,
     PreparedEvent,
+    call_again,
     call_fields_sql,
     call_from_row,
+    call_record,
     connect_pragmas,
     event_from_row,
     read_tolerantly,
+    readable_call,
     reject_from_row,
 )
 from receiver.store.upgrade import upgrade_at_start
@@ -92,6 +95,7 @@ REPLAY_AT_ONCE = 2000  # events looked at per writer turn of a replay to the des
 # Where a call's start time is in a row of its fields (for the next page's cursor).
 PERIODS_COUNTED = 100  # at most this many periods counted by calls_by_period's index ranges
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
+CALL_ID = [c.name for c in CALL_FIELDS].index("call_id")
 
 
 async def read_ahead(
@@ -697,12 +701,12 @@ class Store:
             return None
         legs_sql = f"SELECT {LEG_FIELD_COLUMNS} FROM legs WHERE call_id = ? ORDER BY rowid"
         legs = await self._rows(legs_sql, [call_id])
-        events_sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL} "
-            "ORDER BY order_us, id"
-        )
-        events = tuple(event_from_row(row) for row in await self._rows(events_sql, [call_id]))
-        return call_from_row(rows[0], legs, events)
+        event_rows = await self._rows(EVENTS_OF_CALL, [call_id])
+        events = tuple(event_from_row(row) for row in event_rows)
+        call = readable_call(rows[0], legs, events)
+        if call is None:  # its row damaged: built again from its events
+            call = call_again(event_rows, now_us=now_us, unknown_after_us=unknown_after_us)
+        return call
 
     async def list_calls(
         self, query: CallQuery, *, limit: int = 100, after: str | None = None
@@ -722,9 +726,20 @@ class Store:
         )
         rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
         with gc_paused():
-            calls = [call_json(call_from_row(row), with_details=False) for row in rows[:limit]]
-        last = calls[-1] if len(rows) > limit else None
-        cursor = call_cursor(rows[limit - 1][CALL_STARTED], last["call_id"]) if last else None
+            records = [call_record(row) for row in rows[:limit]]
+        for n, record in enumerate(records):
+            if record is None:  # its row damaged: built again from its events
+                again = call_again(
+                    await self._rows(EVENTS_OF_CALL, [rows[n][CALL_ID]]),
+                    now_us=query.now_us,
+                    unknown_after_us=query.unknown_after_us,
+                )
+                records[n] = None if again is None else call_json(again, with_details=False)
+        calls = [record for record in records if record is not None]
+        more = len(rows) > limit
+        cursor = (
+            call_cursor(rows[limit - 1][CALL_STARTED], rows[limit - 1][CALL_ID]) if more else None
+        )
         return Page(calls, cursor)
 
     async def iter_calls(

@@ -44,6 +44,7 @@ from receiver.store import outbox
 from receiver.store.backend import StorageUnavailable
 from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.database import (
+    CALL_ID,
     CALL_STARTED,
     REPLAY_AT_ONCE,
     TRIM_AT_ONCE,
@@ -98,6 +99,7 @@ from receiver.store.schema import (
     CALLS_AT_ONCE_COMMAND,
     CALLS_WHILE_BUSY,
     EVENT_COLUMNS,
+    EVENTS_OF_CALL,
     GROUPS_IN_FLIGHT,
     IDLE_AFTER,
     LEG_COLUMNS,
@@ -105,12 +107,15 @@ from receiver.store.schema import (
     MAX_GROUP,
     MAX_GROUP_COMMAND,
     REJECT_COLUMNS,
+    call_again,
     call_fields_sql,
     call_from_row,
+    call_record,
     call_row,
     event_from_row,
     event_row,
     leg_rows,
+    readable_call,
     reject_from_row,
     reject_row,
 )
@@ -978,12 +983,12 @@ class PostgresStore:
             return None
         legs_sql = f"SELECT {LEG_FIELD_COLUMNS} FROM legs WHERE call_id = ? ORDER BY seq"
         legs = await self._rows(legs_sql, [call_id])
-        events_sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL} "
-            "ORDER BY order_us, id"
-        )
-        events = tuple(event_from_row(row) for row in await self._rows(events_sql, [call_id]))
-        return call_from_row(rows[0], legs, events)
+        event_rows = await self._rows(EVENTS_OF_CALL, [call_id])
+        events = tuple(event_from_row(row) for row in event_rows)
+        call = readable_call(rows[0], legs, events)
+        if call is None:  # its row damaged: built again from its events
+            call = call_again(event_rows, now_us=now_us, unknown_after_us=unknown_after_us)
+        return call
 
     async def list_calls(
         self, query: CallQuery, *, limit: int = 100, after: str | None = None
@@ -1001,9 +1006,20 @@ class PostgresStore:
         )
         rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
         with gc_paused():
-            calls = [call_json(call_from_row(row), with_details=False) for row in rows[:limit]]
-        last = calls[-1] if len(rows) > limit else None
-        cursor = call_cursor(rows[limit - 1][CALL_STARTED], last["call_id"]) if last else None
+            records = [call_record(row) for row in rows[:limit]]
+        for n, record in enumerate(records):
+            if record is None:  # its row damaged: built again from its events
+                again = call_again(
+                    await self._rows(EVENTS_OF_CALL, [rows[n][CALL_ID]]),
+                    now_us=query.now_us,
+                    unknown_after_us=query.unknown_after_us,
+                )
+                records[n] = None if again is None else call_json(again, with_details=False)
+        calls = [record for record in records if record is not None]
+        more = len(rows) > limit
+        cursor = (
+            call_cursor(rows[limit - 1][CALL_STARTED], rows[limit - 1][CALL_ID]) if more else None
+        )
         return Page(calls, cursor)
 
     async def iter_calls(

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-from receiver.calls import Call, CallLeg, digits
+from receiver.calls import Call, CallLeg, build_call, call_json, digits
 from receiver.event import Event, Flag, RawRequest, Reject, key_prefix, stored_row
 from receiver.packing import unpack
 from receiver.store.outbox import OUTBOX_MIGRATION
@@ -759,6 +759,51 @@ def leg_rows(call: Call) -> list[tuple[Any, ...]]:
         (call.call_id, *LEG_VALUES(leg), *(searched(leg) for searched in LEG_SEARCHED.values()))
         for leg in call.legs
     ]
+
+
+# The events a call is built from, in their order (the ? is its CallID).
+EVENTS_OF_CALL = (
+    f"SELECT {EVENT_COLUMNS} FROM events WHERE call_id = ? AND {CALL_EVENTS_SQL} "
+    "ORDER BY order_us, id"
+)
+
+
+def readable_call(
+    row: Sequence[Any], legs: Sequence[Sequence[Any]] = (), events: tuple[Event, ...] = ()
+) -> Call | None:
+    """call_from_row(), or None where a value of the row does not read or show (the file
+    edited or damaged): the calls are derived, and built again from their events then
+    (call_again)."""
+    try:
+        call = call_from_row(row, legs, events)
+        call_json(call)
+    except READ_FAILURES:
+        return None
+    return call
+
+
+def call_record(row: Sequence[Any]) -> dict[str, Any] | None:
+    """call_json() of a list's row (no legs, no events), or None where a value of the row does
+    not read or show (readable_call)."""
+    try:
+        return call_json(call_from_row(row), with_details=False)
+    except READ_FAILURES:
+        return None
+
+
+def call_again(
+    event_rows: Sequence[Sequence[Any]], *, now_us: int, unknown_after_us: int
+) -> Call | None:
+    """A call whose row does not read, built again from its events' rows (EVENTS_OF_CALL) as
+    of `now_us`; None where it has none (a call of the PBX's history), which the log says."""
+    if not event_rows:
+        logging.getLogger("receiver").warning(
+            "a call's row does not read (edited by hand? damaged?) and it has no events to be "
+            "built again from: `receiver rebuild` replaces it"
+        )
+        return None
+    events = [event_from_row(row) for row in event_rows]
+    return build_call(events, now_us=now_us, unknown_after_us=unknown_after_us)
 
 
 def call_from_row(
