@@ -164,3 +164,15 @@ def as_bytes(value: Any) -> bytes:
     if isinstance(value, BLOBS):
         return bytes(value)
     return b"" if value is None else str(value).encode()
+
+
+def text_or_none(value: Any) -> str | None:
+    """A stored text value as text, whatever it holds: a blob decoded (U+FFFD for what is not
+    UTF-8), a number as its digits."""
+    if value is None or isinstance(value, str):
+        return value
+    return as_text(value) if isinstance(value, BLOBS) else str(value)
+
+
+def integer_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None

@@ -101,3 +101,19 @@ def test_every_read_answers_and_flags_what_is_damaged(db_path: Path, server) -> 
         cwd=ROOT,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def test_a_damaged_reject_is_shown_as_well_as_it_reads(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        for query in ("EventType=dial-in", "myid=1", "myid=2&token=x"):
+            assert client.get(f"/webhook?{query}").status_code >= 400
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE rejects SET raw_query = 'as text', reason = x'ff' WHERE id = 1")
+            db.execute("UPDATE rejects SET received_at_us = 'x', raw_body = 5 WHERE id = 2")
+        listed = client.get("/api/rejects")
+        assert listed.status_code == 200, listed.text
+        shown = {reject["id"]: reject for reject in listed.json()["rejects"]}
+        assert shown[1]["query"] == "as text" and shown[1]["reason"] == "\ufffd"
+        assert shown[2]["body"] == "5" and shown[2]["received_at"] == "1970-01-01T00:00:00.000000Z"
+        assert client.get("/rejects").status_code == 200

@@ -22,10 +22,13 @@ from receiver.stored import (
     READ_FAILURES,
     STORED_FIELDS,
     TRANSFERRED,
+    as_bytes,
+    integer_or_none,
     json_object,
     json_texts,
     kinds_fit,
     readable_row,
+    text_or_none,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -635,10 +638,22 @@ def reject_row(reject: Reject) -> tuple[Any, ...]:
 
 
 def reject_from_row(row: Sequence[Any]) -> Reject:
-    """A Reject from a row selected as REJECT_COLUMNS."""
+    """A Reject from a row selected as REJECT_COLUMNS, whatever it holds: a reject is kept to
+    show what was sent, so a value no receiver stores (a file edited or damaged) is shown as
+    well as it reads, text as text, an integer that is not one as 0."""
     (rid, received, status, reason, myid, client, method, query, body, ctype, size) = row
-    raw = RawRequest(method, bytes(query), bytes(body), ctype)
-    return Reject(received, status, reason, raw, myid, client, size, rid)
+    method, ctype = text_or_none(method) or "", text_or_none(ctype)
+    raw = RawRequest(method, as_bytes(query), as_bytes(body), ctype)
+    return Reject(
+        integer_or_none(received) or 0,
+        integer_or_none(status) or 0,
+        text_or_none(reason) or "",
+        raw,
+        text_or_none(myid),
+        text_or_none(client),
+        integer_or_none(size) or 0,
+        rid,
+    )
 
 
 CALLS_AT_ONCE = 200  # call events whose calls are rebuilt per writer turn (~20 ms)
