@@ -133,11 +133,12 @@ def unpack(data: bytes, packing: int) -> bytes:
             raise ValueError(damaged) from None
     if packing != DEFLATED:
         raise ValueError(f"raw_packing {packing} is not known to this receiver: upgrade receiver")
+    damaged = "a stored raw request does not inflate: the database is damaged"
     unpacker = UNPACKER.copy()
     try:
         out = unpacker.decompress(data)
     except zlib.error:
-        out = b""
+        raise ValueError(damaged) from None
     if not unpacker.eof or unpacker.unused_data:
-        raise ValueError("a stored raw request does not inflate: the database is damaged")
+        raise ValueError(damaged)
     return out

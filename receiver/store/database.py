@@ -98,6 +98,30 @@ CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
 CALL_ID = [c.name for c in CALL_FIELDS].index("call_id")
 
 
+async def calls_page(
+    rows: list[Any],
+    limit: int,
+    query: CallQuery,
+    read: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
+) -> Page:
+    """The page of a calls list from its rows (`limit` + 1 read, to tell whether more follow):
+    each call's JSON record; a call whose row does not read (readable_call) is built again
+    from its events, read with `read` (the store's own reads)."""
+    with gc_paused():
+        records = [call_record(row) for row in rows[:limit]]
+    for n, record in enumerate(records):
+        if record is None:
+            again = call_again(
+                await read(EVENTS_OF_CALL, [rows[n][CALL_ID]]),
+                now_us=query.now_us,
+                unknown_after_us=query.unknown_after_us,
+            )
+            records[n] = None if again is None else call_json(again, with_details=False)
+    last = rows[limit - 1] if len(rows) > limit else None
+    cursor = call_cursor(last[CALL_STARTED], last[CALL_ID]) if last else None
+    return Page([record for record in records if record is not None], cursor)
+
+
 async def read_ahead(
     read: Callable[[str | None], Awaitable[Page]], after: str | None
 ) -> AsyncIterator[list[Any]]:
@@ -725,22 +749,7 @@ class Store:
             f"ORDER BY started_us {way}, call_id {way} LIMIT ?"
         )
         rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
-        with gc_paused():
-            records = [call_record(row) for row in rows[:limit]]
-        for n, record in enumerate(records):
-            if record is None:  # its row damaged: built again from its events
-                again = call_again(
-                    await self._rows(EVENTS_OF_CALL, [rows[n][CALL_ID]]),
-                    now_us=query.now_us,
-                    unknown_after_us=query.unknown_after_us,
-                )
-                records[n] = None if again is None else call_json(again, with_details=False)
-        calls = [record for record in records if record is not None]
-        more = len(rows) > limit
-        cursor = (
-            call_cursor(rows[limit - 1][CALL_STARTED], rows[limit - 1][CALL_ID]) if more else None
-        )
-        return Page(calls, cursor)
+        return await calls_page(rows, limit, query, self._rows)
 
     async def iter_calls(
         self, query: CallQuery, *, after: str | None = None

@@ -44,11 +44,10 @@ from receiver.store import outbox
 from receiver.store.backend import StorageUnavailable
 from receiver.store.backup import DEFAULT_RATE, BackedUp
 from receiver.store.database import (
-    CALL_ID,
-    CALL_STARTED,
     REPLAY_AT_ONCE,
     TRIM_AT_ONCE,
     StoreClosed,
+    calls_page,
     gc_paused,
     read_ahead,
 )
@@ -84,7 +83,6 @@ from receiver.store.queries import (
     Page,
     Reparsed,
     Stored,
-    call_cursor,
     event_cursor,
     event_page_sql,
     local_time_sql,
@@ -110,7 +108,6 @@ from receiver.store.schema import (
     call_again,
     call_fields_sql,
     call_from_row,
-    call_record,
     call_row,
     event_from_row,
     event_row,
@@ -1005,22 +1002,7 @@ class PostgresStore:
             f"ORDER BY started_us {way}, call_id {way} LIMIT ?"
         )
         rows = await self._rows(sql, [query.unknown_before_us(), *params, limit + 1])
-        with gc_paused():
-            records = [call_record(row) for row in rows[:limit]]
-        for n, record in enumerate(records):
-            if record is None:  # its row damaged: built again from its events
-                again = call_again(
-                    await self._rows(EVENTS_OF_CALL, [rows[n][CALL_ID]]),
-                    now_us=query.now_us,
-                    unknown_after_us=query.unknown_after_us,
-                )
-                records[n] = None if again is None else call_json(again, with_details=False)
-        calls = [record for record in records if record is not None]
-        more = len(rows) > limit
-        cursor = (
-            call_cursor(rows[limit - 1][CALL_STARTED], rows[limit - 1][CALL_ID]) if more else None
-        )
-        return Page(calls, cursor)
+        return await calls_page(rows, limit, query, self._rows)
 
     async def iter_calls(
         self, query: CallQuery, *, after: str | None = None
