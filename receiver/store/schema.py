@@ -360,12 +360,18 @@ def read_tolerantly(connection: Any, error: sqlite3.OperationalError) -> bool:
     if UNDECODABLE not in str(error):
         return False
     if connection.text_factory is not tolerant_text:
-        logging.getLogger("receiver").warning(
-            "the database holds text that is not UTF-8 (edited by hand? damaged?): reading "
-            "on, each such value flagged damaged_value, more slowly"
-        )
-        connection.text_factory = tolerant_text
+        read_text_tolerantly(connection)
     return True
+
+
+def read_text_tolerantly(connection: Any) -> None:
+    """From now on `connection` (sqlite3 or aiosqlite) reads stored text that is not UTF-8 as
+    bytes, for readable_row to flag; said once in the log, as it means a damaged file."""
+    logging.getLogger("receiver").warning(
+        "the database holds text that is not UTF-8 (edited by hand? damaged?): reading "
+        "on, each such value flagged damaged_value, more slowly"
+    )
+    connection.text_factory = tolerant_text
 
 
 def connect_pragmas() -> str:
