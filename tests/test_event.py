@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from receiver.event import (
     LAST_TIME_US,
+    RECORD_FIELDS,
     RawRequest,
     event_lines,
     event_record,
@@ -30,6 +31,7 @@ from receiver.store.schema import (
     tolerant_text,
 )
 from receiver.stored import STORED_FIELDS
+from receiver.web.openapi import EVENT_FIELDS
 from tests.conftest import sample
 
 
@@ -134,6 +136,23 @@ def test_a_row_as_stored_makes_the_same_record_checked_or_not() -> None:
         row = stored(name)
         assert event_record(row, with_raw=True) == trusted_record(row, with_raw=True)
         assert not any(flag.startswith("damaged_value") for flag in event_record(row)["flags"])
+
+
+def test_a_record_has_every_field_of_the_api_once_in_its_order() -> None:
+    # trusted_record fills a copy of a record of RECORD_FIELDS: a field it fills that is not
+    # there would come last, one not filled would stay None
+    row = stored("outbound-hangup")
+    record = trusted_record(row, with_raw=True)
+    assert list(record) == [*RECORD_FIELDS, "raw"]
+    assert RECORD_FIELDS == tuple(EVENT_FIELDS)
+    column = {
+        "event_time": "event_time_us",
+        "duration": "duration_us",
+        "received_at": "received_at_us",
+    }
+    for field in RECORD_FIELDS:  # each filled: None only where its column is NULL
+        if record[field] is None:
+            assert row[STORED_FIELDS.index(column.get(field, field))] is None, field
 
 
 def stored_record() -> dict[str, Any]:
