@@ -321,13 +321,37 @@ def stored_row(event: Event, event_id: int | None, *, packed: bool = False) -> t
 
 # An event's record's fields, in order (the API's JSON, receiver/web/openapi.py), and a record
 # of them to fill (trusted_record).
-RECORD_FIELDS = tuple(
-    """
-    id myid event_type event_time call_id sub_call_id call_api_id callback_id caller_id_num
-    caller_id_name called_did called_number caller_extension caller_extension_id
-    called_extension called_extension_id call_status call_flow duration rec_id transferred
-    bridged diversion remote_number extra flags received_at source event_time_us duplicates
-    """.split()
+RECORD_FIELDS = (
+    "id",
+    "myid",
+    "event_type",
+    "event_time",
+    "call_id",
+    "sub_call_id",
+    "call_api_id",
+    "callback_id",
+    "caller_id_num",
+    "caller_id_name",
+    "called_did",
+    "called_number",
+    "caller_extension",
+    "caller_extension_id",
+    "called_extension",
+    "called_extension_id",
+    "call_status",
+    "call_flow",
+    "duration",
+    "rec_id",
+    "transferred",
+    "bridged",
+    "diversion",
+    "remote_number",
+    "extra",
+    "flags",
+    "received_at",
+    "source",
+    "event_time_us",
+    "duplicates",
 )
 EMPTY_RECORD: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
 

@@ -144,7 +144,7 @@ def test_a_record_has_every_field_of_the_api_once_in_its_order() -> None:
     row = stored("outbound-hangup")
     record = trusted_record(row, with_raw=True)
     assert list(record) == [*RECORD_FIELDS, "raw"]
-    assert RECORD_FIELDS == tuple(EVENT_FIELDS)
+    assert tuple(EVENT_FIELDS) == RECORD_FIELDS
     column = {
         "event_time": "event_time_us",
         "duration": "duration_us",

@@ -58,6 +58,7 @@ CASES = [
     (EventQuery(), 777, None),
     (EventQuery(descending=True), 1500, 600),
     (EventQuery(myids=("nobody",)), None, None),
+    (EventQuery(number="+7 916 111-22-33"), None, WORKER_PAGE + 1),  # digits(), in SQL
 ]
 
 
