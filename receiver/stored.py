@@ -10,8 +10,8 @@ by value (readable_row): each value no receiver stores replaced, and named.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -176,3 +176,47 @@ def text_or_none(value: Any) -> str | None:
 
 def integer_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) else None
+
+
+def number_or_none(value: Any) -> int | float | None:
+    return value if isinstance(value, int | float) else None
+
+
+class Kind(NamedTuple):
+    """What a value of a report may be, and how one that is not is read (RowKinds)."""
+
+    types: tuple[type, ...]
+    read: Callable[[Any], Any]
+
+
+TEXT_VALUE = Kind((str, NONE), text_or_none)
+INTEGER_VALUE = Kind((int, NONE), integer_or_none)
+NUMBER_VALUE = Kind((int, float, NONE), number_or_none)
+
+
+class RowKinds:
+    """The kinds of the values of a report's rows, on the calls and legs (which are built from
+    the events, and read as built)."""
+
+    def __init__(self, *kinds: Kind) -> None:
+        self.kinds = kinds
+        self.fit: dict[
+            tuple[type, ...], bool
+        ] = {}  # a few sets of types occur: each looked up once
+
+    def readable(self, row: Sequence[Any]) -> Sequence[Any]:
+        """The row, each value of its kind: where a table was edited by hand or damaged, text
+        read as text_or_none() does and anything else not of its kind as none, so that no
+        report fails. A row whose values are all of their kinds, nearly every one, is the row
+        itself."""
+        types = tuple(map(type, row))
+        fit = self.fit.get(types)
+        if fit is None:
+            fit = len(types) == len(self.kinds) and all(
+                kind in allowed.types for kind, allowed in zip(types, self.kinds, strict=True)
+            )
+            if len(self.fit) < 4096:
+                self.fit[types] = fit
+        if fit:
+            return row
+        return tuple(kind.read(value) for value, kind in zip(row, self.kinds, strict=True))

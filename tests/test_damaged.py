@@ -16,6 +16,7 @@ import httpx2 as httpx
 import orjson
 
 from tests.conftest import ROOT, scenario, wait_for_calls
+from tests.test_openapi import check
 
 # Values no receiver writes, each into another event: (column, SQL value).
 DAMAGES = [
@@ -117,3 +118,50 @@ def test_a_damaged_reject_is_shown_as_well_as_it_reads(db_path: Path, server) ->
         assert shown[1]["query"] == "as text" and shown[1]["reason"] == "\ufffd"
         assert shown[2]["body"] == "5" and shown[2]["received_at"] == "1970-01-01T00:00:00.000000Z"
         assert client.get("/rejects").status_code == 200
+
+
+# Values no receiver writes into the calls and legs the reports read (SQL values).
+REPORT_DAMAGES = [
+    "UPDATE calls SET started_us = 'x', external_number = x'ff41'"
+    " WHERE rowid = (SELECT min(rowid) FROM calls WHERE status = 'missed')",
+    "UPDATE calls SET did = x'0041' WHERE status = 'missed'",
+    "UPDATE calls SET answered_by = x'ff', started_us = 1.5e15 WHERE status = 'answered'",
+    "UPDATE calls SET status = x'6d' WHERE direction = 'out'",
+    "UPDATE legs SET extension = x'ff41', ring_us = 'abc', talk_us = x'00' WHERE rowid = 1",
+    "UPDATE legs SET started_us = 'y' WHERE rowid = 2",
+]
+
+
+def test_the_reports_answer_over_damaged_calls_and_legs(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    # The reports read the calls and legs as built: a row edited by hand or damaged must not
+    # fail them (its figures are as good as it reads), nor the pages that show them.
+    running = server()
+    names = ("inbound-cancelled", "inbound-answered", "inbound-cancelled", "outbound-answered")
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        for name in names:
+            deliver(client, scenario(name))
+        wait_for_calls(lambda path: client.get(path))
+        with sqlite3.connect(db_path) as db:
+            for statement in REPORT_DAMAGES:
+                db.execute(statement)
+        for path in (
+            "/api/reports/missed",
+            "/api/reports/extensions",
+            "/api/reports/extensions?by=day",
+            "/api/reports/extensions?by=hour&tz=Europe/Moscow",
+            "/api/reports/missed?format=csv",
+            "/",
+            "/missed",
+            "/extensions?by=day",
+        ):
+            answer = client.get(path)
+            assert answer.status_code == 200, (path, answer.text[-2000:])
+        missed = client.get("/api/reports/missed")
+        check(missed, "MissedReport")
+        numbers = missed.json()["numbers"]
+        assert len(numbers) == 1  # the two cancelled calls came from one number
+        assert numbers[0]["number"] == "\ufffdA" and numbers[0]["last_missed_at"] is None
+        talk = client.get("/api/reports/extensions", params={"by": "day"})
+        check(talk, "ExtensionsReport")
+        assert "\ufffdA" in {row["extension"] for row in talk.json()["extensions"]}
+    running.stop()

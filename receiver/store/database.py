@@ -87,13 +87,39 @@ from receiver.store.upkeep import (
     sizes,
 )
 from receiver.store.writer import ProcessHost, ThreadHost
+from receiver.stored import INTEGER_VALUE, NUMBER_VALUE, TEXT_VALUE, RowKinds
 from receiver.zones import DAY_US, HOUR_US, LAST_DAY_US, local_periods, local_start, offsets
 
 log = logging.getLogger("receiver.store")
 TRIM_AT_ONCE = 5000  # outbox rows dropped per writer turn when it is full
 REPLAY_AT_ONCE = 2000  # events looked at per writer turn of a replay to the destinations
-# Where a call's start time is in a row of its fields (for the next page's cursor).
+# The kinds of the reports' values, in the order their SQL selects them.
+MISSED_ROW = RowKinds(
+    TEXT_VALUE,  # the number's digits
+    TEXT_VALUE,  # the number as shown
+    INTEGER_VALUE,  # missed calls
+    INTEGER_VALUE,  # the first one's start
+    INTEGER_VALUE,  # the last one's
+    TEXT_VALUE,  # the DIDs called
+    INTEGER_VALUE,  # the start of the answered call after them
+    TEXT_VALUE,  # its direction
+    TEXT_VALUE,  # who answered it
+)
+EXTENSIONS_ROW = RowKinds(
+    TEXT_VALUE,  # the extension
+    NUMBER_VALUE,  # its period's start (local µs)
+    INTEGER_VALUE,  # calls
+    INTEGER_VALUE,  # answered
+    INTEGER_VALUE,  # missed
+    NUMBER_VALUE,  # the average ring
+    NUMBER_VALUE,  # the talk in all
+    NUMBER_VALUE,  # the average talk
+)
+PERIOD_ROW = RowKinds(
+    NUMBER_VALUE, TEXT_VALUE, INTEGER_VALUE
+)  # a period's start, a status, its calls
 PERIODS_COUNTED = 100  # at most this many periods counted by calls_by_period's index ranges
+# Where a call's start time is in a row of its fields (for the next page's cursor).
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
 CALL_ID = [c.name for c in CALL_FIELDS].index("call_id")
 
@@ -851,7 +877,10 @@ class Store:
         rows = await self._rows(sql, params)
         report = []
         with gc_paused():
-            for number, shown, missed, first_us, last_us, dids, handled_us, way, by in rows:
+            for row in rows:
+                number, shown, missed, first_us, last_us, dids, handled_us, way, by = (
+                    MISSED_ROW.readable(row)
+                )
                 last = iso_time(last_us)
                 report.append(
                     {
@@ -867,7 +896,9 @@ class Store:
                         else ("call_back" if way == "out" else "called_again"),
                         "handled_at": iso_time(handled_us),
                         "handled_extension": by,
-                        "recall_seconds": seconds(handled_us - last_us) if handled_us else None,
+                        "recall_seconds": seconds(handled_us - last_us)
+                        if handled_us is not None and last_us is not None
+                        else None,
                     }
                 )
         return report
@@ -918,7 +949,9 @@ class Store:
                 "total_talk_seconds": seconds(talk) if talk is not None else 0,
                 "avg_talk_seconds": round(avg_talk / 1e6, 3) if avg_talk is not None else None,
             }
-            for extension, bucket_start, calls, answered, missed, ring, talk, avg_talk in rows
+            for extension, bucket_start, calls, answered, missed, ring, talk, avg_talk in (
+                EXTENSIONS_ROW.readable(row) for row in rows
+            )
         ]
 
     async def calls_by_period(
@@ -939,7 +972,7 @@ class Store:
         rows = await self._rows(sql, [*bucket_params, query.unknown_before_us(), *params])
         return [
             {"period_us": local_start(place, bucket_start), "status": status, "calls": count}
-            for bucket_start, status, count in rows
+            for bucket_start, status, count in (PERIOD_ROW.readable(row) for row in rows)
         ]
 
     async def _calls_by_period_counted(

@@ -183,7 +183,7 @@ async def dashboard(request: Request) -> Response:
         start += HOUR_US
     missed, waiting = await view.store.waiting_numbers(query, limit=WAITING_SHOWN)
     for row in missed:
-        row["waiting"] = (view.now - parse_time(row["last_missed_at"])) / 1e6
+        row["waiting"] = waited_seconds(view.now, row["last_missed_at"])
     live = await view.store.list_calls(
         CallQuery(
             status="in_progress",
@@ -295,6 +295,12 @@ def range_form(view: View, default_days: int = 7) -> tuple[int | None, int | Non
     return since, until, {"since": view.local_input(since), "until": view.text("until") or ""}
 
 
+def waited_seconds(now_us: int, last_missed_at: str | None) -> float | None:
+    """How long a number has waited since its last missed call; None where that time is not
+    known (a call whose start does not read: a calls table edited by hand or damaged)."""
+    return None if last_missed_at is None else (now_us - parse_time(last_missed_at)) / 1e6
+
+
 async def missed_page(request: Request) -> Response:
     """/missed: missed numbers, whether and when they were called back, and by whom."""
     view = View(request)
@@ -302,7 +308,7 @@ async def missed_page(request: Request) -> Response:
     query = view.call_query(since_us=since, until_us=until, direction=None, status=None)
     rows = await view.store.missed_report(query)
     for row in rows:
-        row["waiting"] = (view.now - parse_time(row["last_missed_at"])) / 1e6
+        row["waiting"] = waited_seconds(view.now, row["last_missed_at"])
     return view.render("missed.html", "missed", rows=rows, form=form)
 
 

@@ -61,8 +61,10 @@ def duration(value: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def waited(seconds: float) -> str:
+def waited(seconds: float | None) -> str:
     """A wait in words: `45 s`, `12 min`, `3 h 05 min`, `2 days`."""
+    if seconds is None:
+        return NONE
     if seconds < 60:
         return f"{max(0, int(seconds))} s"
     if seconds < 3600:
