@@ -165,3 +165,31 @@ def test_the_reports_answer_over_damaged_calls_and_legs(db_path: Path, server) -
         check(talk, "ExtensionsReport")
         assert "\ufffdA" in {row["extension"] for row in talk.json()["extensions"]}
     running.stop()
+
+
+def test_pages_and_the_export_go_past_an_event_of_a_damaged_order(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    # order_us (the time events are listed by) holding text, a blob or a REAL: each page's
+    # `next` cursor must still lead on, once over every event, either way, and the export too.
+    running = server()
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        for name in ("inbound-answered", "outbound-busy"):
+            deliver(client, scenario(name))
+        with sqlite3.connect(db_path) as db:
+            ids = [row[0] for row in db.execute("SELECT id FROM events ORDER BY id")]
+            for event_id, value in zip(ids[1::3], ("'x'", "x'00ff'", "1.5", "'x'"), strict=False):
+                db.execute(f"UPDATE events SET order_us = {value} WHERE id = ?", [event_id])
+        for order in ("asc", "desc"):
+            seen, after = [], None
+            while True:
+                params = {"limit": 1, "order": order, **({"after": after} if after else {})}
+                page = client.get("/api/events", params=params)
+                assert page.status_code == 200, page.text
+                seen += [event["id"] for event in page.json()["events"]]
+                after = page.json()["next"]
+                if after is None:
+                    break
+            assert sorted(seen) == ids and len(seen) == len(ids), order
+        export = client.get("/api/events", params={"format": "ndjson"})
+        assert export.status_code == 200
+        assert sorted(orjson.loads(line)["id"] for line in export.content.splitlines()) == ids
+    running.stop()

@@ -153,3 +153,22 @@ def test_a_worker_keeps_the_memory_a_page_frees_for_the_next(setting: str) -> No
         assert faults < 100, faults
     else:  # what the setting is for: glibc as it comes maps five pages' buffers afresh
         assert faults > 5 * 1000, faults
+
+
+async def test_workers_export_past_events_of_a_damaged_order(filled: Path) -> None:
+    # A page can end at an event whose order_us is not an integer (a file edited by hand):
+    # its cursor (`~<id>`) must lead the next page on, in the workers as in one process.
+    import sqlite3
+
+    with sqlite3.connect(
+        filled
+    ) as db:  # text sorts after every number, either way a page ends in it
+        db.execute("UPDATE events SET order_us = 'x' || (id % 7) WHERE id > ?", [EVENTS - 4100])
+        db.execute("UPDATE events SET order_us = x'00' WHERE id IN (3, 4)")
+        db.execute("UPDATE events SET order_us = 2.5 WHERE id = 5")
+    for query in (EventQuery(), EventQuery(descending=True)):
+        async with Store(filled) as alone:
+            expected = await export(alone, query, None, None)
+        async with Store(filled, own_process=True) as server:
+            assert await export(server, query, None, None) == expected
+        assert expected.count(b"\n") == EVENTS

@@ -179,16 +179,23 @@ def local_time_sql(column: str, offsets: tuple[tuple[int, int], ...]) -> tuple[s
 
 
 # The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,
-# each number a 64-bit integer (at most 18 digits here, so that any match can be bound).
-EVENT_CURSOR_PATTERN = r"-?\d{1,18}:\d{1,18}"
+# each number a 64-bit integer (at most 18 digits here, so that any match can be bound); and
+# `~<id>`, after an event whose order_us is not an integer (event_cursor).
+EVENT_CURSOR_PATTERN = r"-?\d{1,18}:\d{1,18}|~\d{1,18}"
 CALL_CURSOR_PATTERN = r"-?\d{1,18}:.+"
 EVENT_CURSOR = re.compile(EVENT_CURSOR_PATTERN)
 CALL_CURSOR = re.compile(CALL_CURSOR_PATTERN, re.DOTALL)
 
 
-def event_cursor(order_us: int, event_id: int) -> str:
-    """The `next` cursor after the event of this order time and id (parse_cursor reads it)."""
-    return f"{order_us}:{event_id}"
+def event_cursor(order_us: Any, event_id: int) -> str:
+    """The `next` cursor after the event of this order time and id (parse_cursor reads it).
+
+    An order_us that is not an integer (a file edited by hand or damaged: SQLite keeps any
+    value, and sorts text and blobs after every number) makes `~<id>`: after that event,
+    wherever its stored value sorts."""
+    if type(order_us) is int:
+        return f"{order_us}:{event_id}"
+    return f"~{event_id}"
 
 
 def call_cursor(started_us: int, call_id: str) -> str:
@@ -196,12 +203,25 @@ def call_cursor(started_us: int, call_id: str) -> str:
     return f"{started_us}:{call_id}"
 
 
-def parse_cursor(cursor: str) -> tuple[int, int]:
-    """`<order_us>:<id>` -> its two integers. Raises ValueError when it is not one of ours."""
+def parse_cursor(cursor: str) -> tuple[int | None, int]:
+    """`<order_us>:<id>` -> its two integers, `~<id>` -> None and the id. Raises ValueError
+    when it is not one of ours."""
     if not EVENT_CURSOR.fullmatch(cursor):
         raise ValueError(f"{cursor!r} is not an events cursor")
+    if cursor.startswith("~"):
+        return None, int(cursor[1:])
     order_us, _, event_id = cursor.partition(":")
     return int(order_us), int(event_id)
+
+
+def cursor_where(cursor: str, compared: str) -> tuple[str, list[Any]]:
+    """The condition of the events `compared` (`>`, `<=`, ...) to the cursor's event, in time
+    order, and its parameters."""
+    order_us, event_id = parse_cursor(cursor)
+    if order_us is None:  # compared with the event's own stored value, whatever it is
+        own = "SELECT order_us, id FROM events WHERE id = ?"
+        return f"(order_us, id) {compared} ({own})", [event_id]
+    return f"(order_us, id) {compared} (?, ?)", [order_us, event_id]
 
 
 def parse_call_cursor(cursor: str) -> tuple[int, str]:
@@ -218,14 +238,12 @@ def event_page_sql(
     """SELECT `columns` of the events after the cursor (and up to `through`, included), in
     time order; its last ? is the limit."""
     where, params = query.where()
-    if after is not None:
-        order_us, event_id = parse_cursor(after)
-        where.append(f"(order_us, id) {'<' if query.descending else '>'} (?, ?)")
-        params += [order_us, event_id]
-    if through is not None:
-        order_us, event_id = parse_cursor(through)
-        where.append(f"(order_us, id) {'>=' if query.descending else '<='} (?, ?)")
-        params += [order_us, event_id]
+    for cursor, compared in ((after, "<" if query.descending else ">"),
+                             (through, ">=" if query.descending else "<=")):  # fmt: skip
+        if cursor is not None:
+            condition, values = cursor_where(cursor, compared)
+            where.append(condition)
+            params += values
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     way = "DESC" if query.descending else "ASC"
     sql = f"SELECT {columns} FROM events {clause} ORDER BY order_us {way}, id {way} LIMIT ?"

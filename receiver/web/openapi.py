@@ -235,7 +235,8 @@ EXTENSION = param("extension", "An extension, as prefix*ext.")
 STREAMS = ("application/x-ndjson", "text/csv")
 EVENT_PARAMETERS = [
     MYID, *TIMES, ORDER, LIMIT,
-    param("after", "The `next` value of the previous page.", pattern=f"^{EVENT_CURSOR_PATTERN}$"),
+    param("after", "The `next` value of the previous page.",
+          pattern=f"^(?:{EVENT_CURSOR_PATTERN})$"),
     FORMAT, *(param(n, f"Only this {n}.") for n in (
         "event_type", "call_id", "sub_call_id", "call_status", "call_flow", "source")),
     {**NUMBER, "description": "Any of the event's numbers, compared as digits."},
