@@ -193,3 +193,27 @@ def test_pages_and_the_export_go_past_an_event_of_a_damaged_order(db_path: Path,
         assert export.status_code == 200
         assert sorted(orjson.loads(line)["id"] for line in export.content.splitlines()) == ids
     running.stop()
+
+
+def test_calls_pages_go_past_a_call_of_a_damaged_start(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        for name in ("inbound-answered", "outbound-busy", "queue-rounds", "internal"):
+            deliver(client, scenario(name))
+        wait_for_calls(lambda path: client.get(path))
+        with sqlite3.connect(db_path) as db:
+            ids = sorted(row[0] for row in db.execute("SELECT call_id FROM calls"))
+            db.execute("UPDATE calls SET started_us = 'x' WHERE call_id = ?", [ids[0]])
+            db.execute("UPDATE calls SET started_us = 2.5 WHERE call_id = ?", [ids[1]])
+        for order in ("asc", "desc"):
+            seen, after = [], None
+            while True:
+                params = {"limit": 1, "order": order, **({"after": after} if after else {})}
+                page = client.get("/api/calls", params=params)
+                assert page.status_code == 200, page.text
+                seen += [call["call_id"] for call in page.json()["calls"]]
+                after = page.json()["next"]
+                if after is None:
+                    break
+            assert sorted(seen) == ids, order
+    running.stop()

@@ -45,10 +45,10 @@ from receiver.store.queries import (
     Reparsed,
     Stored,
     call_cursor,
+    call_cursor_where,
     event_cursor,
     event_page_sql,
     local_time_sql,
-    parse_call_cursor,
 )
 from receiver.store.reparse import EVENTS_AT_ONCE as REPARSE_AT_ONCE
 from receiver.store.schema import (
@@ -765,9 +765,9 @@ class Store:
         legs, no events), as call_json() makes them."""
         where, params = query.where()
         if after is not None:
-            started_us, call_id = parse_call_cursor(after)
-            where.append(f"(started_us, call_id) {'<' if query.descending else '>'} (?, ?)")
-            params += [started_us, call_id]
+            condition, values = call_cursor_where(after, "<" if query.descending else ">")
+            where.append(condition)
+            params += values
         way = "DESC" if query.descending else "ASC"
         sql = (
             f"SELECT {call_fields_sql(query.status_sql())} FROM calls "

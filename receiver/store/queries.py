@@ -180,9 +180,9 @@ def local_time_sql(column: str, offsets: tuple[tuple[int, int], ...]) -> tuple[s
 
 # The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,
 # each number a 64-bit integer (at most 18 digits here, so that any match can be bound); and
-# `~<id>`, after an event whose order_us is not an integer (event_cursor).
+# `~<id>` and `~<call_id>`, after an event or call whose time is not an integer (event_cursor).
 EVENT_CURSOR_PATTERN = r"-?\d{1,18}:\d{1,18}|~\d{1,18}"
-CALL_CURSOR_PATTERN = r"-?\d{1,18}:.+"
+CALL_CURSOR_PATTERN = r"-?\d{1,18}:.+|~.+"
 EVENT_CURSOR = re.compile(EVENT_CURSOR_PATTERN)
 CALL_CURSOR = re.compile(CALL_CURSOR_PATTERN, re.DOTALL)
 
@@ -198,9 +198,12 @@ def event_cursor(order_us: Any, event_id: int) -> str:
     return f"~{event_id}"
 
 
-def call_cursor(started_us: int, call_id: str) -> str:
-    """The `next` cursor after the call of this start and id (parse_call_cursor reads it)."""
-    return f"{started_us}:{call_id}"
+def call_cursor(started_us: Any, call_id: Any) -> str:
+    """The `next` cursor after the call of this start and id (parse_call_cursor reads it); as
+    event_cursor, `~<call_id>` where started_us is not an integer."""
+    if type(started_us) is int:
+        return f"{started_us}:{call_id}"
+    return f"~{call_id}"
 
 
 def parse_cursor(cursor: str) -> tuple[int | None, int]:
@@ -224,12 +227,25 @@ def cursor_where(cursor: str, compared: str) -> tuple[str, list[Any]]:
     return f"(order_us, id) {compared} (?, ?)", [order_us, event_id]
 
 
-def parse_call_cursor(cursor: str) -> tuple[int, str]:
-    """`<started_us>:<call_id>` -> its two parts. Raises ValueError when it is not one of ours."""
+def parse_call_cursor(cursor: str) -> tuple[int | None, str]:
+    """`<started_us>:<call_id>` -> its two parts, `~<call_id>` -> None and the id. Raises
+    ValueError when it is not one of ours."""
     if not CALL_CURSOR.fullmatch(cursor):
         raise ValueError(f"{cursor!r} is not a calls cursor")
+    if cursor.startswith("~"):
+        return None, cursor[1:]
     started_us, _, call_id = cursor.partition(":")
     return int(started_us), call_id
+
+
+def call_cursor_where(cursor: str, compared: str) -> tuple[str, list[Any]]:
+    """The condition of the calls `compared` (`>` or `<`) to the cursor's call, in time order,
+    and its parameters."""
+    started_us, call_id = parse_call_cursor(cursor)
+    if started_us is None:  # compared with the call's own stored value, whatever it is
+        own = "SELECT started_us, call_id FROM calls WHERE call_id = ?"
+        return f"(started_us, call_id) {compared} ({own})", [call_id]
+    return f"(started_us, call_id) {compared} (?, ?)", [started_us, call_id]
 
 
 def event_page_sql(

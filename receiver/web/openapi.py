@@ -244,7 +244,8 @@ EVENT_PARAMETERS = [
 ]  # fmt: skip
 CALL_PARAMETERS = [
     MYID, *TIMES, ORDER, LIMIT,
-    param("after", "The `next` value of the previous page.", pattern=f"^{CALL_CURSOR_PATTERN}$"),
+    param("after", "The `next` value of the previous page.",
+          pattern=f"^(?:{CALL_CURSOR_PATTERN})$"),
     FORMAT, param("direction", "Call direction.", enum=[d.value for d in Direction]),
     param("status", "Call status.", enum=[s.value for s in CallStatus]),
     {**NUMBER, "description": "The external number, compared as digits."},
