@@ -272,3 +272,38 @@ def test_a_nul_in_a_field_is_copied_as_postgresql_keeps_one(
     assert event.raw.query == query
     assert f"going on after event {len(events) + 1}" in done.stdout
     assert "events               0 copied" in done.stdout
+
+
+def test_damaged_rows_are_copied_as_the_reads_show_them(
+    tmp_path: Path, postgresql_url: str
+) -> None:
+    """A file edited by hand or damaged: each value no receiver stores is copied as the reads
+    show it (replaced, and flagged damaged_value:<column>), where the copy stopped at it."""
+    db = tmp_path / "receiver.db"
+    events, _ = simulated_events(4, seed=3)
+    run(fill(db, events, []))
+    damages = [
+        ("duration_us", "'abc'"),
+        ("extra", "'{bad'"),
+        ("raw_query", "x'0011'"),  # not a zstandard frame
+        ("caller_id_name", "CAST(x'ff41' AS TEXT)"),  # text that is not UTF-8
+        ("transferred", "'yes'"),
+        ("flags", "'[1]'"),
+        ("myid", "x'3741'"),
+    ]
+    with sqlite3.connect(db) as connection:
+        for event_id, (column, value) in enumerate(damages, start=1):
+            connection.execute(f"UPDATE events SET {column} = {value} WHERE id = ?", [event_id])
+        connection.execute("UPDATE rejects SET reason = x'ff', received_at_us = 'x' WHERE id = 1")
+
+    done = copy_command(db, postgresql_url)
+    assert done.returncode == 0, done.stderr
+    source, copied = run(read_all(db)), run(read_all(postgresql_url))
+    assert copied["events"] == source["events"]
+    flags = {
+        record["id"]: record["flags"] for record in map(json.loads, source["events"].splitlines())
+    }
+    for event_id, (column, _) in enumerate(damages, start=1):
+        assert f"damaged_value:{column}" in flags[event_id], column
+    assert copied["rejects"] == source["rejects"]
+    assert {reject.id: reject.reason for reject in copied["rejects"]}[1] == "\ufffd"

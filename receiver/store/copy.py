@@ -19,17 +19,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 
+from receiver.event import Flag, trusted_record
 from receiver.store.pg_dialect import without_nul
 from receiver.store.pg_schema import ID_LOCK, LOCKS
-from receiver.store.schema import BUSY_TIMEOUT, EVENT_COLUMNS, REJECT_COLUMNS
-from receiver.stored import STORED_FIELDS
+from receiver.store.schema import (
+    BUSY_TIMEOUT,
+    EVENT_COLUMNS,
+    REJECT_COLUMNS,
+    reject_from_row,
+    tolerant_text,
+)
+from receiver.stored import (
+    COLUMN,
+    READ_FAILURES,
+    STORED_FIELDS,
+    as_bytes,
+    json_texts,
+    kinds_fit,
+    readable_row,
+)
 
 EVENTS_AT_ONCE = 2000  # events copied in one transaction
 REJECTS_AT_ONCE = 2000
@@ -38,7 +55,7 @@ HISTORY_AT_ONCE = 1000
 EVENT_COPY_COLUMNS = f"{EVENT_COLUMNS}, dedup_key"
 BOOLEAN_EVENT_FIELDS = tuple(STORED_FIELDS.index(name) for name in ("transferred", "bridged"))
 BYTES_EVENT_FIELDS = tuple(STORED_FIELDS.index(name) for name in ("raw_query", "raw_body"))
-BYTES_REJECT_FIELDS = tuple(REJECT_COLUMNS.split(", ").index(n) for n in ("raw_query", "raw_body"))
+DAMAGED = Flag.DAMAGED_VALUE
 
 
 class CopyConflict(RuntimeError):
@@ -62,15 +79,18 @@ class Copied:
     top_id: int = 0  # the highest event id the file has had; the target's ids continue above
 
 
-def as_bytes(value: Any) -> bytes:
-    """A BLOB column's value as bytes (an old row may hold it as text)."""
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
 def event_values(row: Sequence[Any]) -> list[Any]:
     """An SQLite events row (EVENT_COPY_COLUMNS) as PostgreSQL's columns take it: a NUL in a
-    field kept as U+FFFD, as the PostgreSQL backend stores one (docs/storage.md)."""
-    values: list[Any] = without_nul(list(row))
+    field kept as U+FFFD, as the PostgreSQL backend stores one (docs/storage.md). A value no
+    receiver stores (a file edited by hand or damaged) is copied as the reads show it: replaced,
+    and flagged damaged_value:<column> (receiver/stored.py), its raw request unpacked."""
+    stored, key = row[:-1], row[-1]
+    values: list[Any] = list(stored)
+    if not readable(stored):
+        values, damaged = readable_row(stored)
+        flags = [*json_texts(values[COLUMN["flags"]]), *(f"{DAMAGED}:{n}" for n in damaged)]
+        values[COLUMN["flags"]] = json.dumps(flags)
+    values = without_nul([*values, key])
     for at in BOOLEAN_EVENT_FIELDS:
         if values[at] is not None:
             values[at] = bool(values[at])
@@ -79,11 +99,35 @@ def event_values(row: Sequence[Any]) -> list[Any]:
     return values
 
 
+def readable(stored: Sequence[Any]) -> bool:
+    """Whether a row's values make its record as they are (event_record's first check)."""
+    if not kinds_fit(stored):
+        return False
+    try:
+        orjson.dumps(trusted_record(stored))
+    except READ_FAILURES:
+        return False
+    return True
+
+
 def reject_values(row: Sequence[Any]) -> list[Any]:
-    values: list[Any] = without_nul(list(row))
-    for at in BYTES_REJECT_FIELDS:
-        values[at] = as_bytes(values[at])
-    return values
+    """An SQLite rejects row as PostgreSQL's columns take it, read as the reads show it."""
+    reject = reject_from_row(row)
+    raw = reject.raw
+    values: list[Any] = [
+        reject.id,
+        reject.received_at_us,
+        reject.status,
+        reject.reason,
+        reject.myid,
+        reject.client,
+        raw.method,
+        raw.query,
+        raw.body,
+        raw.content_type,
+        reject.body_size,
+    ]  # REJECT_COLUMNS
+    return without_nul(values)  # type: ignore[no-any-return]
 
 
 class Copier:
@@ -305,6 +349,7 @@ def copy_database(
         psycopg.connect(target_url, autocommit=True) as postgresql,
     ):
         sqlite.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        sqlite.text_factory = tolerant_text  # text that is not UTF-8 read as bytes, and flagged
         return Copier(sqlite, postgresql, progress, events_at_once).run()
 
 
