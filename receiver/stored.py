@@ -200,9 +200,8 @@ class RowKinds:
 
     def __init__(self, *kinds: Kind) -> None:
         self.kinds = kinds
-        self.fit: dict[
-            tuple[type, ...], bool
-        ] = {}  # a few sets of types occur: each looked up once
+        # whether a row of these types fits: a few sets of types occur, each looked up once
+        self.fit: dict[tuple[type, ...], bool] = {}
 
     def readable(self, row: Sequence[Any]) -> Sequence[Any]:
         """The row, each value of its kind: where a table was edited by hand or damaged, text
@@ -213,7 +212,7 @@ class RowKinds:
         fit = self.fit.get(types)
         if fit is None:
             fit = len(types) == len(self.kinds) and all(
-                kind in allowed.types for kind, allowed in zip(types, self.kinds, strict=True)
+                found in kind.types for found, kind in zip(types, self.kinds, strict=True)
             )
             if len(self.fit) < 4096:
                 self.fit[types] = fit

@@ -4,6 +4,7 @@ damaged call is built again from them."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -11,10 +12,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import orjson
 
+from receiver.event import now_us
+from receiver.store import CallQuery, Store
 from tests.conftest import ROOT, scenario, wait_for_calls
 from tests.test_openapi import check
 
@@ -164,7 +168,17 @@ def test_the_reports_answer_over_damaged_calls_and_legs(db_path: Path, server) -
         talk = client.get("/api/reports/extensions", params={"by": "day"})
         check(talk, "ExtensionsReport")
         assert "\ufffdA" in {row["extension"] for row in talk.json()["extensions"]}
+        assert 'data-since="None"' not in client.get("/missed").text
     running.stop()
+
+    async def by_period() -> list[dict[str, Any]]:  # with a filter: counted by GROUP BY
+        async with Store(db_path) as store:
+            query = CallQuery(myids=("175",), now_us=now_us())
+            return await store.calls_by_period(query, by="hour")
+
+    periods = asyncio.run(by_period())
+    assert sum(row["calls"] for row in periods) == len(names)
+    assert {row["status"] for row in periods} >= {"m", "missed"}  # the blob as its text
 
 
 def test_pages_and_the_export_go_past_an_event_of_a_damaged_order(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]

@@ -116,8 +116,10 @@ EXTENSIONS_ROW = RowKinds(
     NUMBER_VALUE,  # the average talk
 )
 PERIOD_ROW = RowKinds(
-    NUMBER_VALUE, TEXT_VALUE, INTEGER_VALUE
-)  # a period's start, a status, its calls
+    NUMBER_VALUE,  # the period's start (local µs)
+    TEXT_VALUE,  # a status
+    INTEGER_VALUE,  # its calls
+)
 PERIODS_COUNTED = 100  # at most this many periods counted by calls_by_period's index ranges
 # Where a call's start time is in a row of its fields (for the next page's cursor).
 CALL_STARTED = [c.name for c in CALL_FIELDS].index("started_us")
@@ -890,7 +892,8 @@ class Store:
                         "first_missed_at": last if missed == 1 else iso_time(first_us),
                         "last_missed_at": last,
                         "dids": list(dict.fromkeys(dids.split(","))) if dids else [],
-                        "handled": handled_us is not None,
+                        "handled": way
+                        is not None,  # a later answered call (its direction is NOT NULL)
                         "handled_by": None
                         if way is None
                         else ("call_back" if way == "out" else "called_again"),

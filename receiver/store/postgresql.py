@@ -1051,13 +1051,16 @@ class PostgresStore:
                         "first_missed_at": last if missed == 1 else iso_time(first_us),
                         "last_missed_at": last,
                         "dids": list(dict.fromkeys(dids.split(","))) if dids else [],
-                        "handled": handled_us is not None,
+                        "handled": way
+                        is not None,  # a later answered call (its direction is NOT NULL)
                         "handled_by": None
                         if way is None
                         else ("call_back" if way == "out" else "called_again"),
                         "handled_at": iso_time(handled_us),
                         "handled_extension": by,
-                        "recall_seconds": seconds(handled_us - last_us) if handled_us else None,
+                        "recall_seconds": seconds(handled_us - last_us)
+                        if handled_us is not None and last_us is not None
+                        else None,
                     }
                 )
         return report
