@@ -231,3 +231,22 @@ def test_calls_pages_go_past_a_call_of_a_damaged_start(db_path: Path, server) ->
                     break
             assert sorted(seen) == ids, order
     running.stop()
+
+
+def test_a_number_filter_reads_past_numbers_no_receiver_stores(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
+    running = server()
+    with httpx.Client(base_url=running.url, timeout=30) as client:
+        lines = scenario("inbound-answered")
+        deliver(client, lines)
+        number = re.search(r"CallerIDNum=([^&]+)", lines[0])[1]  # type: ignore[index]
+        with sqlite3.connect(db_path) as db:
+            db.execute("UPDATE events SET caller_id_num = x'ff37' WHERE id = 1")
+            db.execute("UPDATE events SET called_number = 79160000000 WHERE id = 2")
+            total = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        for fmt in ("json", "ndjson"):
+            found = client.get("/api/events", params={"number": number, "format": fmt})
+            assert found.status_code == 200, found.text
+        found = client.get("/api/events", params={"number": "79160000000"}).json()["events"]
+        assert [event["id"] for event in found] == [2]
+        assert total > 2
+    running.stop()

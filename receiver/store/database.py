@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, CallStatus, call_json, digits
+from receiver.calls import DEFAULT_UNKNOWN_AFTER_US, Call, CallStatus, call_json
 from receiver.event import Event, Reject, event_lines, event_record, iso_time, now_us, seconds
 from receiver.store.backup import DEFAULT_RATE, BackedUp, backup_file
 from receiver.store.export import Exporter
@@ -49,6 +49,7 @@ from receiver.store.queries import (
     event_cursor,
     event_page_sql,
     local_time_sql,
+    sql_digits,
 )
 from receiver.store.reparse import EVENTS_AT_ONCE as REPARSE_AT_ONCE
 from receiver.store.schema import (
@@ -245,7 +246,7 @@ class Store:
         try:
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.executescript(connect_pragmas())
-            await self._reader.create_function("digits", 1, digits, deterministic=True)
+            await self._reader.create_function("digits", 1, sql_digits, deterministic=True)
         except BaseException:  # the writer (a process, in the server) must not stay behind
             if self._reader is not None:
                 await self._reader.close()

@@ -28,14 +28,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiosqlite
 import apsw
 
-from receiver.calls import digits
 from receiver.event import event_lines
-from receiver.store.queries import EventQuery, event_cursor, event_page_sql
+from receiver.store.queries import EventQuery, event_cursor, event_page_sql, sql_digits
 from receiver.store.schema import EVENT_COLUMNS, connect_pragmas, read_text_tolerantly
 
 EXPORT_WORKERS = 2  # processes making pages: one a core here, the server's work is small
@@ -69,8 +68,8 @@ def open_worker(path: str, server_pid: int) -> None:
     flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_NOMUTEX
     worker_connection = apsw.Connection(path, flags=flags)
     worker_connection.execute(connect_pragmas()).fetchall()  # each statement runs as it is read
-    # APSW's types say a function takes any value; this one takes text
-    worker_connection.create_scalar_function("digits", cast(Any, digits), 1, deterministic=True)
+    by_arguments: Any = sql_digits  # APSW types a function as taking any number of values
+    worker_connection.create_scalar_function("digits", by_arguments, 1, deterministic=True)
 
 
 def keep_freed_memory() -> None:
@@ -124,7 +123,7 @@ def read_with_sqlite3() -> None:
     worker_connection = None
     tolerant_connection = sqlite3.connect(worker_path, isolation_level=None)
     tolerant_connection.executescript(connect_pragmas())
-    tolerant_connection.create_function("digits", 1, digits, deterministic=True)
+    tolerant_connection.create_function("digits", 1, sql_digits, deterministic=True)
     read_text_tolerantly(tolerant_connection)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from receiver.calls import CALLS_VERSION, DEFAULT_UNKNOWN_AFTER_US, digits
+from receiver.stored import text_or_none
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,12 @@ def local_time_sql(column: str, offsets: tuple[tuple[int, int], ...]) -> tuple[s
         branches.append(f"WHEN {column} < ? THEN ?")
         params += [change, offset]
     return f"({column} + CASE {' '.join(branches)} ELSE ? END)", [*params, offsets[-1][1]]
+
+
+def sql_digits(value: Any) -> str | None:
+    """digits() as SQL calls it (the `digits` function of every connection) on a stored value,
+    whatever it holds: a blob read as text_or_none() reads it (a file edited or damaged)."""
+    return digits(value if value is None or type(value) is str else text_or_none(value))
 
 
 # The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,
