@@ -139,7 +139,8 @@ class Settings:
         None, "Sign forwarded messages with this Standard Webhooks secret (whsec_<base64>)."
     )
     forward_rules: Path | None = setting(
-        None, "TOML file of destinations: url, secret, myids, types, timeout, original."
+        None,
+        "TOML file of destinations: url, secret, myids, types, timeout, concurrency, original.",
     )
     forward_settle: float = setting(
         5.0,

@@ -24,7 +24,7 @@ GIL_SWITCH_SECONDS = 0.0001
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="receiver")
 def main() -> None:
-    """Receive PBX call events over HTTP and keep them in SQLite.
+    """Receive PBX call events over HTTP and keep them in SQLite (or PostgreSQL).
 
     \b
     Examples:
