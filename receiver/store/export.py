@@ -85,7 +85,7 @@ def keep_freed_memory() -> None:
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc: no mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (TypeError: Windows): no mallopt
         return
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
