@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,25 +27,19 @@ from typing import Any
 import orjson
 import psycopg
 
-from receiver.event import Flag, trusted_record
+from receiver.event import stored_row, trusted_record
 from receiver.store.pg_dialect import without_nul
 from receiver.store.pg_schema import ID_LOCK, LOCKS
 from receiver.store.schema import (
     BUSY_TIMEOUT,
     EVENT_COLUMNS,
     REJECT_COLUMNS,
+    event_from_row,
     reject_from_row,
+    reject_row,
     tolerant_text,
 )
-from receiver.stored import (
-    COLUMN,
-    READ_FAILURES,
-    STORED_FIELDS,
-    as_bytes,
-    json_texts,
-    kinds_fit,
-    readable_row,
-)
+from receiver.stored import READ_FAILURES, STORED_FIELDS, as_bytes, kinds_fit
 
 EVENTS_AT_ONCE = 2000  # events copied in one transaction
 REJECTS_AT_ONCE = 2000
@@ -55,7 +48,6 @@ HISTORY_AT_ONCE = 1000
 EVENT_COPY_COLUMNS = f"{EVENT_COLUMNS}, dedup_key"
 BOOLEAN_EVENT_FIELDS = tuple(STORED_FIELDS.index(name) for name in ("transferred", "bridged"))
 BYTES_EVENT_FIELDS = tuple(STORED_FIELDS.index(name) for name in ("raw_query", "raw_body"))
-DAMAGED = Flag.DAMAGED_VALUE
 
 
 class CopyConflict(RuntimeError):
@@ -85,12 +77,9 @@ def event_values(row: Sequence[Any]) -> list[Any]:
     receiver stores (a file edited by hand or damaged) is copied as the reads show it: replaced,
     and flagged damaged_value:<column> (receiver/stored.py), its raw request unpacked."""
     stored, key = row[:-1], row[-1]
-    values: list[Any] = list(stored)
     if not readable(stored):
-        values, damaged = readable_row(stored)
-        flags = [*json_texts(values[COLUMN["flags"]]), *(f"{DAMAGED}:{n}" for n in damaged)]
-        values[COLUMN["flags"]] = json.dumps(flags)
-    values = without_nul([*values, key])
+        stored = stored_row(event_from_row(stored), stored[0])
+    values: list[Any] = without_nul([*stored, key])
     for at in BOOLEAN_EVENT_FIELDS:
         if values[at] is not None:
             values[at] = bool(values[at])
@@ -112,22 +101,7 @@ def readable(stored: Sequence[Any]) -> bool:
 
 def reject_values(row: Sequence[Any]) -> list[Any]:
     """An SQLite rejects row as PostgreSQL's columns take it, read as the reads show it."""
-    reject = reject_from_row(row)
-    raw = reject.raw
-    values: list[Any] = [
-        reject.id,
-        reject.received_at_us,
-        reject.status,
-        reject.reason,
-        reject.myid,
-        reject.client,
-        raw.method,
-        raw.query,
-        raw.body,
-        raw.content_type,
-        reject.body_size,
-    ]  # REJECT_COLUMNS
-    return without_nul(values)  # type: ignore[no-any-return]
+    return without_nul(list(reject_row(reject_from_row(row))))  # type: ignore[no-any-return]
 
 
 class Copier:

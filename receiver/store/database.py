@@ -893,8 +893,8 @@ class Store:
                         "first_missed_at": last if missed == 1 else iso_time(first_us),
                         "last_missed_at": last,
                         "dids": list(dict.fromkeys(dids.split(","))) if dids else [],
-                        "handled": way
-                        is not None,  # a later answered call (its direction is NOT NULL)
+                        # a later answered call followed (its direction is NOT NULL)
+                        "handled": way is not None,
                         "handled_by": None
                         if way is None
                         else ("call_back" if way == "out" else "called_again"),
