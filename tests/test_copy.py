@@ -25,6 +25,7 @@ from receiver.store import CallQuery, EventQuery, Storage, open_storage
 from receiver.store.copy import Copied, copy_into_postgresql
 from tests.conftest import insert_as_before_packing
 from tests.postgres import temporary_database
+from tests.test_damaged import DAMAGES
 
 NOW = 1_764_547_200_000_000 + 86_400_000_000  # a day after the simulated calls began
 
@@ -282,15 +283,7 @@ def test_damaged_rows_are_copied_as_the_reads_show_them(
     db = tmp_path / "receiver.db"
     events, _ = simulated_events(4, seed=3)
     run(fill(db, events, []))
-    damages = [
-        ("duration_us", "'abc'"),
-        ("extra", "'{bad'"),
-        ("raw_query", "x'0011'"),  # not a zstandard frame
-        ("caller_id_name", "CAST(x'ff41' AS TEXT)"),  # text that is not UTF-8
-        ("transferred", "'yes'"),
-        ("flags", "'[1]'"),
-        ("myid", "x'3741'"),
-    ]
+    damages = [*DAMAGES, ("myid", "x'3741'")]
     with sqlite3.connect(db) as connection:
         for event_id, (column, value) in enumerate(damages, start=1):
             connection.execute(f"UPDATE events SET {column} = {value} WHERE id = ?", [event_id])

@@ -181,6 +181,19 @@ def test_the_reports_answer_over_damaged_calls_and_legs(db_path: Path, server) -
     assert {row["status"] for row in periods} >= {"m", "missed"}  # the blob as its text
 
 
+def walk(client: httpx.Client, listed: str, key: str, order: str) -> list[Any]:
+    """The `key` of every item of /api/<listed>, a page of one at a time, following `next`."""
+    seen, after = [], None
+    while True:
+        params = {"limit": 1, "order": order, **({"after": after} if after else {})}
+        page = client.get(f"/api/{listed}", params=params)
+        assert page.status_code == 200, page.text
+        seen += [item[key] for item in page.json()[listed]]
+        after = page.json()["next"]
+        if after is None:
+            return seen
+
+
 def test_pages_and_the_export_go_past_an_event_of_a_damaged_order(db_path: Path, server) -> None:  # type: ignore[no-untyped-def]
     # order_us (the time events are listed by) holding text, a blob or a REAL: each page's
     # `next` cursor must still lead on, once over every event, either way, and the export too.
@@ -193,15 +206,7 @@ def test_pages_and_the_export_go_past_an_event_of_a_damaged_order(db_path: Path,
             for event_id, value in zip(ids[1::3], ("'x'", "x'00ff'", "1.5", "'x'"), strict=False):
                 db.execute(f"UPDATE events SET order_us = {value} WHERE id = ?", [event_id])
         for order in ("asc", "desc"):
-            seen, after = [], None
-            while True:
-                params = {"limit": 1, "order": order, **({"after": after} if after else {})}
-                page = client.get("/api/events", params=params)
-                assert page.status_code == 200, page.text
-                seen += [event["id"] for event in page.json()["events"]]
-                after = page.json()["next"]
-                if after is None:
-                    break
+            seen = walk(client, "events", "id", order)
             assert sorted(seen) == ids and len(seen) == len(ids), order
         export = client.get("/api/events", params={"format": "ndjson"})
         assert export.status_code == 200
@@ -220,16 +225,7 @@ def test_calls_pages_go_past_a_call_of_a_damaged_start(db_path: Path, server) ->
             db.execute("UPDATE calls SET started_us = 'x' WHERE call_id = ?", [ids[0]])
             db.execute("UPDATE calls SET started_us = 2.5 WHERE call_id = ?", [ids[1]])
         for order in ("asc", "desc"):
-            seen, after = [], None
-            while True:
-                params = {"limit": 1, "order": order, **({"after": after} if after else {})}
-                page = client.get("/api/calls", params=params)
-                assert page.status_code == 200, page.text
-                seen += [call["call_id"] for call in page.json()["calls"]]
-                after = page.json()["next"]
-                if after is None:
-                    break
-            assert sorted(seen) == ids, order
+            assert sorted(walk(client, "calls", "call_id", order)) == ids, order
     running.stop()
 
 
