@@ -182,7 +182,7 @@ def local_time_sql(column: str, offsets: tuple[tuple[int, int], ...]) -> tuple[s
 def sql_digits(value: Any) -> str | None:
     """digits() as SQL calls it (the `digits` function of every connection) on a stored value,
     whatever it holds: a blob read as text_or_none() reads it (a file edited or damaged)."""
-    return digits(value if value is None or type(value) is str else text_or_none(value))
+    return digits(text_or_none(value))
 
 
 # The `next` cursors of event and call pages: `<order_us>:<id>` and `<started_us>:<call_id>`,
@@ -227,11 +227,18 @@ def parse_cursor(cursor: str) -> tuple[int | None, int]:
 def cursor_where(cursor: str, compared: str) -> tuple[str, list[Any]]:
     """The condition of the events `compared` (`>`, `<=`, ...) to the cursor's event, in time
     order, and its parameters."""
-    order_us, event_id = parse_cursor(cursor)
-    if order_us is None:  # compared with the event's own stored value, whatever it is
-        own = "SELECT order_us, id FROM events WHERE id = ?"
-        return f"(order_us, id) {compared} ({own})", [event_id]
-    return f"(order_us, id) {compared} (?, ?)", [order_us, event_id]
+    return keyset_where("events", "order_us", "id", *parse_cursor(cursor), compared)
+
+
+def keyset_where(
+    table: str, order: str, key: str, order_value: Any, key_value: Any, compared: str
+) -> tuple[str, list[Any]]:
+    """`(order, key) <compared> (order_value, key_value)`, and its parameters; where the order
+    value is None (a `~` cursor), compared with that row's own stored values instead."""
+    if order_value is None:  # whatever the row stores
+        own = f"SELECT {order}, {key} FROM {table} WHERE {key} = ?"
+        return f"({order}, {key}) {compared} ({own})", [key_value]
+    return f"({order}, {key}) {compared} (?, ?)", [order_value, key_value]
 
 
 def parse_call_cursor(cursor: str) -> tuple[int | None, str]:
@@ -248,11 +255,7 @@ def parse_call_cursor(cursor: str) -> tuple[int | None, str]:
 def call_cursor_where(cursor: str, compared: str) -> tuple[str, list[Any]]:
     """The condition of the calls `compared` (`>` or `<`) to the cursor's call, in time order,
     and its parameters."""
-    started_us, call_id = parse_call_cursor(cursor)
-    if started_us is None:  # compared with the call's own stored value, whatever it is
-        own = "SELECT started_us, call_id FROM calls WHERE call_id = ?"
-        return f"(started_us, call_id) {compared} ({own})", [call_id]
-    return f"(started_us, call_id) {compared} (?, ?)", [started_us, call_id]
+    return keyset_where("calls", "started_us", "call_id", *parse_call_cursor(cursor), compared)
 
 
 def event_page_sql(
